@@ -1,0 +1,281 @@
+"""Plain functions behind the sentiment handler: options, request parsing, batching, labels.
+
+Nothing here knows about TorchServe or torch, so tests call it without a server. The
+handler (`sentiment_handler.py`) only moves data between TorchServe and these functions.
+
+A request arrives from TorchServe as a dict of its parameters:
+  - a raw body (JSON or text/plain) is under "body" (or "data" for a multipart upload),
+    as bytes, as str (TorchServe decoded text) or as a parsed JSON value (TorchServe
+    decoded application/json);
+  - a form-encoded body (`curl -d text=...`) arrives as form fields: the field "text"
+    is accepted, anything else is answered 415.
+Accepted bodies: a plain text, `{"text": "..."}`, or `{"text": ["...", ...]}`. The last
+one is answered with a list of results in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Sequence
+
+BODY_KEYS = ("body", "data")
+FORM_TEXT_KEY = "text"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_texts_per_request: int = 32
+    max_text_chars: int = 10_000
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """The `handler:` section of model-config.yaml."""
+
+    max_length: int = 128  # tokens; longer texts are truncated
+    max_texts_per_request: int = 32
+    max_text_chars: int = 10_000
+    torch_threads: int = 0  # 0: all usable cores
+    labels: tuple[str, ...] | None = None  # overrides the checkpoint's id2label
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml: dict | None) -> "HandlerOptions":
+        section = dict((model_yaml or {}).get("handler") or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown handler option(s) in model-config.yaml: {', '.join(unknown)}")
+        if section.get("labels") is not None:
+            section["labels"] = tuple(section["labels"])
+        return cls(**section)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_texts_per_request, self.max_text_chars)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(options: HandlerOptions) -> int:
+    return options.torch_threads if options.torch_threads > 0 else usable_cores()
+
+
+class RequestError(Exception):
+    """A request the service refuses; answered with `status` and an error body.
+
+    The body has the same shape as TorchServe's own errors:
+    {"code": 400, "type": "InvalidJSON", "message": "..."}
+    Messages never quote the user's text.
+    """
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def body(self) -> dict:
+        return {"code": self.status, "type": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    texts: tuple[str, ...]
+    is_list: bool  # answered with a list (the client sent {"text": [...]})
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(
+            400, "InvalidEncoding", f"body is not valid UTF-8 (byte {e.start})"
+        ) from None
+
+
+def _looks_like_json(text: str) -> bool:
+    return text.lstrip()[:1] in ("{", "[")
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
+    """(value, is_json) of the body as TorchServe handed it over: plain text or parsed JSON."""
+    if isinstance(raw, (bytes, bytearray)):
+        if not raw:
+            raise RequestError(400, "EmptyBody", "request body is empty")
+        raw = _decode(raw)
+    if not isinstance(raw, str):
+        return raw, True  # TorchServe already parsed the JSON (decode_input_request=true)
+    media_type = _media_type(content_type)
+    is_json = media_type.endswith("json") or (
+        not media_type.startswith("text/") and _looks_like_json(raw)
+    )
+    if not is_json:
+        return raw, False
+    try:
+        return json.loads(raw), True
+    except json.JSONDecodeError as e:
+        raise RequestError(
+            400,
+            "InvalidJSON",
+            f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
+        ) from None
+
+
+def _check_text(value: Any, where: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise RequestError(
+            400, "InvalidInput", f"{where} must be a string, not {_json_type(value)}"
+        )
+    if not value.strip():
+        raise RequestError(400, "EmptyText", f"{where} is empty")
+    if len(value) > limits.max_text_chars:
+        raise RequestError(
+            413,
+            "TextTooLong",
+            f"{where} has {len(value)} characters; the limit is {limits.max_text_chars}",
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def _from_json(value: Any, limits: Limits) -> ParsedRequest:
+    if not isinstance(value, dict):
+        raise RequestError(
+            400,
+            "InvalidInput",
+            f'JSON body must be an object like {{"text": "..."}}, not {_json_type(value)}',
+        )
+    if "text" not in value:
+        raise RequestError(400, "InvalidInput", 'JSON body has no "text" field')
+    unknown = [k for k in value if k != "text"]
+    if unknown:
+        raise RequestError(
+            400, "InvalidInput", f'JSON body has {len(unknown)} unknown field(s); "text" is the only one'
+        )
+    text = value["text"]
+    if isinstance(text, list):
+        if not text:
+            raise RequestError(400, "EmptyText", '"text" is an empty list')
+        if len(text) > limits.max_texts_per_request:
+            raise RequestError(
+                413,
+                "TooManyTexts",
+                f'"text" has {len(text)} items; the limit is {limits.max_texts_per_request}',
+            )
+        return ParsedRequest(
+            tuple(_check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True
+        )
+    return ParsedRequest((_check_text(text, '"text"', limits),), False)
+
+
+FORM_HINT = (
+    "send JSON with 'Content-Type: application/json', plain text with "
+    "'Content-Type: text/plain', or a form field named text"
+)
+
+
+def parse_request(
+    row: dict, limits: Limits = Limits(), content_type: str | None = None
+) -> ParsedRequest:
+    """One TorchServe request (a dict of parameters) -> its texts, or RequestError.
+
+    `content_type` is the request's Content-Type header.
+    """
+    for key in BODY_KEYS:
+        if key in row:
+            value, is_json = _body_value(row[key], content_type)
+            if is_json:
+                return _from_json(value, limits)
+            return ParsedRequest((_check_text(value, "body", limits),), False)
+    if FORM_TEXT_KEY in row:
+        value = row[FORM_TEXT_KEY]
+        if isinstance(value, (bytes, bytearray)):
+            value = _decode(value)
+        return ParsedRequest((_check_text(value, 'form field "text"', limits),), False)
+    if row or _media_type(content_type) == "application/x-www-form-urlencoded":
+        # curl -d without a Content-Type sends a form; TorchServe hands over its fields
+        raise RequestError(
+            415, "UnsupportedMediaType", f"body arrived form-encoded without a text field; {FORM_HINT}"
+        )
+    raise RequestError(400, "EmptyBody", "request body is empty")
+
+
+@dataclass
+class Batch:
+    """The texts of one TorchServe batch, flattened, and where each request's slice lies."""
+
+    texts: list[str] = field(default_factory=list)
+    slices: list[slice | None] = field(default_factory=list)  # None: the request failed
+    requests: list[ParsedRequest | RequestError] = field(default_factory=list)
+
+
+def flatten(parsed: Sequence[ParsedRequest | RequestError]) -> Batch:
+    batch = Batch()
+    for item in parsed:
+        batch.requests.append(item)
+        if isinstance(item, RequestError):
+            batch.slices.append(None)
+            continue
+        start = len(batch.texts)
+        batch.texts.extend(item.texts)
+        batch.slices.append(slice(start, len(batch.texts)))
+    return batch
+
+
+def label_names(id2label: dict | None, num_labels: int, override: Iterable[str] | None = None) -> list[str]:
+    """Label names by class index: an explicit override, else the checkpoint's id2label."""
+    if override is not None:
+        names = [str(n) for n in override]
+        if len(names) != num_labels:
+            raise ValueError(f"labels option has {len(names)} names; the model has {num_labels} classes")
+        return names
+    mapping = {int(k): str(v) for k, v in (id2label or {}).items()}
+    return [mapping.get(i, f"LABEL_{i}") for i in range(num_labels)]
+
+
+def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict:
+    best = max(range(len(labels)), key=lambda i: probabilities[i])
+    return {
+        "label": labels[best],
+        "score": round(float(probabilities[best]), 6),
+        "scores": {name: round(float(p), 6) for name, p in zip(labels, probabilities)},
+    }
+
+
+def responses(batch: Batch, probabilities: Sequence[Sequence[float]], labels: Sequence[str]) -> list[tuple[int, str]]:
+    """(HTTP status, JSON body) per request of the batch, in order."""
+    out = []
+    for item, where in zip(batch.requests, batch.slices):
+        if isinstance(item, RequestError):
+            out.append((item.status, json.dumps(item.body())))
+            continue
+        results = [prediction(p, labels) for p in probabilities[where]]
+        if any(not all(math.isfinite(v) for v in r["scores"].values()) for r in results):
+            err = RequestError(500, "InternalServerError", "the model returned non-finite scores")
+            out.append((err.status, json.dumps(err.body())))
+            continue
+        out.append((200, json.dumps(results if item.is_list else results[0])))
+    return out
