@@ -1,0 +1,170 @@
+"""End to end: a real TorchServe serving the real default model over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from serving.tweets import LABELS, split_tweets
+
+
+def predict(server, data, content_type="application/json", token=None, path="/predictions/sentiment"):
+    headers = {"Authorization": f"Bearer {token or server.keys['inference']}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return requests.post(server.url("inference", path), data=data, headers=headers, timeout=60)
+
+
+def metric_samples(server) -> dict[str, float]:
+    """{'name{labels}': value} scraped from the metrics port."""
+    text = requests.get(server.url("metrics", "/metrics"), timeout=10).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def metric(samples: dict[str, float], name: str) -> float:
+    """Sum of a metric's samples over all label sets."""
+    pattern = re.compile(re.escape(name) + r"(\{|$)")
+    return sum(v for k, v in samples.items() if pattern.match(k))
+
+
+def test_the_readme_examples(server):
+    r = predict(server, json.dumps({"text": "I love this"}))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["label"] == "positive"
+    assert set(body["scores"]) == set(LABELS)
+    assert body["score"] == max(body["scores"].values()) > 0.5
+    assert predict(server, json.dumps({"text": "This is terrible"})).json()["label"] == "negative"
+
+
+def test_plain_text_form_field_and_list(server):
+    assert predict(server, "What a wonderful day", "text/plain").json()["label"] == "positive"
+    form = requests.post(
+        server.url("inference", "/predictions/sentiment"),
+        data={"text": "I hate waiting in line"},
+        headers={"Authorization": f"Bearer {server.keys['inference']}"},
+        timeout=60,
+    )
+    assert form.status_code == 200 and form.json()["label"] == "negative"
+    texts = ["I love it", "This is awful", "Best purchase ever", "Worst service I have had"]
+    r = predict(server, json.dumps({"text": texts}))
+    assert r.status_code == 200
+    assert [x["label"] for x in r.json()] == ["positive", "negative", "positive", "negative"]
+
+
+def test_served_model_is_accurate_on_held_out_tweets(server):
+    _, heldout = split_tweets()
+    sample = heldout[:256]
+    correct = 0
+    for start in range(0, len(sample), 32):
+        chunk = sample[start : start + 32]
+        r = predict(server, json.dumps({"text": [t.text for t in chunk]}))
+        assert r.status_code == 200, r.text
+        correct += sum(p["label"] == LABELS[t.label] for p, t in zip(r.json(), chunk))
+    assert correct / len(sample) >= 0.88
+
+
+@pytest.mark.parametrize(
+    "data, content_type, status, kind",
+    [
+        (b'{"text": ', "application/json", 400, "InvalidJSON"),
+        (b'{"text": ""}', "application/json", 400, "EmptyText"),
+        (b'{"text": 42}', "application/json", 400, "InvalidInput"),
+        (b"\xff\xfe\xfd", "text/plain", 400, "InvalidEncoding"),
+        (json.dumps({"text": ["x"] * 33}).encode(), "application/json", 413, "TooManyTexts"),
+        (b"", "application/json", 400, "EmptyBody"),
+        (b'{"text": "I love this"}', "application/x-www-form-urlencoded", 415, "UnsupportedMediaType"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_error(server, data, content_type, status, kind):
+    r = predict(server, data, content_type)
+    assert r.status_code == status, r.text
+    assert r.json() == {"code": status, "type": kind, "message": r.json()["message"]}
+
+
+def test_token_is_required(server):
+    assert predict(server, b'{"text": "hi"}', token="wrong").status_code in (400, 401)
+    r = requests.post(server.url("inference", "/predictions/sentiment"), data=b"hi", timeout=30)
+    assert r.status_code in (400, 401)
+
+
+def test_concurrent_burst_with_malformed_requests_is_batched(server):
+    """64 concurrent requests, every fourth one malformed: 64 answers, no 5xx, batches > 1."""
+    before = metric_samples(server)
+    workers_before = server.client.worker_pids("sentiment")
+    _, heldout = split_tweets()
+    bad_bodies = [
+        (b'{"text": ', "application/json"),
+        (b'{"text": ["ok", 3]}', "application/json"),
+        (b"   ", "text/plain"),
+        (b"\xc3\x28", "text/plain"),
+    ]
+    jobs = []
+    for i in range(64):
+        if i % 4 == 3:
+            jobs.append(("bad",) + bad_bodies[(i // 4) % len(bad_bodies)])
+        else:
+            jobs.append(("good", json.dumps({"text": heldout[i].text}).encode(), "application/json"))
+
+    def send(job):
+        return job[0], predict(server, job[1], job[2])
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(send, jobs))
+
+    assert len(results) == 64
+    for kind, r in results:
+        assert r.status_code < 500, r.text
+        if kind == "good":
+            assert r.status_code == 200 and r.json()["label"] in LABELS
+        else:
+            assert 400 <= r.status_code < 500 and r.json()["type"] and r.json()["message"]
+
+    after = metric_samples(server)
+    batches = metric(after, "SentimentBatchSize_count") - metric(before, "SentimentBatchSize_count")
+    requests_seen = metric(after, "SentimentBatchSize_sum") - metric(before, "SentimentBatchSize_sum")
+    assert requests_seen == 64
+    assert batches < 64, "every request ran alone: no dynamic batching happened"
+    assert requests_seen / batches > 1.5
+    assert server.client.worker_pids("sentiment") == workers_before, "a worker was restarted"
+
+
+def test_no_user_text_or_token_in_logs(server):
+    secret = "zebra-umbrella-confidential-phrase"
+    assert predict(server, json.dumps({"text": secret})).status_code == 200
+    assert predict(server, json.dumps({"text": [secret, 7]})).status_code == 400
+    assert predict(server, (secret + '{"').encode()).status_code in (200, 400)
+    time.sleep(1)  # log appenders flush
+    logs = "".join(p.read_text(errors="replace") for p in server.log_dir.glob("*.log"))
+    assert logs, "no logs were written"
+    assert secret not in logs
+    assert server.keys["inference"] not in logs
+
+
+def test_shipped_model_settings_are_live(server):
+    """What config.properties' models= entry and model-config.yaml say is what TorchServe
+    serves with: neither is silently overridden by the other."""
+    import yaml
+
+    from serving.client import read_properties
+    from serving.local_server import CONFIG, REPO
+
+    wanted = json.loads(read_properties(CONFIG)["models"])["sentiment"]["1.0"]
+    wanted["responseTimeout"] = yaml.safe_load((REPO / "model-config.yaml").read_text())["responseTimeout"]
+    status, described = server.client.management("/models/sentiment")
+    assert status == 200
+    live = described[0]
+    for key in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"):
+        assert live[key] == wanted[key], key
+    assert len(live["workers"]) == wanted["minWorkers"]
