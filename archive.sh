@@ -1,39 +1,49 @@
 #!/usr/bin/env bash
 # Pack a sequence-classification checkpoint folder, the handler and a model-config.yaml
-# into a TorchServe archive (model_store/<name>.mar).
+# into a TorchServe archive.
 #
-#   ./archive.sh [--model DIR] [--name NAME] [--version V] [--config YAML] [--store DIR]
+#   ./archive.sh [--model DIR] [--name NAME] [--version V] [--config YAML]
+#                [--option KEY=VALUE ...] [--out FILE.mar]
 #
 # Defaults: the default model (models/minilm-tweets), name "sentiment", version 1.0,
-# ./model-config.yaml, ./model_store. The folder must hold what save_pretrained writes:
-# config.json, the weights (model.safetensors or pytorch_model.bin) and the tokenizer
-# files. An existing archive of the same name is replaced.
+# ./model-config.yaml as it is, out model_store/NAME.mar. Each --option sets a handler
+# option in the packed copy of the config (e.g. --option quantize=int8). The folder
+# must hold what save_pretrained writes: config.json, the weights (model.safetensors or
+# pytorch_model.bin) and the tokenizer files. An existing archive at --out is replaced.
 set -euo pipefail
-cd "$(dirname "$0")"
 
-model_dir=models/minilm-tweets
+repo=$(cd "$(dirname "$0")" && pwd)
+model_dir=$repo/models/minilm-tweets
 name=sentiment
 version=1.0
-config=model-config.yaml
-store=model_store
+config=$repo/model-config.yaml
+options=()
+out=""
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "archive.sh: $*" >&2; exit 1; }
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) model_dir=${2:?}; shift 2 ;;
+    --model) model_dir=$(absolute "${2:?}"); shift 2 ;;
     --name) name=${2:?}; shift 2 ;;
     --version) version=${2:?}; shift 2 ;;
-    --config) config=${2:?}; shift 2 ;;
-    --store) store=${2:?}; shift 2 ;;
+    --config) config=$(absolute "${2:?}"); shift 2 ;;
+    --option) options+=("${2:?}"); shift 2 ;;
+    --out) out=$(absolute "${2:?}"); shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "archive.sh: unknown argument: $1" >&2; usage 2 ;;
   esac
 done
+out=${out:-$repo/model_store/$name.mar}
+case "$out" in *.mar) ;; *) die "--out must name a .mar file" ;; esac
+for option in ${options[@]+"${options[@]}"}; do
+  case "$option" in *=*) ;; *) die "--option takes KEY=VALUE, not '$option'" ;; esac
+done
 
 # the project's venv, when there is one
-[ -x .venv/bin/torch-model-archiver ] && PATH="$PWD/.venv/bin:$PATH"
+[ -x "$repo/.venv/bin/torch-model-archiver" ] && PATH="$repo/.venv/bin:$PATH"
 command -v torch-model-archiver >/dev/null \
   || die "torch-model-archiver not found; activate the venv (make venv) or pip install -r requirements.txt"
 [ -d "$model_dir" ] || die "model folder '$model_dir' does not exist (the default one is built by 'make model')"
@@ -50,24 +60,41 @@ if [ ! -f "$model_dir/tokenizer.json" ] && [ ! -f "$model_dir/vocab.txt" ] \
   die "'$model_dir' is incomplete: no tokenizer files (tokenizer.json, vocab.txt or a sentencepiece model); save the tokenizer with save_pretrained too"
 fi
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if [ ${#options[@]} -gt 0 ]; then
+  python=$(command -v python || command -v python3)
+  "$python" - "$config" "$work/model-config.yaml" "${options[@]}" <<'EOF' || die "could not apply --option to '$config'"
+import sys, yaml
+source, target, *options = sys.argv[1:]
+config = yaml.safe_load(open(source)) or {}
+for option in options:
+    key, value = option.split("=", 1)
+    config.setdefault("handler", {})[key] = yaml.safe_load(value)
+yaml.safe_dump(config, open(target, "w"), sort_keys=False)
+EOF
+  config=$work/model-config.yaml
+fi
+
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
-extra=(handlers/text_classification.py)
+extra=("$repo/handlers/text_classification.py")
 while IFS= read -r -d '' f; do
   [ "$f" = "$weights" ] || extra+=("$f")
 done < <(find "$model_dir" -maxdepth 1 -type f -print0 | sort -z)
-
-mar="$store/$name.mar"
-mkdir -p "$store"
 extra_csv=$(IFS=,; echo "${extra[*]}")
-echo "archiving $model_dir as $name $version -> $mar"
+
+echo "archiving $model_dir as $name $version${options[*]+ (${options[*]})} -> $out"
 torch-model-archiver \
   --model-name "$name" \
   --version "$version" \
   --serialized-file "$weights" \
-  --handler handlers/sentiment_handler.py \
+  --handler "$repo/handlers/sentiment_handler.py" \
   --extra-files "$extra_csv" \
   --config-file "$config" \
-  --export-path "$store" \
+  --export-path "$work" \
   --force
-echo "wrote $mar ($(du -h "$mar" | cut -f1))"
+mkdir -p "$(dirname "$out")"
+mv "$work/$name.mar" "$out"
+echo "wrote $out ($(du -h "$out" | cut -f1))"

@@ -31,6 +31,9 @@ class Limits:
     max_text_chars: int = 10_000
 
 
+QUANTIZE_CHOICES = ("none", "int8")
+
+
 @dataclass(frozen=True)
 class HandlerOptions:
     """The `handler:` section of model-config.yaml."""
@@ -40,6 +43,7 @@ class HandlerOptions:
     max_text_chars: int = 10_000
     torch_threads: int = 0  # 0: all usable cores
     labels: tuple[str, ...] | None = None  # overrides the checkpoint's id2label
+    quantize: str = "none"  # "int8": dynamic int8 quantization of the Linear layers (CPU)
 
     @classmethod
     def from_model_yaml(cls, model_yaml: dict | None) -> "HandlerOptions":
@@ -50,7 +54,13 @@ class HandlerOptions:
             raise ValueError(f"unknown handler option(s) in model-config.yaml: {', '.join(unknown)}")
         if section.get("labels") is not None:
             section["labels"] = tuple(section["labels"])
-        return cls(**section)
+        options = cls(**section)
+        if options.quantize not in QUANTIZE_CHOICES:
+            raise ValueError(
+                f"handler option quantize must be one of {', '.join(QUANTIZE_CHOICES)}, "
+                f"not {options.quantize!r}"
+            )
+        return options
 
     @property
     def limits(self) -> Limits:

@@ -149,3 +149,25 @@ def test_labels_option_overrides_checkpoint_labels(tiny_model_dir):
 def test_unknown_handler_option_fails_initialize(tiny_model_dir):
     with pytest.raises(ValueError, match="quantise"):
         SentimentHandler().initialize(make_context(tiny_model_dir, {"quantise": "int8"}))
+
+
+def test_int8_option_quantizes_linear_layers_and_keeps_predictions(tiny_model_dir, handler_and_context):
+    fp32, fp32_context = handler_and_context
+    context = make_context(tiny_model_dir, {"quantize": "int8"})
+    int8 = SentimentHandler()
+    int8.initialize(context)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    modules = list(int8.model.modules())
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    requests = [({"body": b'{"text": ["I love it", "terrible service", "meh"]}'}, JSON)]
+    (_, quantized, _), = run_batch(int8, context, requests)
+    (_, reference, _), = run_batch(fp32, fp32_context, requests)
+    for q, r in zip(quantized, reference):
+        assert q["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=0.05)
+
+
+def test_bad_quantize_value_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="quantize must be one of none, int8"):
+        SentimentHandler().initialize(make_context(tiny_model_dir, {"quantize": "fp8"}))
