@@ -24,6 +24,7 @@ from text_classification import (
     RequestError,
     flatten,
     label_names,
+    micro_batches,
     parse_request,
     responses,
     threads_per_worker,
@@ -123,26 +124,32 @@ class SentimentHandler(BaseHandler):
         batch = flatten(parsed)
         self._emit("SentimentBatchSize", len(data), MetricTypes.HISTOGRAM)
         self._emit("SentimentTexts", len(batch.texts), MetricTypes.COUNTER)
-        encoded = None
+        chunks = []
         if batch.texts:
-            encoded = self.tokenizer(
-                batch.texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+            # Tokenize the whole batch at once, then pad each length-sorted micro-batch
+            # only to its own longest text.
+            encoded = self.tokenizer(batch.texts, truncation=True, max_length=self.max_length)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            for indices in micro_batches(lengths, self.options.micro_batch_size):
+                features = {key: [encoded[key][i] for i in indices] for key in encoded.keys()}
+                tensors = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
+                chunks.append((indices, tensors))
         self._emit("SentimentPreprocessSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
-        return batch, encoded
+        return batch, chunks
 
     def inference(self, data, *args, **kwargs):
-        batch, encoded = data
-        if encoded is None:
+        batch, chunks = data
+        if not chunks:
             return batch, []
         started = time.perf_counter()
+        probabilities: list = [None] * len(batch.texts)
         with torch.inference_mode():
-            logits = self.model(**encoded).logits
-            probabilities = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            for indices, tensors in chunks:
+                logits = self.model(**tensors).logits
+                for i, p in zip(indices, torch.softmax(logits.float(), dim=-1).cpu().tolist()):
+                    probabilities[i] = p
+        if self.options.simulated_latency_ms:
+            time.sleep(self.options.simulated_latency_ms / 1000)
         self._emit("SentimentInferenceSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
         return batch, probabilities
 

@@ -44,6 +44,8 @@ class HandlerOptions:
     torch_threads: int = 0  # 0: all usable cores
     labels: tuple[str, ...] | None = None  # overrides the checkpoint's id2label
     quantize: str = "none"  # "int8": dynamic int8 quantization of the Linear layers (CPU)
+    micro_batch_size: int = 8  # texts per forward pass, sorted by length; 0: one pass per batch
+    simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
     def from_model_yaml(cls, model_yaml: dict | None) -> "HandlerOptions":
@@ -115,22 +117,34 @@ def _looks_like_json(text: str) -> bool:
     return text.lstrip()[:1] in ("{", "[")
 
 
+SNIFFED_MEDIA_TYPES = ("", "multipart/form-data")
+
+
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
 def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
-    """(value, is_json) of the body as TorchServe handed it over: plain text or parsed JSON."""
+    """(value, is_json) of the body as TorchServe handed it over: plain text or parsed JSON.
+
+    JSON media types are parsed, text/* is taken as it is; with no Content-Type (or a
+    multipart field, which has none of its own) a body starting with { or [ is JSON.
+    Anything else (XML, images, octet streams) is refused with 415.
+    """
+    media_type = _media_type(content_type)
+    if isinstance(raw, (bytes, bytearray)) and not raw:
+        raise RequestError(400, "EmptyBody", "request body is empty")
+    sniff = media_type in SNIFFED_MEDIA_TYPES
+    if not (sniff or media_type.endswith("json") or media_type.startswith("text/")):
+        raise RequestError(
+            415, "UnsupportedMediaType",
+            f"Content-Type {media_type[:80]!r} is not supported; send application/json or text/plain",
+        )
     if isinstance(raw, (bytes, bytearray)):
-        if not raw:
-            raise RequestError(400, "EmptyBody", "request body is empty")
         raw = _decode(raw)
     if not isinstance(raw, str):
         return raw, True  # TorchServe already parsed the JSON (decode_input_request=true)
-    media_type = _media_type(content_type)
-    is_json = media_type.endswith("json") or (
-        not media_type.startswith("text/") and _looks_like_json(raw)
-    )
+    is_json = media_type.endswith("json") or (sniff and _looks_like_json(raw))
     if not is_json:
         return raw, False
     try:
@@ -253,6 +267,20 @@ def flatten(parsed: Sequence[ParsedRequest | RequestError]) -> Batch:
         batch.texts.extend(item.texts)
         batch.slices.append(slice(start, len(batch.texts)))
     return batch
+
+
+def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices of the texts grouped into forward passes of at most `size`, by token length.
+
+    Padding every text of a batch to its longest one wastes compute (and attention grows
+    with the square of the length); sorted groups pad each text only to a similar one.
+    size 0 keeps the batch in one pass, in its original order.
+    """
+    order = list(range(len(lengths)))
+    if size <= 0:
+        return [order] if order else []
+    order.sort(key=lambda i: lengths[i])
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def label_names(id2label: dict | None, num_labels: int, override: Iterable[str] | None = None) -> list[str]:

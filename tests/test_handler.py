@@ -171,3 +171,30 @@ def test_int8_option_quantizes_linear_layers_and_keeps_predictions(tiny_model_di
 def test_bad_quantize_value_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="quantize must be one of none, int8"):
         SentimentHandler().initialize(make_context(tiny_model_dir, {"quantize": "fp8"}))
+
+
+@pytest.mark.parametrize("micro_batch_size", [0, 2, 8])
+def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_dir, micro_batch_size):
+    context = make_context(tiny_model_dir, {"micro_batch_size": micro_batch_size})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    texts = ["a fairly long sentence about nothing in particular at all", "short",
+             "medium length text here", "x", "another long one, with commas, and more words in it"]
+    alone = [run_batch(handler, context, [({"body": t.encode()}, "text/plain")])[0][1] for t in texts]
+    rows = [({"body": t.encode()}, "text/plain") for t in texts[:2]]
+    rows.append(({"body": json.dumps({"text": texts[2:]}).encode()}, JSON))
+    together = run_batch(handler, context, rows)
+    answers = [together[0][1], together[1][1], *together[2][1]]
+    for one, other in zip(alone, answers):
+        assert one["scores"]["positive"] == pytest.approx(other["scores"]["positive"], abs=1e-5)
+
+
+def test_simulated_latency_slows_each_batch(tiny_model_dir):
+    import time
+
+    context = make_context(tiny_model_dir, {"simulated_latency_ms": 300})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    started = time.perf_counter()
+    (status, _, _), = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
+    assert status == 200 and time.perf_counter() - started >= 0.3

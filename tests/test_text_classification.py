@@ -12,6 +12,7 @@ from text_classification import (
     RequestError,
     flatten,
     label_names,
+    micro_batches,
     parse_request,
     prediction,
     responses,
@@ -43,9 +44,10 @@ def refused(row, content_type=None) -> RequestError:
         ({"body": b"I love it"}, "text/plain; charset=utf-8", ("I love it",), False),
         # text/plain is taken literally even when it looks like JSON
         ({"body": b'{"text": 1}'}, "text/plain", ('{"text": 1}',), False),
-        # no usable content type: JSON is recognised by its first character
-        ({"body": b' {"text": "x"}'}, "application/octet-stream", ("x",), False),
+        # no content type: JSON is recognised by its first character
+        ({"body": b' {"text": "x"}'}, None, ("x",), False),
         ({"body": b"plain words"}, None, ("plain words",), False),
+        ({"body": b'{"text": "x"}'}, "application/vnd.api+json", ("x",), False),
         ({"body": '{"text": "already text"}'}, JSON, ("already text",), False),
         # TorchServe parsed the JSON itself (decode_input_request=true)
         ({"body": {"text": "parsed"}}, JSON, ("parsed",), False),
@@ -84,6 +86,9 @@ def test_accepted_bodies(row, content_type, texts, is_list):
         ({"body": b"\xff\xfe\x00bad"}, "text/plain", 400, "InvalidEncoding"),
         ({"body": b'{"text": "caf\xe9"}'}, JSON, 400, "InvalidEncoding"),
         ({"a": b"1", "b": b"2"}, "application/x-www-form-urlencoded", 415, "UnsupportedMediaType"),
+        ({"body": b"<text>hi</text>"}, "application/xml", 415, "UnsupportedMediaType"),
+        ({"body": b"\x89PNG"}, "image/png", 415, "UnsupportedMediaType"),
+        ({"body": b"hi"}, "application/octet-stream", 415, "UnsupportedMediaType"),
         # `curl -d 'I love it'`: a form whose only "field" TorchServe drops
         ({}, "application/x-www-form-urlencoded", 415, "UnsupportedMediaType"),
     ],
@@ -163,3 +168,13 @@ def test_handler_options_from_model_yaml():
 def test_threads_per_worker():
     assert threads_per_worker(HandlerOptions(torch_threads=3)) == 3
     assert threads_per_worker(HandlerOptions()) == usable_cores()
+
+
+def test_micro_batches_group_similar_lengths_and_cover_every_text():
+    lengths = [30, 5, 12, 40, 6, 11, 29]
+    groups = micro_batches(lengths, 3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [len(g) for g in groups] == [3, 3, 1]
+    assert [[lengths[i] for i in g] for g in groups] == [[5, 6, 11], [12, 29, 30], [40]]
+    assert micro_batches(lengths, 0) == [list(range(len(lengths)))]
+    assert micro_batches([], 8) == []
