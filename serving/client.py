@@ -27,9 +27,9 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
-def read_keys(workdir: Path) -> dict[str, str]:
+def read_keys(key_file: Path) -> dict[str, str]:
     """{"inference": ..., "management": ..., "API": ...} from TorchServe's key_file.json."""
-    data = json.loads((Path(workdir) / KEY_FILE).read_text())
+    data = json.loads(Path(key_file).read_text())
     return {name: entry["key"] for name, entry in data.items()}
 
 
@@ -54,13 +54,13 @@ class TorchServeClient:
     keys: dict[str, str]
 
     @classmethod
-    def from_config(cls, config: Path, workdir: Path) -> "TorchServeClient":
+    def from_config(cls, config: Path, key_file: Path) -> "TorchServeClient":
         props = read_properties(config)
         return cls(
             props.get("inference_address", "http://127.0.0.1:8080"),
             props.get("management_address", "http://127.0.0.1:8081"),
             props.get("metrics_address", "http://127.0.0.1:8082"),
-            read_keys(workdir),
+            read_keys(key_file),
         )
 
     def _auth(self, api: str) -> dict:
@@ -98,19 +98,24 @@ class TorchServeClient:
             )
         return result
 
-    def wait_until_ready(self, timeout: float = 180.0, alive=lambda: None) -> None:
-        """Wait until every registered model has a READY worker; `alive` raises if the server died."""
+    def wait_until_ready(self, timeout: float = 180.0, alive=lambda: None, models: bool = True) -> None:
+        """Wait until the management API answers and, with `models`, until every registered
+        model has a READY worker; `alive` raises if the server died."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             alive()
             try:
-                ready = self.ready_models()
-                if ready and all(ready.values()):
-                    return
+                if not models:
+                    if self.management("/models")[0] == 200:
+                        return
+                else:
+                    ready = self.ready_models()
+                    if ready and all(ready.values()):
+                        return
             except OSError:  # not listening yet
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"model workers not READY after {timeout:.0f}s")
+        raise TimeoutError(f"TorchServe not ready after {timeout:.0f}s")
 
     def worker_pids(self, model: str) -> list[int]:
         status, described = self.management(f"/models/{model}")

@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.client import TorchServeClient, read_keys, read_properties
+from serving.client import KEY_FILE, TorchServeClient, read_keys, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config.properties"
+LOG_CONFIG = REPO / "log4j2.xml"
 PORT_KEYS = {
     "inference_address": "inference",
     "management_address": "management",
@@ -94,7 +95,7 @@ class LocalTorchServe:
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.proc = subprocess.Popen(
                 [os.path.join(venv_bin, "torchserve"), "--start", "--foreground", "--ncs",
-                 "--ts-config", "config.properties"],
+                 "--ts-config", "config.properties", "--log-config", str(LOG_CONFIG)],
                 cwd=self.workdir,
                 env=env,
                 stdout=out,
@@ -105,10 +106,9 @@ class LocalTorchServe:
             self._wait_for_keys(timeout)
             self.client = TorchServeClient(
                 self.url("inference"), self.url("management"), self.url("metrics"),
-                read_keys(self.workdir),
+                read_keys(self.workdir / KEY_FILE),
             )
-            if wait_for_models:
-                self.client.wait_until_ready(timeout, alive=self._check_alive)
+            self.client.wait_until_ready(timeout, alive=self._check_alive, models=wait_for_models)
         except BaseException:
             self.stop()
             raise
@@ -119,7 +119,7 @@ class LocalTorchServe:
         while time.time() < deadline:
             self._check_alive()
             try:
-                read_keys(self.workdir)
+                read_keys(self.workdir / KEY_FILE)
                 return
             except (FileNotFoundError, json.JSONDecodeError, KeyError):
                 time.sleep(0.2)

@@ -20,6 +20,7 @@ from serving.client import KEY_FILE, TorchServeClient, read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config.properties"
+LOG_CONFIG = REPO / "log4j2.xml"
 
 
 def port_is_open(host_port: str) -> bool:
@@ -50,7 +51,8 @@ def main() -> int:
     (REPO / "logs").mkdir(exist_ok=True)
     with open(REPO / "logs" / "console.log", "ab") as console:
         result = subprocess.run(
-            ["torchserve", "--start", "--ncs", "--ts-config", str(CONFIG)],
+            ["torchserve", "--start", "--ncs", "--ts-config", str(CONFIG),
+             "--log-config", str(LOG_CONFIG)],
             cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT,
         )
     if result.returncode != 0:
@@ -66,7 +68,7 @@ def main() -> int:
             return 1
         time.sleep(0.2)
     time.sleep(0.2)  # let the write finish
-    client = TorchServeClient.from_config(CONFIG, REPO)
+    client = TorchServeClient.from_config(CONFIG, key_file)
     try:
         client.wait_until_ready(timeout=180)
     except TimeoutError as e:
