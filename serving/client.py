@@ -46,12 +46,18 @@ def http(
         return e.code, e.read()
 
 
+def key_refused(status: int, body: bytes) -> bool:
+    """TorchServe 0.12 answers a missing, wrong or expired key with 400 and this message."""
+    return status == 400 and b"Token Authorization failed" in body
+
+
 @dataclass
 class TorchServeClient:
     inference_url: str  # e.g. http://127.0.0.1:8080
     management_url: str
     metrics_url: str
     keys: dict[str, str]
+    key_file: Path | None = None  # where to re-read rotated keys from
 
     @classmethod
     def from_config(cls, config: Path, key_file: Path) -> "TorchServeClient":
@@ -61,13 +67,25 @@ class TorchServeClient:
             props.get("management_address", "http://127.0.0.1:8081"),
             props.get("metrics_address", "http://127.0.0.1:8082"),
             read_keys(key_file),
+            Path(key_file),
         )
 
-    def _auth(self, api: str) -> dict:
-        return {"Authorization": f"Bearer {self.keys[api]}"}
+    def _call(self, api: str, url: str, method: str, body: bytes | None, headers: dict,
+              timeout: float) -> tuple[int, bytes]:
+        """One request with the `api` key; when TorchServe refuses the key and key_file.json
+        holds another one (it was rotated), once more with the new key."""
+        for attempt in range(2):
+            key = self.keys[api]
+            status, answer = http(url, method, body, {**headers, "Authorization": f"Bearer {key}"}, timeout)
+            if attempt or not key_refused(status, answer) or self.key_file is None:
+                break
+            self.keys = read_keys(self.key_file)
+            if self.keys[api] == key:
+                break
+        return status, answer
 
     def management(self, path: str, method: str = "GET", timeout: float = 30) -> tuple[int, object]:
-        status, body = http(self.management_url + path, method, headers=self._auth("management"), timeout=timeout)
+        status, body = self._call("management", self.management_url + path, method, None, {}, timeout)
         try:
             return status, json.loads(body or b"null")
         except json.JSONDecodeError:
@@ -75,17 +93,12 @@ class TorchServeClient:
 
     def predict(self, payload: object, model: str = "sentiment", timeout: float = 30) -> tuple[int, object]:
         """POST a JSON payload to /predictions/<model>; (status, parsed JSON answer)."""
-        status, body = http(
-            f"{self.inference_url}/predictions/{model}",
-            "POST",
-            json.dumps(payload).encode(),
-            {**self._auth("inference"), "Content-Type": "application/json"},
-            timeout,
-        )
+        status, body = self._call("inference", f"{self.inference_url}/predictions/{model}", "POST",
+                                  json.dumps(payload).encode(), {"Content-Type": "application/json"}, timeout)
         return status, json.loads(body)
 
     def ready_models(self) -> dict[str, bool]:
-        """{model name: at least one worker READY} for every registered model."""
+        """{model name: all its versions have their minWorkers (at least one) READY}."""
         status, listing = self.management("/models")
         if status != 200:
             return {}
@@ -93,8 +106,9 @@ class TorchServeClient:
         for entry in listing.get("models", []):
             name = entry["modelName"]
             status, described = self.management(f"/models/{name}")
-            result[name] = status == 200 and any(
-                w.get("status") == "READY" for d in described for w in d.get("workers", [])
+            result[name] = status == 200 and all(
+                sum(w.get("status") == "READY" for w in d.get("workers", [])) >= max(1, d.get("minWorkers", 1))
+                for d in described
             )
         return result
 

@@ -106,7 +106,7 @@ class LocalTorchServe:
             self._wait_for_keys(timeout)
             self.client = TorchServeClient(
                 self.url("inference"), self.url("management"), self.url("metrics"),
-                read_keys(self.workdir / KEY_FILE),
+                read_keys(self.workdir / KEY_FILE), self.workdir / KEY_FILE,
             )
             self.client.wait_until_ready(timeout, alive=self._check_alive, models=wait_for_models)
         except BaseException:
