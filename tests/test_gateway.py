@@ -1,0 +1,140 @@
+"""Scale-out: nginx (gateway/nginx.conf.template) in front of two real TorchServe nodes.
+
+Both nodes serve traffic; a stopped node's traffic continues on the other; a client over
+its rate gets 429 while another client is unaffected; clients need a gateway key, never
+a node key; liveness and readiness answer without any key while token auth stays on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from helpers import metric, metric_samples
+from serving.gateway import Gateway, GatewaySettings, Node
+from serving.local_server import LocalTorchServe, free_port
+
+CLIENTS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
+RATE, BURST = 20, 10
+ONE_WORKER = {"sentiment": {"1.0": {"defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1,
+                                   "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 2}}}
+
+
+def ask(gateway, text="I love this", client="alice", key=None):
+    key = key if key is not None else CLIENTS[client]
+    return requests.post(gateway.url("/predictions/sentiment"), json={"text": text},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def served(node) -> float:
+    """Requests the node's handler has seen."""
+    time.sleep(0.5)  # the workers' metrics reach the frontend asynchronously
+    return metric(metric_samples(node), "SentimentBatchSize_sum")
+
+
+def paced(gateway, n, client="alice"):
+    """n requests, one after the other, under the client's rate."""
+    answers = []
+    for _ in range(n):
+        answers.append(ask(gateway, client=client))
+        time.sleep(1.5 / RATE)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def cluster(default_store, tmp_path_factory):
+    if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+        pytest.fail("nginx is missing: apt-get install nginx-light (.ci/run does)")
+    tmp = tmp_path_factory.mktemp("cluster")
+    nodes = [LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}",
+                             overrides={"models": json.dumps(ONE_WORKER)}) for i in (1, 2)]
+    gateway = None
+    try:
+        for node in nodes:
+            node.start()
+        settings = GatewaySettings(free_port(), [free_port(), free_port()], CLIENTS, RATE, BURST)
+        gateway = Gateway(tmp / "gateway", settings).start([Node.from_dir(n.workdir) for n in nodes])
+        yield gateway, nodes
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for node in nodes:
+            node.stop()
+
+
+def test_clients_need_a_gateway_key(cluster):
+    gateway, nodes = cluster
+    assert ask(gateway).status_code == 200
+    assert ask(gateway, key="").status_code == 401
+    assert ask(gateway, key="wrong").json()["type"] == "Unauthorized"
+    # a node's own key is not a gateway key
+    assert ask(gateway, key=nodes[0].keys["inference"]).status_code == 401
+    assert requests.get(gateway.url("/models"), timeout=10).status_code == 404  # no management through it
+
+
+def test_probes_answer_without_a_key(cluster):
+    gateway, _ = cluster
+    live = requests.get(gateway.url("/healthz"), timeout=10)
+    assert live.status_code == 200 and live.json()["status"] == "Healthy"
+    ready = requests.get(gateway.url("/readyz"), timeout=10)
+    assert ready.status_code == 200 and ready.json()["label"] in ("negative", "positive")
+
+
+def test_readiness_needs_model_workers_not_just_a_frontend(default_store, tmp_path):
+    """A node whose frontend is up but has no model ready: alive, not ready."""
+    node = LocalTorchServe(model_store=default_store, workdir=tmp_path / "node",
+                           overrides={"load_models": "", "models": "{}"})
+    gateway = None
+    try:
+        node.start(wait_for_models=False)
+        settings = GatewaySettings(free_port(), [free_port()], CLIENTS, RATE, BURST)
+        gateway = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node.workdir)])
+        assert requests.get(gateway.url("/healthz"), timeout=10).status_code == 200
+        not_ready = requests.get(gateway.url("/readyz"), timeout=10)
+        assert not_ready.status_code == 503 and not_ready.json()["type"] == "NotReady"
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        node.stop()
+
+
+def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
+    gateway, _ = cluster
+    time.sleep(1)  # let earlier requests leave the bucket
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        flood = pool.map(lambda _: ask(gateway, client="bob").status_code, range(40))
+        alice = pool.submit(paced, gateway, 5)
+        statuses = list(flood)
+        alice_statuses = [r.status_code for r in alice.result()]
+    assert statuses.count(429) >= 40 - (BURST + 1) - 3, statuses
+    assert set(statuses) <= {200, 429}
+    assert alice_statuses == [200] * 5
+    limited = ask(gateway, client="bob")
+    if limited.status_code == 429:
+        assert limited.text  # nginx's own 429 page; the status is what clients act on
+
+
+def test_both_nodes_serve_and_a_stopped_node_fails_over(cluster):
+    gateway, nodes = cluster
+    time.sleep(1)
+    before = [served(n) for n in nodes]
+    answers = paced(gateway, 20)
+    assert [a.status_code for a in answers] == [200] * 20
+    shares = [served(n) - b for n, b in zip(nodes, before)]
+    assert sum(shares) == 20 and min(shares) >= 5, f"requests per node: {shares}"
+
+    nodes[0].stop()  # by its pid; the gateway is not told
+    survivor_before = served(nodes[1])
+    answers = paced(gateway, 20)
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers if a.status_code != 200]
+    assert served(nodes[1]) - survivor_before == 20
+    assert requests.get(gateway.url("/readyz"), timeout=10).status_code == 200
+
+    nodes[1].stop()
+    assert requests.get(gateway.url("/readyz"), timeout=10).status_code == 503
+    assert ask(gateway).status_code == 502
