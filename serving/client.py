@@ -131,8 +131,9 @@ class TorchServeClient:
             time.sleep(0.5)
         raise TimeoutError(f"TorchServe not ready after {timeout:.0f}s")
 
-    def worker_pids(self, model: str) -> list[int]:
+    def worker_pids(self, model: str, ready_only: bool = False) -> list[int]:
         status, described = self.management(f"/models/{model}")
         if status != 200:
             return []
-        return [int(w["pid"]) for d in described for w in d.get("workers", []) if w.get("pid")]
+        return [int(w["pid"]) for d in described for w in d.get("workers", [])
+                if w.get("pid") and (w.get("status") == "READY" or not ready_only)]

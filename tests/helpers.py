@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import requests
+
+# config.properties' models= for a lighter server: the default model with one worker
+ONE_WORKER_MODELS = json.dumps({"sentiment": {"1.0": {
+    "defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1, "maxWorkers": 1,
+    "batchSize": 8, "maxBatchDelay": 2}}})
 
 
 def predict(server, data, content_type="application/json", token=None, path="/predictions/sentiment"):

@@ -23,10 +23,7 @@ from serving.tweets import split_tweets
 
 
 def ready_workers(server, model="sentiment") -> list[int]:
-    status, described = server.client.management(f"/models/{model}")
-    if status != 200:
-        return []
-    return [int(w["pid"]) for d in described for w in d["workers"] if w["status"] == "READY" and w.get("pid")]
+    return server.client.worker_pids(model, ready_only=True)
 
 
 def test_killed_worker_is_restarted_and_service_recovers(server, capsys):

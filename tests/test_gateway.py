@@ -6,7 +6,6 @@ a node key; liveness and readiness answer without any key while token auth stays
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -15,14 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import metric, metric_samples
+from helpers import ONE_WORKER_MODELS, metric, metric_samples
 from serving.gateway import Gateway, GatewaySettings, Node
 from serving.local_server import LocalTorchServe, free_port
 
 CLIENTS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
 RATE, BURST = 20, 10
-ONE_WORKER = {"sentiment": {"1.0": {"defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1,
-                                   "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 2}}}
 
 
 def ask(gateway, text="I love this", client="alice", key=None):
@@ -52,7 +49,7 @@ def cluster(default_store, tmp_path_factory):
         pytest.fail("nginx is missing: apt-get install nginx-light (.ci/run does)")
     tmp = tmp_path_factory.mktemp("cluster")
     nodes = [LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}",
-                             overrides={"models": json.dumps(ONE_WORKER)}) for i in (1, 2)]
+                             overrides={"models": ONE_WORKER_MODELS}) for i in (1, 2)]
     gateway = None
     try:
         for node in nodes:

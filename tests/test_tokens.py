@@ -3,23 +3,20 @@ README says keeps working across a rotation; old and expired keys are refused.""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 
 from conftest import REPO
-from helpers import predict
+from helpers import ONE_WORKER_MODELS, predict
 from serving.client import KEY_FILE, TorchServeClient, key_refused, read_keys, read_properties
 from serving.local_server import CONFIG, LocalTorchServe
 
-ONE_WORKER = {"sentiment": {"1.0": {"defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1,
-                                   "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 2}}}
 
 
 def start(store, workdir, expiry_min, wait_for_models=True):
     return LocalTorchServe(model_store=store, workdir=workdir, overrides={
-        "models": json.dumps(ONE_WORKER), "token_expiration_min": str(expiry_min)},
+        "models": ONE_WORKER_MODELS, "token_expiration_min": str(expiry_min)},
     ).start(wait_for_models=wait_for_models)
 
 
