@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from conftest import REPO
 from helpers import ONE_WORKER_MODELS, metric, metric_samples
+from serving.client import KEY_FILE
 from serving.gateway import Gateway, GatewaySettings, Node
 from serving.local_server import LocalTorchServe, free_port
 
@@ -114,6 +118,22 @@ def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
     limited = ask(gateway, client="bob")
     if limited.status_code == 429:
         assert limited.text  # nginx's own 429 page; the status is what clients act on
+
+
+def test_gateway_follows_a_node_key_rotation_on_reload(cluster):
+    gateway, nodes = cluster
+    time.sleep(1)
+    for node in nodes:
+        rotated = subprocess.run(
+            [sys.executable, "-m", "serving.tokens", "rotate", "inference",
+             "--config", str(node.workdir / "config.properties"), "--key-file", str(node.workdir / KEY_FILE)],
+            capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert rotated.returncode == 0, rotated.stderr
+    # nginx still sends the old node keys: the nodes refuse them
+    assert {a.status_code for a in paced(gateway, 4)} == {400}
+    gateway.reload([Node.from_dir(n.workdir) for n in nodes])  # what SIGHUP to serving.gateway does
+    time.sleep(1)  # nginx starts new workers with the new config
+    assert [a.status_code for a in paced(gateway, 6)] == [200] * 6
 
 
 def test_both_nodes_serve_and_a_stopped_node_fails_over(cluster):
