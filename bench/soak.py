@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=REPO / "model_store")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as work:
-        result = soak(args.store, args.minutes, args.concurrency, Path(work))
+        result = soak(args.store, args.minutes, args.concurrency, Path(work),
+                      log=lambda message: print(message, file=sys.stderr, flush=True))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     ok = result["errors"] == 0 and result["rss_growth"] < GROWTH_LIMIT
     return 0 if ok else 1

@@ -82,6 +82,10 @@ def render(settings: GatewaySettings, nodes: list[Node]) -> str:
             proxy_set_header Connection "";
             proxy_connect_timeout 1s;
             proxy_read_timeout {settings.read_timeout};
+            error_page 502 504 = @node_unavailable;
+        }}
+        location @node_unavailable {{
+            return 502 '{{"code": 502, "type": "NodeUnavailable", "message": "no TorchServe node answered"}}\n';
         }}
     }}"""
         for i, (node, port) in enumerate(zip(nodes, settings.node_proxy_ports), 1)
@@ -156,7 +160,7 @@ class Gateway:
         raise TimeoutError("nginx did not start listening")
 
     def reload(self, nodes: list[Node]) -> None:
-        """New node keys or nodes: rewrite the config and let nginx switch to it gracefully."""
+        """New node keys (same nodes): rewrite the config and let nginx switch to it gracefully."""
         self.write_config(nodes)
         subprocess.run(self._nginx("-t", "-q"), check=True, capture_output=True)
         self.proc.send_signal(signal.SIGHUP)

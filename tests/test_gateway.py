@@ -108,16 +108,19 @@ def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
     gateway, _ = cluster
     time.sleep(1)  # let earlier requests leave the bucket
     with ThreadPoolExecutor(max_workers=40) as pool:
-        flood = pool.map(lambda _: ask(gateway, client="bob").status_code, range(40))
+        started = time.monotonic()
+        flood = pool.map(lambda _: ask(gateway, client="bob"), range(40))
         alice = pool.submit(paced, gateway, 5)
-        statuses = list(flood)
+        answers = list(flood)
+        elapsed = time.monotonic() - started
         alice_statuses = [r.status_code for r in alice.result()]
-    assert statuses.count(429) >= 40 - (BURST + 1) - 3, statuses
+    statuses = [a.status_code for a in answers]
     assert set(statuses) <= {200, 429}
+    # at most the burst plus what the rate refilled while the flood lasted got through
+    assert statuses.count(200) <= BURST + 1 + RATE * elapsed, (statuses, elapsed)
+    assert statuses.count(429) >= 5, statuses
     assert alice_statuses == [200] * 5
-    limited = ask(gateway, client="bob")
-    if limited.status_code == 429:
-        assert limited.text  # nginx's own 429 page; the status is what clients act on
+    assert {a.json()["type"] for a in answers if a.status_code == 429} == {"TooManyRequests"}
 
 
 def test_gateway_follows_a_node_key_rotation_on_reload(cluster):
@@ -154,4 +157,5 @@ def test_both_nodes_serve_and_a_stopped_node_fails_over(cluster):
 
     nodes[1].stop()
     assert requests.get(gateway.url("/readyz"), timeout=10).status_code == 503
-    assert ask(gateway).status_code == 502
+    down = ask(gateway)
+    assert down.status_code == 502 and down.json()["type"] == "NodeUnavailable"
