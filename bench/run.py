@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from bench.loadgen import json_bodies, run_load
+from bench.soak import soak, workers_rss_mib
 from serving.client import http, read_properties
 from serving.local_server import CONFIG, REPO, LocalTorchServe, free_port
 from serving.tweets import LABELS, split_tweets
@@ -185,9 +186,7 @@ def drive_grpc(server: LocalTorchServe, texts: list[str], concurrency: int, args
 
 
 def worker_rss_mib(server: LocalTorchServe, version: str) -> float:
-    status, described = server.client.management(f"/models/sentiment/{version}")
-    pids = [int(w["pid"]) for d in described for w in d["workers"]]
-    return sum(psutil.Process(p).memory_info().rss for p in pids) / 2**20
+    return sum(workers_rss_mib(server, f"sentiment/{version}").values())
 
 
 def served_accuracy(server: LocalTorchServe, version: str, heldout) -> float:
@@ -358,8 +357,6 @@ def main(argv: list[str] | None = None) -> int:
             }
 
     results["baseline"] = baseline(bodies, args, work)
-
-    from bench.soak import soak
 
     log(f"soak: {args.soak_minutes} min at concurrency {TARGET_CONCURRENCY}, as shipped")
     results["soak"] = soak(store, args.soak_minutes, TARGET_CONCURRENCY, server_dir(), log)

@@ -27,8 +27,9 @@ GROWTH_LIMIT = 0.10
 SAMPLE_EVERY_S = 30.0
 
 
-def workers_rss_mib(server: LocalTorchServe) -> dict[str, float]:
-    return {str(pid): psutil.Process(pid).memory_info().rss / 2**20 for pid in server.client.worker_pids("sentiment")}
+def workers_rss_mib(server: LocalTorchServe, model: str = "sentiment") -> dict[str, float]:
+    """{worker pid: resident MiB} of a model ("sentiment") or one version ("sentiment/2.0")."""
+    return {str(pid): psutil.Process(pid).memory_info().rss / 2**20 for pid in server.client.worker_pids(model)}
 
 
 def soak(store: Path, minutes: float, concurrency: int, workdir: Path, log=print) -> dict:
