@@ -1,7 +1,7 @@
 """Locust load test against a running TorchServe (e.g. one started by `make serve`).
 
-    pip install locust
-    locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 32 -r 8 -t 1m
+    .venv/bin/pip install locust
+    .venv/bin/locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 32 -r 8 -t 1m
 
 Each simulated user posts held-out tweets as {"text": ...} with the inference key read
 from key_file.json (KEY_FILE overrides its path). Locust itself takes a good share of a
