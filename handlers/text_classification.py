@@ -19,7 +19,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 BODY_KEYS = ("body", "data")
 FORM_TEXT_KEY = "text"
@@ -155,6 +155,10 @@ def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
             "InvalidJSON",
             f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
         ) from None
+    except RecursionError:
+        raise RequestError(400, "InvalidJSON", "body is not valid JSON here: nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise RequestError(400, "InvalidJSON", "body is not valid JSON here: a number has too many digits") from None
 
 
 def _check_text(value: Any, where: str, limits: Limits) -> str:
@@ -164,6 +168,12 @@ def _check_text(value: Any, where: str, limits: Limits) -> str:
         )
     if not value.strip():
         raise RequestError(400, "EmptyText", f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can escape half a surrogate pair: "\ud800"
+        raise RequestError(
+            400, "InvalidInput", f"{where} has an unpaired surrogate at character {e.start}: not text"
+        ) from None
     if len(value) > limits.max_text_chars:
         raise RequestError(
             413,
@@ -303,14 +313,61 @@ def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict:
     }
 
 
-def responses(batch: Batch, probabilities: Sequence[Sequence[float]], labels: Sequence[str]) -> list[tuple[int, str]]:
-    """(HTTP status, JSON body) per request of the batch, in order."""
+def internal_error(step: str) -> RequestError:
+    """The answer to a request that hit a bug in the service rather than a fault of its own."""
+    return RequestError(500, "InternalServerError", f"the service failed while {step} this request")
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def run_isolated(
+    items: Sequence[Item], run: Callable[[Sequence[Item]], Sequence[Result]]
+) -> list[Result | Exception]:
+    """`run(items)` as one call, its results in order; if that raises, each item alone.
+
+    This is how one request's bytes are kept from failing the requests batched with it:
+    a step that fails for the group is retried item by item, and an item that still
+    fails gets its exception as its result, the others their results.
+    """
+    try:
+        results = list(run(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"{len(results)} results for {len(items)} items")
+        return results
+    except Exception as e:
+        if len(items) == 1:
+            return [e]
+    out: list[Result | Exception] = []
+    for item in items:
+        try:
+            (result,) = run([item])
+            out.append(result)
+        except Exception as e:  # noqa: PERF203 - each item fails alone
+            out.append(e)
+    return out
+
+
+def responses(
+    batch: Batch, probabilities: Sequence[Sequence[float] | RequestError], labels: Sequence[str]
+) -> list[tuple[int, str]]:
+    """(HTTP status, JSON body) per request of the batch, in order.
+
+    `probabilities` has one entry per text of the batch: its class probabilities, or the
+    RequestError of a step that failed for that text (which then answers its request).
+    """
     out = []
     for item, where in zip(batch.requests, batch.slices):
         if isinstance(item, RequestError):
             out.append((item.status, json.dumps(item.body())))
             continue
-        results = [prediction(p, labels) for p in probabilities[where]]
+        mine = probabilities[where]
+        failed = next((p for p in mine if isinstance(p, RequestError)), None)
+        if failed is not None:
+            out.append((failed.status, json.dumps(failed.body())))
+            continue
+        results = [prediction(p, labels) for p in mine]
         if any(not all(math.isfinite(v) for v in r["scores"].values()) for r in results):
             err = RequestError(500, "InternalServerError", "the model returned non-finite scores")
             out.append((err.status, json.dumps(err.body())))
