@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -84,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="min and max workers")
     s.add_argument("--min-workers", type=int)
     s.add_argument("--max-workers", type=int)
+    s.add_argument("--allow-zero", action="store_true", help="allow 0 workers (the version stops serving)")
     sd = sub.add_parser("set-default", help="make a version the default one")
     sd.add_argument("name")
     sd.add_argument("version")
@@ -93,13 +95,52 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def refusal(args: argparse.Namespace) -> str | None:
+    """Why TorchServe must not be called with these arguments, if it must not. TorchServe
+    itself accepts negative worker counts (and removes every worker), batch sizes below
+    1 and names with path characters."""
+    for what in ("name", "version"):
+        value = getattr(args, what, None)
+        if value is not None and (not NAME_PATTERN.fullmatch(value) or ".." in value):
+            return f"a model {what} is letters, digits, '_', '.' and '-', not {value!r}"
+    archive = getattr(args, "archive", None)
+    if archive is not None and (not NAME_PATTERN.fullmatch(archive) or ".." in archive
+                                or not archive.endswith(".mar")):
+        return f"an archive is the file name of a .mar in the model store, not {archive!r}"
+    for what in ("workers", "min_workers", "max_workers"):
+        value = getattr(args, what, None)
+        if value is not None and value < 0:
+            return f"--{what.replace('_', '-')} must be 0 or more, not {value}"
+    if args.command == "register" and args.workers == 0:
+        return "--workers must be 1 or more for a new registration"
+    if args.command == "scale":
+        if args.min_workers is None and args.max_workers is None:
+            return "scale needs --workers or --min-workers/--max-workers"
+        if None not in (args.min_workers, args.max_workers) and args.min_workers > args.max_workers:
+            return "--min-workers must not be more than --max-workers"
+        if args.max_workers == 0 and not args.allow_zero:
+            return ("--workers 0 stops serving this version; pass --allow-zero if that is what you want "
+                    "(or unregister it)")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        return f"--batch-size must be 1 or more, not {args.batch_size}"
+    if getattr(args, "max_batch_delay", None) is not None and args.max_batch_delay < 0:
+        return f"--max-batch-delay must be 0 or more, not {args.max_batch_delay}"
+    if getattr(args, "response_timeout", None) is not None and args.response_timeout < 1:
+        return f"--response-timeout must be 1 or more, not {args.response_timeout}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "scale":
-        if args.workers is not None:
-            args.min_workers = args.max_workers = args.workers
-        if args.min_workers is None and args.max_workers is None:
-            parser().error("scale needs --workers or --min-workers/--max-workers")
+    if args.command == "scale" and args.workers is not None:
+        args.min_workers = args.max_workers = args.workers
+    problem = refusal(args)
+    if problem:
+        print(f"refused, TorchServe was not called: {problem}", file=sys.stderr)
+        return 2
     if not args.key_file.is_file():
         print(f"{args.key_file} not found: start TorchServe first (make serve) or pass --key-file",
               file=sys.stderr)

@@ -121,15 +121,18 @@ def test_lifecycle_register_scale_versions_default_unregister(empty_server):
     ],
 )
 def test_bad_registrations_are_refused_and_change_nothing(empty_server, default_store, tmp_path, url, message):
+    """TorchServe's own refusal (allowed_urls, the model store), called directly: the CLI
+    refuses these before calling it (test_manage_cli.py)."""
     server = empty_server
     shutil.copy(default_store / "sentiment.mar", tmp_path / "elsewhere.mar")
     url = url.format(outside=tmp_path)
     code, _, err = manage(server, "register", "sentiment.mar", "--workers", "1")
     assert code == 0, err
     try:
-        code, _, err = manage(server, "register", url, "--workers", "1")
-        assert code != 0
-        assert message in err.lower()
+        refused = requests.post(server.url("management", "/models"), params={"url": url, "initial_workers": 1},
+                                headers={"Authorization": f"Bearer {server.keys['management']}"}, timeout=60)
+        assert refused.status_code >= 400
+        assert message in refused.json()["message"].lower()
         assert served_models(server) == {"sentiment": "sentiment.mar"}
         assert predict(server, "I love this").status_code == 200
     finally:
