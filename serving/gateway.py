@@ -44,12 +44,18 @@ class Node:
 @dataclass
 class GatewaySettings:
     port: int
-    node_proxy_ports: list[int]  # one internal loopback port per node
     clients: dict[str, str]  # name -> gateway key
     rate_per_s: int = 50
     burst: int = 100
+    listen: str = "127.0.0.1"
     max_body: str = "1m"
-    read_timeout: str = "60s"
+    read_timeout_s: int = 60  # for a node's answer; past it the node counts as failed
+    client_timeout_s: int = 10  # the whole request header; any pause in a body or answer
+    idle_timeout_s: int = 30  # an idle keep-alive connection
+    conn_per_key: int = 64  # requests in progress per gateway key
+    conn_per_address: int = 256  # per client address
+    conn_total: int = 1024
+    worker_connections: int = 4096
     model: str = "sentiment"
 
 
@@ -60,20 +66,22 @@ def _check_token(value: str, what: str) -> str:
     return value
 
 
-def render(settings: GatewaySettings, nodes: list[Node]) -> str:
-    if len(nodes) != len(settings.node_proxy_ports):
-        raise ValueError("one internal proxy port per node")
+def node_socket(workdir: Path, index: int) -> Path:
+    """The unix socket of the internal server block that adds node `index`'s key."""
+    return Path(workdir).resolve() / f"node{index}.sock"
+
+
+def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     clients = "\n".join(
         f'        "Bearer {_check_token(key, "a gateway key")}" {_check_token(name, "a client name")};'
         for name, key in settings.clients.items()
     )
-    upstream = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in settings.node_proxy_ports
-    )
+    sockets = [node_socket(workdir, i) for i in range(1, len(nodes) + 1)]
+    upstream = "\n".join(f"        server unix:{sock} max_fails=1 fail_timeout=5s;" for sock in sockets)
     node_servers = "\n".join(
         f"""    # node {i}: TorchServe on 127.0.0.1:{node.inference_port}
     server {{
-        listen 127.0.0.1:{port};
+        listen unix:{sock};
         access_log off;
         location / {{
             proxy_pass http://127.0.0.1:{node.inference_port};
@@ -81,16 +89,22 @@ def render(settings: GatewaySettings, nodes: list[Node]) -> str:
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_connect_timeout 1s;
-            proxy_read_timeout {settings.read_timeout};
-            error_page 502 504 = @node_unavailable;
+            proxy_read_timeout {settings.read_timeout_s}s;
+            # TorchServe unreachable or too slow: close without an answer, which the
+            # upstream above counts as this node failing (and retries elsewhere)
+            error_page 502 504 = @node_down;
         }}
-        location @node_unavailable {{
-            return 502 '{{"code": 502, "type": "NodeUnavailable", "message": "no TorchServe node answered"}}\n';
+        location @node_down {{
+            return 444;
         }}
     }}"""
-        for i, (node, port) in enumerate(zip(nodes, settings.node_proxy_ports), 1)
+        for i, (node, sock) in enumerate(zip(nodes, sockets), 1)
     )
     fields = {
+        # Started as root, nginx runs its workers as nobody, who could not open the node
+        # sockets in the (owner-only) work directory: keep them the starting user.
+        "USER": "user root;\n" if os.geteuid() == 0 else "",
+        "LISTEN": settings.listen,
         "PORT": str(settings.port),
         "CLIENT_KEYS": clients,
         "RATE": str(settings.rate_per_s),
@@ -98,7 +112,14 @@ def render(settings: GatewaySettings, nodes: list[Node]) -> str:
         "UPSTREAM_SERVERS": upstream,
         "NODE_SERVERS": node_servers,
         "MAX_BODY": settings.max_body,
-        "READ_TIMEOUT": settings.read_timeout,
+        "PROXY_READ_TIMEOUT": f"{settings.read_timeout_s + 5}s",
+        "CLIENT_TIMEOUT": f"{settings.client_timeout_s}s",
+        "IDLE_TIMEOUT": f"{settings.idle_timeout_s}s",
+        "CONN_PER_KEY": str(settings.conn_per_key),
+        "CONN_PER_ADDRESS": str(settings.conn_per_address),
+        "CONN_TOTAL": str(settings.conn_total),
+        "WORKER_CONNECTIONS": str(settings.worker_connections),
+        "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,
     }
     text = TEMPLATE.read_text()
@@ -119,16 +140,19 @@ class Gateway:
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.settings.port}{path}"
+        host = "127.0.0.1" if self.settings.listen in ("0.0.0.0", "127.0.0.1") else self.settings.listen
+        return f"http://{host}:{self.settings.port}{path}"
 
     def write_config(self, nodes: list[Node]) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # the node sockets inside add node keys: the owner's only
         for sub in ("logs", *(f"tmp/{d}" for d in TEMP_DIRS)):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         config = self.workdir / "nginx.conf"
         # the file holds node keys: readable by the owner only
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(render(self.settings, nodes))
+            f.write(render(self.settings, nodes, self.workdir))
         return config
 
     def _nginx(self, *args: str) -> list[str]:
@@ -180,8 +204,6 @@ class Gateway:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serving.local_server import free_port
-
     p = argparse.ArgumentParser(prog="python -m serving.gateway", description=__doc__.splitlines()[0])
     p.add_argument("--node", action="append", type=Path, required=True,
                    help="directory a TorchServe node runs in (config.properties, key_file.json)")
@@ -193,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     clients = dict(c.split("=", 1) for c in args.client)
     nodes = [Node.from_dir(d) for d in args.node]
-    settings = GatewaySettings(args.port, [free_port() for _ in nodes], clients, args.rate, args.burst)
+    settings = GatewaySettings(args.port, clients, args.rate, args.burst)
     gateway = Gateway(args.workdir, settings).start(nodes)
     signal.signal(signal.SIGHUP, lambda *_: gateway.reload([Node.from_dir(d) for d in args.node]))
     print(f"gateway on {gateway.url()} in front of {len(nodes)} node(s); Ctrl-C stops it, "

@@ -58,7 +58,7 @@ def cluster(default_store, tmp_path_factory):
     try:
         for node in nodes:
             node.start()
-        settings = GatewaySettings(free_port(), [free_port(), free_port()], CLIENTS, RATE, BURST)
+        settings = GatewaySettings(free_port(), CLIENTS, RATE, BURST)
         gateway = Gateway(tmp / "gateway", settings).start([Node.from_dir(n.workdir) for n in nodes])
         yield gateway, nodes
     finally:
@@ -93,7 +93,7 @@ def test_readiness_needs_model_workers_not_just_a_frontend(default_store, tmp_pa
     gateway = None
     try:
         node.start(wait_for_models=False)
-        settings = GatewaySettings(free_port(), [free_port()], CLIENTS, RATE, BURST)
+        settings = GatewaySettings(free_port(), CLIENTS, RATE, BURST)
         gateway = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node.workdir)])
         assert requests.get(gateway.url("/healthz"), timeout=10).status_code == 200
         not_ready = requests.get(gateway.url("/readyz"), timeout=10)
