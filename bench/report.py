@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-TARGET_CONCURRENCY = "16"
 
 
 def raw_best(results: dict, quantize: str) -> dict:
@@ -30,7 +29,7 @@ def targets(results: dict) -> list[dict]:
     """Each issue target: the measured value, the bar, met or not."""
     fp32 = results["served"]["fp32"]
     int8 = results["served"]["int8"]
-    c = TARGET_CONCURRENCY
+    c = str(results["settings"]["target_concurrency"])
     served_fp32 = fp32["load"][c]["throughput_rps"]
     best = raw_best(results, "none")
     base = results["baseline"][c]
@@ -180,18 +179,20 @@ def markdown(results: dict) -> str:
             LOAD_HEADER.replace("| |", "| concurrency |", 1)]
     out += [_load_row(c, r) for c, r in results["baseline"].items()]
 
-    out += ["", f"## TorchServe batch size (fp32, concurrency 32, delay {shipped['maxBatchDelay']} ms)",
+    out += ["", f"## TorchServe batch size (fp32, concurrency {s['batch_sweep_concurrency']}, "
+            f"delay {shipped['maxBatchDelay']} ms)",
             "", "![latency and throughput against batch size](batch_size_tradeoff.png)", "",
             LOAD_HEADER.replace("| |", "| batch size |", 1)]
     out += [_load_row(b, r) for b, r in results["batch_sweep"].items()]
 
-    out += ["", f"## Max batch delay (fp32, batch {shipped['batchSize']})", "",
-            "| delay ms | c=1 p50 ms | c=16 sentences/s | c=16 p50 ms | c=16 p99 ms | c=16 mean batch |",
+    dc = s["delay_sweep_concurrency"]
+    out += ["", f"## Max batch delay (fp32, batch {shipped['batchSize']}, concurrency 1 and {dc})", "",
+            f"| delay ms | c=1 p50 ms | c={dc} sentences/s | c={dc} p50 ms | c={dc} p99 ms | c={dc} mean batch |",
             "|---|---|---|---|---|---|"]
     for d, r in results["delay_sweep"].items():
-        c16 = r["c16"]
-        out.append(f"| {d} | {r['c1']['p50_ms']:.1f} | {c16['throughput_rps']:.1f} | {c16['p50_ms']:.1f} | "
-                   f"{c16['p99_ms']:.1f} | {c16['mean_batch_size']:.1f} |")
+        loaded = r[f"c{dc}"]
+        out.append(f"| {d} | {r['c1']['p50_ms']:.1f} | {loaded['throughput_rps']:.1f} | {loaded['p50_ms']:.1f} | "
+                   f"{loaded['p99_ms']:.1f} | {loaded['mean_batch_size']:.1f} |")
 
     if "soak" in results:
         soak = results["soak"]
@@ -220,7 +221,7 @@ def charts(results: dict, out: Path) -> None:
     sizes = [int(b) for b in sweep]
     raw = {r["batch_size"]: r for r in results["raw"]["none"]["results"]["micro"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(sizes, [sweep[str(b)]["throughput_rps"] for b in sizes], "o-", label="TorchServe, concurrency 32")
+    left.plot(sizes, [sweep[str(b)]["throughput_rps"] for b in sizes], "o-", label=f"TorchServe, concurrency {results['settings']['batch_sweep_concurrency']}")
     left.plot(sizes, [raw[b]["sentences_per_s"] for b in sizes if b in raw], "s--", label="raw model in-process (micro-batched)")
     left.set(xlabel="batch size", ylabel="sentences / s", title="Throughput", xscale="log", xticks=sizes)
     left.set_xticklabels(sizes)
