@@ -1,6 +1,7 @@
-# make serve: build what the model needs and start TorchServe on 127.0.0.1:8080
-# make test:  build the default model's archive and run the whole test suite
-# make bench: the benchmark (bench/run.py), results in bench/results/
+# make serve:     build what the model needs and start TorchServe on 127.0.0.1:8080
+# make test:      everything the tests need (system packages included), then the whole suite
+# make test-unit: the unit tests alone (seconds, no server)
+# make bench:     the benchmark (bench/run.py), results in bench/results/
 # Each step runs only when its inputs changed.
 #
 # make serve MODEL_DIR=path/to/checkpoint serves your own sequence-classification folder.
@@ -8,33 +9,66 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# torch is pinned to its CPU build (torch==X+cpu in requirements.txt), which PyTorch's own
+# index serves; it is passed to pip when it answers (a machine whose pip already offers
+# the CPU wheel, like CI's, installs it from there).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DEFAULT_MODEL := models/minilm-tweets
 MODEL_DIR ?= $(DEFAULT_MODEL)
 MAR := model_store/sentiment.mar
 INT8_MAR := model_store/sentiment-int8.mar
-GRPC_STUBS := build/grpc/inference_pb2_grpc.py
+# stamp: the stubs in build/grpc and the .pth that puts them on the venv's path
+GRPC_STUBS := $(VENV)/.grpc-stubs
 ARCHIVED_FROM := model_store/.archived-from
 
-.PHONY: serve stop test bench venv model archive grpc clean FORCE
+.PHONY: serve stop test test-unit bench venv model archive grpc clean system-serve system-test FORCE
 
-serve: $(MAR)
-	$(PY) -m serving.serve
+serve: system-serve $(MAR)
+	$(PY) -m server.serve
 
 stop:
 	$(VENV)/bin/torchserve --stop
 
-test: $(INT8_MAR) $(GRPC_STUBS)
+test: system-test $(INT8_MAR) $(GRPC_STUBS)
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(PY) -m pytest tests
 
-bench: $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	$(PY) -m bench.run
 
+# $(call need,COMMAND,DEBIAN PACKAGES): install the packages with apt-get when COMMAND is missing.
+define need
+command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+  else echo "$(1) is missing and installing it needs root: apt-get install $(2)" >&2; exit 1; fi; \
+  command -v apt-get >/dev/null || { echo "$(1) is missing: install $(2) (Debian's names) by hand" >&2; exit 1; }; \
+  echo "installing $(2) (for $(1))"; \
+  export DEBIAN_FRONTEND=noninteractive; \
+  $$sudo apt-get install -y -q --no-install-recommends $(2) \
+    || { $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $(2); }; }
+endef
+
+system-serve:
+	@$(call need,java,openjdk-17-jre-headless)
+
+system-test: system-serve
+	@$(call need,nginx,nginx-light)
+	@$(call need,prometheus,prometheus)
+
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	index=$$($(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" 2>/dev/null \
+	  && echo "--extra-index-url $(TORCH_INDEX)"); \
+	$(PY) -m pip install --disable-pip-version-check $$index -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# the handler's modules are top-level modules inside an archive: the same in the venv
+	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], \
+	  'sentiment-handlers.pth').write_text('$(CURDIR)/handlers\n')"
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
@@ -42,8 +76,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
 	touch $@
 
 model: $(DEFAULT_MODEL)/model_card.json
-$(DEFAULT_MODEL)/model_card.json: $(VENV)/.installed serving/build_model.py serving/tweets.py
-	$(PY) -m serving.build_model --out $(DEFAULT_MODEL)
+$(DEFAULT_MODEL)/model_card.json: $(VENV)/.installed training/build.py training/tweets.py
+	$(PY) -m training.build --out $(DEFAULT_MODEL)
 
 ifeq ($(MODEL_DIR),$(DEFAULT_MODEL))
 MODEL_FILES := $(DEFAULT_MODEL)/model_card.json
@@ -68,7 +102,8 @@ $(INT8_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILES
 
 grpc: $(GRPC_STUBS)
 $(GRPC_STUBS): $(VENV)/.installed
-	$(PY) -m serving.grpc_stubs build/grpc
+	$(PY) -m clients.grpc_stubs build/grpc
+	touch $@
 
 clean:
 	rm -rf $(DEFAULT_MODEL) model_store logs build

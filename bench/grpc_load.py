@@ -12,7 +12,7 @@ import itertools
 import grpc
 
 from bench.loadgen import LoadResult, closed_loop, summarize
-from serving.grpc_client import SentimentGrpcClient
+from clients.grpc_client import SentimentGrpcClient
 
 
 class _GrpcClient:

@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 from locust import HttpUser, between, task
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from server.paths import ROOT
+from training.tweets import split_tweets
 
-from serving.tweets import split_tweets  # noqa: E402
-
-KEY = json.loads(Path(os.environ.get("KEY_FILE", REPO / "key_file.json")).read_text())["inference"]["key"]
+KEY = json.loads(Path(os.environ.get("KEY_FILE", ROOT / "key_file.json")).read_text())["inference"]["key"]
 TEXTS = [t.text for t in split_tweets()[1]]
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "handlers"))
+from server.paths import MODEL_CONFIG  # noqa: E402
 
 
 def main() -> int:
@@ -44,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    handler_options = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]
+    handler_options = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
     max_length = handler_options["max_length"]
     micro_size = handler_options["micro_batch_size"]
     texts = json.loads(args.texts.read_text())

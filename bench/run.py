@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,14 @@ import psutil
 
 from bench.loadgen import json_bodies, run_load
 from bench.soak import soak, workers_rss_mib
-from serving.client import http, read_properties
-from serving.local_server import CONFIG, REPO, LocalTorchServe, free_port
-from serving.tweets import LABELS, split_tweets
+from clients.metrics import total as metric
+from clients.net import free_port, wait_for_port
+from clients.torchserve import read_properties
+from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, ROOT
+from testbed.local_server import LocalTorchServe
+from training.tweets import LABELS, split_tweets
 
-MODEL_DIR = REPO / "models" / "minilm-tweets"
+MODEL_DIR = DEFAULT_MODEL_DIR
 CONCURRENCIES = (1, 4, 16, 64)
 BATCH_SIZES = (1, 4, 8, 16, 32)
 BATCH_SWEEP_CONCURRENCY = 32
@@ -92,7 +94,7 @@ def build_archives(store: Path) -> None:
     }
     for filename, (version, options) in variants.items():
         subprocess.run(
-            [str(REPO / "archive.sh"), "--model", str(MODEL_DIR), "--version", version,
+            [str(ARCHIVE_SCRIPT), "--model", str(MODEL_DIR), "--version", version,
              *options, "--out", str(store / filename)],
             check=True, stdout=subprocess.DEVNULL,
         )
@@ -130,14 +132,8 @@ def serving(store: Path, workdir: Path, versions: dict[str, str], batch_size: in
 
 def batch_stats(server: LocalTorchServe) -> tuple[float, float]:
     """(batches, requests) the handler has seen so far, from the metrics endpoint."""
-    _, text = http(server.url("metrics", "/metrics"))
-    count = total = 0.0
-    for line in text.decode().splitlines():
-        if line.startswith("SentimentBatchSize_count"):
-            count += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("SentimentBatchSize_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-    return count, total
+    samples = server.client.metric_samples()
+    return metric(samples, "SentimentBatchSize_count"), metric(samples, "SentimentBatchSize_sum")
 
 
 def cpu_seconds(server: LocalTorchServe) -> dict[str, float]:
@@ -206,14 +202,14 @@ def raw_limit(texts_file: Path, quantize: str, args) -> dict:
     log(f"raw in-process model, {quantize}")
     command = [sys.executable, "-m", "bench.raw", "--model", str(MODEL_DIR), "--texts", str(texts_file),
                "--quantize", quantize, "--duration", str(args.raw_duration)]
-    single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     sys.stderr.write(single.stderr)
     result = json.loads(single.stdout)
 
     cores = len(os.sched_getaffinity(0))
     log(f"raw: {cores} processes x 1 thread, {quantize}")
     procs = [subprocess.Popen(command + ["--threads", "1", "--ways", "micro"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=REPO) for _ in range(cores)]
+                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT) for _ in range(cores)]
     outputs = [json.loads(p.communicate()[0]) for p in procs]
     result["parallel"] = {"processes": cores, "threads": 1, "results": [
         {"batch_size": rows[0]["batch_size"],
@@ -226,17 +222,9 @@ def raw_limit(texts_file: Path, quantize: str, args) -> dict:
     return result
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"baseline server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError("baseline server did not come up")
+def _check_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"baseline server exited with {proc.returncode}")
 
 
 def baseline(bodies: list[bytes], args, workdir: Path) -> dict:
@@ -246,11 +234,11 @@ def baseline(bodies: list[bytes], args, workdir: Path) -> dict:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
-            cwd=REPO, env=dict(os.environ, MODEL_DIR=str(MODEL_DIR)), stdout=out,
+            cwd=ROOT, env=dict(os.environ, MODEL_DIR=str(MODEL_DIR)), stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        wait_for_port(port, proc)
+        wait_for_port("127.0.0.1", port, 120, alive=lambda: _check_running(proc))
         run_load(f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"},
                  concurrency=8, duration=2.0, warmup=0.0)  # warm-up, as for TorchServe
         results = {}
@@ -272,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per point")
     parser.add_argument("--raw-duration", type=float, default=8.0, help="seconds per raw batch size")
     parser.add_argument("--soak-minutes", type=float, default=3.0, help="length of the soak phase")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
     if not (MODEL_DIR / "config.json").is_file():
@@ -292,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration, "warmup_s": args.warmup, "raw_duration_s": args.raw_duration,
         "texts": f"{len(texts)} held-out tweets, one per request, JSON body",
         "shipped": shipped_model_settings(),
+        "concurrencies": list(CONCURRENCIES),
+        "target_concurrency": TARGET_CONCURRENCY,
+        "batch_sizes": list(BATCH_SIZES),
+        "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
+        "delays_ms": list(DELAYS_MS),
+        "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
+        "soak_minutes": args.soak_minutes,
     }}
     results["raw"] = {q: raw_limit(texts_file, q, args) for q in ("none", "int8")}
 

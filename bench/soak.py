@@ -20,8 +20,9 @@ from pathlib import Path
 import psutil
 
 from bench.loadgen import json_bodies, run_load
-from serving.local_server import REPO, LocalTorchServe
-from serving.tweets import split_tweets
+from server.paths import MODEL_STORE
+from testbed.local_server import LocalTorchServe
+from training.tweets import split_tweets
 
 GROWTH_LIMIT = 0.10
 SAMPLE_EVERY_S = 30.0
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--store", type=Path, default=REPO / "model_store")
+    p.add_argument("--store", type=Path, default=MODEL_STORE)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as work:
         result = soak(args.store, args.minutes, args.concurrency, Path(work),

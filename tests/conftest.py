@@ -1,26 +1,21 @@
-"""Shared fixtures.
+"""Fixtures shared by tests/unit and tests/integration.
 
 Unit tests use a tiny randomly initialised BERT built here (seconds). Integration tests
-start a real TorchServe on free loopback ports with model_store/sentiment.mar, the
-archive of the real default model that `make test` builds first.
+share one real TorchServe (session scope) serving model_store/sentiment.mar, the archive
+of the real default model that `make test` builds first; tests that change a server
+(kill a worker, rotate keys, register models, stop nodes) start their own.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# The handler modules are top-level modules inside the archive; import them the same way.
-sys.path.insert(0, str(REPO / "handlers"))
-sys.path.insert(0, str(REPO))
+from server.paths import MODEL_STORE
+from testbed.local_server import LocalTorchServe
 
-from serving.local_server import LocalTorchServe  # noqa: E402
-
-DEFAULT_MAR = REPO / "model_store" / "sentiment.mar"
-DEFAULT_MODEL = REPO / "models" / "minilm-tweets"
+DEFAULT_MAR = MODEL_STORE / "sentiment.mar"
 
 
 @pytest.fixture(scope="session")
@@ -49,20 +44,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _require_default_archive() -> Path:
+@pytest.fixture(scope="session")
+def default_store() -> Path:
     if not DEFAULT_MAR.is_file():
         pytest.fail(f"{DEFAULT_MAR} is missing: run the tests with `make test`, which builds it")
-    return DEFAULT_MAR
+    return DEFAULT_MAR.parent
 
 
 @pytest.fixture(scope="session")
-def default_store() -> Path:
-    return _require_default_archive().parent
-
-
-@pytest.fixture(scope="module")
 def server(default_store, tmp_path_factory):
-    """A real TorchServe serving the default model with the repo's config.properties."""
+    """The real TorchServe that the integration tests which only send requests share:
+    the default model, the repo's config.properties (free ports)."""
     ts = LocalTorchServe(model_store=default_store, workdir=tmp_path_factory.mktemp("ts"))
     ts.start()
     yield ts

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
+import os
+import subprocess
+import sys
 
 import requests
+import yaml
+
+from clients.metrics import total as metric
+from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
+
+__all__ = ["ONE_WORKER_MODELS", "metric", "metric_samples", "predict", "tiny_archive"]
 
 # config.properties' models= for a lighter server: the default model with one worker
 ONE_WORKER_MODELS = json.dumps({"sentiment": {"1.0": {
@@ -22,16 +30,19 @@ def predict(server, data, content_type="application/json", token=None, path="/pr
 
 def metric_samples(server) -> dict[str, float]:
     """{'name{labels}': value} scraped from the metrics port."""
-    text = requests.get(server.url("metrics", "/metrics"), timeout=10).text
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    return server.client.metric_samples()
 
 
-def metric(samples: dict[str, float], name: str) -> float:
-    """Sum of a metric's samples over all label sets."""
-    pattern = re.compile(re.escape(name) + r"(\{|$)")
-    return sum(v for k, v in samples.items() if pattern.match(k))
+def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_path=None):
+    """archive.sh on a (tiny) model folder, with handler options and a response timeout."""
+    cmd = [str(ARCHIVE_SCRIPT), "--model", str(model_dir), "--name", name, "--out", str(out)]
+    for option in options:
+        cmd += ["--option", option]
+    if response_timeout is not None:
+        config = yaml.safe_load(MODEL_CONFIG.read_text())
+        config["responseTimeout"] = response_timeout
+        path = tmp_path / f"{name}-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--config", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"))

@@ -1,0 +1,148 @@
+"""Start and stop a private TorchServe for tests and benchmarks.
+
+Each server gets its own working directory (where TorchServe writes key_file.json and
+logs/), its own temp directory (where the launcher keeps its pid file and the workers
+their sockets), free loopback ports, and a config.properties derived from the repo's
+own, so tests exercise the shipped settings. It runs in a process group of its own and
+is stopped by that group's id, never by process name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.net import free_port
+from clients.torchserve import KEY_FILE, TorchServeClient, read_properties
+from server import launch
+from server.paths import CONFIG, ROOT, ROOT_RELATIVE_KEYS
+
+PORT_KEYS = {
+    "inference_address": "inference",
+    "management_address": "management",
+    "metrics_address": "metrics",
+    "grpc_inference_port": "grpc_inference",
+    "grpc_management_port": "grpc_management",
+}
+
+
+def write_properties(path: Path, props: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+
+@dataclass
+class LocalTorchServe:
+    model_store: Path
+    overrides: dict[str, str] = field(default_factory=dict)  # config.properties keys
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+
+    proc: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    client: TorchServeClient | None = None
+
+    def url(self, api: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[api]}{path}"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return self.client.keys
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def start(self, timeout: float = 180.0, wait_for_models: bool = True) -> "LocalTorchServe":
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="torchserve-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+
+        props = read_properties(CONFIG)
+        for key, api in PORT_KEYS.items():
+            self.ports[api] = free_port()
+            if key.endswith("_port"):
+                props[key] = str(self.ports[api])
+            else:
+                props[key] = self.url(api)
+        for key in ROOT_RELATIVE_KEYS:
+            if key in props:
+                props[key] = str(ROOT / props[key])
+        props["model_store"] = str(Path(self.model_store).resolve())
+        props.update(self.overrides)
+        write_properties(self.workdir / "config.properties", props)
+
+        started = time.time()
+        with open(self.workdir / "torchserve.out", "wb") as out:
+            self.proc = subprocess.Popen(
+                launch.command("config.properties", foreground=True),
+                cwd=self.workdir,
+                env=launch.environment(tmp, **self.env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, stopped as one
+            )
+        try:
+            keys = launch.wait_for_keys(self.workdir, started, timeout, alive=self._check_alive)
+            self.client = TorchServeClient(
+                self.url("inference"), self.url("management"), self.url("metrics"),
+                keys, self.workdir / KEY_FILE,
+            )
+            self.client.wait_until_ready(timeout, alive=self._check_alive, models=wait_for_models)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            out = (self.workdir / "torchserve.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"TorchServe exited with {self.proc.returncode}:\n{out}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the launcher leads its own group
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait
+            while time.time() < deadline and _group_alive(pgid, self.proc):
+                time.sleep(0.2)
+            if not _group_alive(pgid, self.proc):
+                break
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc = None
+
+    def __enter__(self) -> "LocalTorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int, leader: subprocess.Popen) -> bool:
+    """Whether a process of the group is still running (the leader's zombie does not count)."""
+    leader.poll()  # reaps the leader once it has exited
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        if state != "Z" and int(group) == pgid:
+            return True
+    return False

@@ -1,0 +1,314 @@
+"""The gateway as the front door: timeouts, connection caps, only the API's methods and
+paths, answers in order, HTTP/1.0 and Connection: close, forms refused, no API
+description, and a node's own error answers never taking it out of rotation.
+
+Real nginx in front of real TorchServe nodes, spoken to over raw sockets where the test
+is about the bytes on the wire."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from helpers import metric, metric_samples
+from gateway.nginx import Gateway, GatewaySettings, Node
+from clients.net import free_port
+from testbed.local_server import LocalTorchServe
+from training.tweets import split_tweets
+
+CLIENTS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
+CLIENT_TIMEOUT, IDLE_TIMEOUT, CONN_PER_KEY = 2, 3, 4
+
+
+@pytest.fixture(scope="module")
+def front(server, tmp_path_factory):
+    """The gateway, with short timeouts and a small cap per key, in front of the shared server."""
+    settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000,
+                               client_timeout_s=CLIENT_TIMEOUT, idle_timeout_s=IDLE_TIMEOUT,
+                               conn_per_key=CONN_PER_KEY)
+    gateway = Gateway(tmp_path_factory.mktemp("front"), settings).start([Node.from_dir(server.workdir)])
+    yield gateway, server
+    gateway.stop()
+
+
+def connect(gateway) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", gateway.settings.port), timeout=30)
+
+
+def request_bytes(body: bytes, key=CLIENTS["alice"], version="1.1", extra="", path="/predictions/sentiment") -> bytes:
+    return (f"POST {path} HTTP/{version}\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+def read_response(sock: socket.socket, buffered: bytearray) -> tuple[int, dict, bytes]:
+    """One HTTP response from the socket (Content-Length framed): (status, headers, body)."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a response")
+        buffered += chunk
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers.get("content-length", 0))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed inside a body")
+        rest += chunk
+    buffered[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (reads what comes)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def ask(gateway, key=CLIENTS["alice"], content_type=None, **kwargs):
+    kwargs.setdefault("json", {"text": "I love this"})
+    headers = {"Authorization": f"Bearer {key}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return requests.post(gateway.url("/predictions/sentiment"), headers=headers, timeout=60, **kwargs)
+
+
+def test_only_the_apis_methods_and_paths(front):
+    gateway, _ = front
+    auth = {"Authorization": f"Bearer {CLIENTS['alice']}"}
+    for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"):
+        r = requests.request(method, gateway.url("/predictions/sentiment"), headers=auth, data=b'{"text": "x"}',
+                             timeout=30)
+        assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed", method
+        assert r.headers["Allow"] == "POST"
+    for path in ("/", "/api-description", "/ping", "/models", "/metrics", "/predictions/other-model",
+                 "/predictions/sentiment/1.0/extra", "/explanations/sentiment", "/predictions/../ping"):
+        for method in ("GET", "POST", "OPTIONS"):
+            r = requests.request(method, gateway.url(path), headers=auth, timeout=30)
+            assert r.status_code == 404 and r.json()["type"] == "NotFound", (method, path)
+    assert requests.post(gateway.url("/healthz"), timeout=30).status_code == 405
+    assert requests.put(gateway.url("/readyz"), timeout=30).status_code == 405
+    assert requests.head(gateway.url("/healthz"), timeout=30).status_code == 200
+    versioned = requests.post(gateway.url("/predictions/sentiment/1.0"), headers=auth, json={"text": "good"},
+                              timeout=30)
+    assert versioned.status_code == 200
+
+
+def test_query_strings_are_refused_before_anything_else(front):
+    gateway, _ = front
+    r = requests.post(gateway.url("/predictions/sentiment?token=abc"), json={"text": "x"}, timeout=30)
+    assert r.status_code == 400 and r.json()["type"] == "QueryNotAllowed"
+    r = requests.get(gateway.url("/healthz?x=1"), timeout=30)
+    assert r.status_code == 400
+
+
+def test_forms_are_refused_before_torchserve_sees_them(front):
+    gateway, node = front
+    before = metric(metric_samples(node), "ts_inference_requests_total")
+    for body, content_type in ((b"text=I%20love%ZZit", "application/x-www-form-urlencoded"),
+                               (b"text=fine", "application/x-www-form-urlencoded; charset=utf-8"),
+                               (b"--x\r\nContent-Disposition: form-data; name=text\r\n\r\nhi\r\n--x--\r\n",
+                                "multipart/form-data; boundary=x")):
+        r = ask(gateway, json=None, data=body, content_type=content_type)
+        assert r.status_code == 415 and r.json()["type"] == "UnsupportedMediaType", content_type
+    assert metric(metric_samples(node), "ts_inference_requests_total") == before
+
+
+def test_hostile_bodies_through_the_gateway_cost_no_good_request(front):
+    """The hostile mix of test_hostile.py, sent through the gateway among good requests."""
+    from test_hostile import hostile_requests
+
+    gateway, node = front
+    _, heldout = split_tweets()
+    texts = [t.text for t in heldout[300:330]]
+    alone = {t: ask(gateway, json={"text": t}).json() for t in texts}
+    rng = random.Random(5)
+    lost, fivexx = [], []
+    for _ in range(4):
+        jobs = [("good", t) for t in rng.sample(texts, 12)]
+        jobs += [("bad", case) for case in hostile_requests(rng) if case[1] == ""]
+        rng.shuffle(jobs)
+
+        def send(job):
+            kind, what = job
+            if kind == "good":
+                return job, ask(gateway, json={"text": what})
+            _, _, body, headers = what
+            return job, ask(gateway, json=None, data=body, content_type=headers.get("Content-Type"))
+
+        with ThreadPoolExecutor(max_workers=CONN_PER_KEY) as pool:
+            for (kind, what), r in pool.map(send, jobs):
+                if kind == "good" and (r.status_code != 200 or r.json()["label"] != alone[what]["label"]):
+                    lost.append((r.status_code, r.text[:100]))
+                elif kind == "bad" and r.status_code >= 500:
+                    fivexx.append((what[0], r.status_code, r.text[:100]))
+    assert lost == [] and fivexx == []
+
+
+def test_pipelined_requests_are_answered_in_order(front):
+    gateway, _ = front
+    _, heldout = split_tweets()
+    texts = [t.text for t in heldout[:16]]
+    alone = [ask(gateway, json={"text": t}).json() for t in texts]
+    with connect(gateway) as sock:
+        sock.sendall(b"".join(request_bytes(json.dumps({"text": t}).encode()) for t in texts))
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in texts]
+    for (status, _, body), expected in zip(answers, alone):
+        assert status == 200
+        got = json.loads(body)
+        assert got["label"] == expected["label"] and got["score"] == pytest.approx(expected["score"], abs=1e-3)
+
+
+@pytest.mark.parametrize("version, extra", [("1.0", ""), ("1.1", "Connection: close\r\n")])
+def test_http_1_0_and_connection_close_end_the_connection_after_the_answer(front, version, extra):
+    gateway, _ = front
+    with connect(gateway) as sock:
+        sock.sendall(request_bytes(b'{"text": "I love this"}', version=version, extra=extra))
+        status, headers, body = read_response(sock, bytearray())
+        assert status == 200 and json.loads(body)["label"] == "positive"
+        assert closed_by_server(sock, within=5), "the connection stayed open"
+
+
+def test_slow_and_idle_connections_are_closed(front):
+    gateway, _ = front
+    with connect(gateway) as header_never_ends, connect(gateway) as body_never_ends, connect(gateway) as idle:
+        header_never_ends.sendall(b"POST /predictions/sentiment HTTP/1.1\r\nHost: gateway\r\n")
+        full = request_bytes(b'{"text": "I love this, really"}')
+        body_never_ends.sendall(full[:-8])
+        idle.sendall(request_bytes(b'{"text": "I love this"}'))
+        assert read_response(idle, bytearray())[0] == 200
+        started = time.monotonic()
+        for sock in (header_never_ends, body_never_ends):
+            assert closed_by_server(sock, within=CLIENT_TIMEOUT + 5)
+        assert closed_by_server(idle, within=IDLE_TIMEOUT + 5)
+        assert time.monotonic() - started < IDLE_TIMEOUT + 5
+
+
+def test_a_trickled_header_is_cut_off_at_the_header_timeout(front):
+    """One byte a second keeps no read pause long, but the whole header has CLIENT_TIMEOUT."""
+    gateway, _ = front
+    header = request_bytes(b'{"text": "hi"}')
+    with connect(gateway) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in header[:40]:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.5)
+            if time.monotonic() - started > CLIENT_TIMEOUT + 3:
+                break
+        assert closed or closed_by_server(sock, within=CLIENT_TIMEOUT + 3)
+        assert time.monotonic() - started < CLIENT_TIMEOUT + 8
+
+
+def test_open_requests_are_capped_per_key_and_other_keys_go_on(front):
+    gateway, _ = front
+    held = []
+    try:
+        # bob's requests with their bodies still to come: each counts as a request in progress
+        for _ in range(CONN_PER_KEY):
+            sock = connect(gateway)
+            sock.sendall(request_bytes(b'{"text": "I love this"}', key=CLIENTS["bob"])[:-4])
+            held.append(sock)
+        time.sleep(0.3)
+        over = ask(gateway, key=CLIENTS["bob"])
+        assert over.status_code == 429 and over.json()["type"] == "TooManyRequests"
+        assert ask(gateway).status_code == 200  # alice is not bob
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert ask(gateway, key=CLIENTS["bob"]).status_code == 200
+
+
+def test_a_slow_connection_flood_leaves_good_requests_answered(front):
+    """Hundreds of connections that never finish their header, trickling bytes; good
+    requests go on meanwhile, and the flood is cut off by the header timeout."""
+    gateway, _ = front
+    flood = []
+    try:
+        for _ in range(400):
+            sock = connect(gateway)
+            sock.sendall(b"POST /predictions/sentiment HTTP/1.1\r\nHost: x\r\n")
+            flood.append(sock)
+        _, heldout = split_tweets()
+        with ThreadPoolExecutor(max_workers=CONN_PER_KEY) as pool:
+            answers = list(pool.map(lambda t: ask(gateway, json={"text": t.text}), heldout[:40]))
+            for sock in flood[:100]:  # some keep trickling
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    pass
+        assert [a.status_code for a in answers] == [200] * 40
+        time.sleep(CLIENT_TIMEOUT + 2)
+        still_open = sum(not closed_by_server(sock, within=0.2) for sock in flood)
+        assert still_open == 0, f"{still_open} slow connections still open after the header timeout"
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def one_slow_node(server, tiny_model_dir, tmp_path_factory):
+    """The gateway in front of the shared server and a node whose queue fills at once: the
+    tiny model archived as `sentiment`, 300 ms a batch, batches of 1, a job queue of 1."""
+    from helpers import tiny_archive
+
+    tmp = tmp_path_factory.mktemp("slow-node")
+    store = tmp / "store"
+    store.mkdir()
+    tiny_archive(tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300"])
+    slow_models = json.dumps({"sentiment": {"1.0": {"defaultVersion": True, "marName": "sentiment.mar",
+                                                    "minWorkers": 1, "maxWorkers": 1, "batchSize": 1,
+                                                    "maxBatchDelay": 1}}})
+    slow = LocalTorchServe(model_store=store, workdir=tmp / "slow",
+                           overrides={"models": slow_models, "job_queue_size": "1"})
+    gateway = None
+    try:
+        slow.start()
+        settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000)
+        gateway = Gateway(tmp / "gateway", settings).start([Node.from_dir(n.workdir) for n in (server, slow)])
+        yield gateway, (server, slow)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        slow.stop()
+
+
+def test_a_nodes_own_503_is_passed_on_and_the_node_stays_in_rotation(one_slow_node):
+    gateway, (real, slow) = one_slow_node
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(lambda _: ask(gateway), range(24)))
+    statuses = [a.status_code for a in answers]
+    assert 503 in statuses, statuses  # the slow node's queue was full
+    assert set(statuses) <= {200, 503}
+    assert {a.json()["code"] for a in answers if a.status_code == 503} == {503}
+    # right away, inside the fail_timeout a failed node would sit out: both still get requests
+    time.sleep(1)
+    before = metric(metric_samples(slow), "ts_inference_requests_total")
+    paced = []
+    for _ in range(10):
+        paced.append(ask(gateway).status_code)
+        time.sleep(0.35)
+    after = metric(metric_samples(slow), "ts_inference_requests_total")
+    assert paced == [200] * 10, paced
+    assert after - before >= 3, f"the slow node got {after - before} of 10 requests: it was taken out"

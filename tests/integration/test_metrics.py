@@ -1,0 +1,108 @@
+"""Handler metrics on the metrics port, and a real Prometheus scraping them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+
+from server.paths import ROOT
+from clients.net import free_port
+from helpers import metric, metric_samples, predict
+
+
+def test_handler_metrics_count_what_was_sent(server):
+    before = metric_samples(server)
+    for _ in range(3):
+        assert predict(server, json.dumps({"text": "I love it"})).status_code == 200
+    assert predict(server, json.dumps({"text": ["good", "bad", "ugly", "fine"]})).status_code == 200
+    for _ in range(2):
+        assert predict(server, b'{"text": ').status_code == 400
+    assert predict(server, b'{"text": ""}').status_code == 400
+    after = metric_samples(server)
+
+    def delta(name):
+        return metric(after, name) - metric(before, name)
+
+    assert delta("SentimentTexts") == 3 + 4
+    assert delta_with_label(before, after, "SentimentRequestErrors", "InvalidJSON") == 2
+    assert delta_with_label(before, after, "SentimentRequestErrors", "EmptyText") == 1
+    assert delta("SentimentTextsPerRequest_count") == 4
+    assert delta("SentimentTextsPerRequest_sum") == 7
+    requests_seen = delta("SentimentBatchSize_sum")
+    assert requests_seen == 7  # every request, good or bad, went through a batch
+    batches = delta("SentimentBatchSize_count")
+    assert 1 <= batches <= 7
+    for name in ("SentimentPreprocessSeconds", "SentimentInferenceSeconds"):
+        assert delta(f"{name}_count") >= 1
+        per_batch = delta(f"{name}_sum") / delta(f"{name}_count")
+        assert 0 < per_batch < 10, name  # seconds, not milliseconds
+    assert delta("ts_inference_requests_total") == 7
+
+
+def delta_with_label(before, after, name, label_value):
+    def total(samples):
+        return sum(v for k, v in samples.items() if k.startswith(name + "{") and f'"{label_value}"' in k)
+    return total(after) - total(before)
+
+
+@pytest.fixture
+def prometheus(server, tmp_path):
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("the prometheus binary is missing: apt-get install prometheus (.ci/run does)")
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server.ports['metrics']}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if requests.get(url + "/-/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail("prometheus did not start:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_prometheus_scrapes_handler_metrics(server, prometheus):
+    for text in ("I love it", "awful", "great stuff"):
+        assert predict(server, json.dumps({"text": text})).status_code == 200
+    deadline = time.time() + 60
+    result = []
+    while time.time() < deadline:
+        answer = requests.get(prometheus + "/api/v1/query", params={"query": "SentimentTexts"}, timeout=5).json()
+        assert answer["status"] == "success"
+        result = answer["data"]["result"]
+        if result and float(result[0]["value"][1]) >= 3:
+            break
+        time.sleep(1)
+    assert result, "Prometheus never scraped SentimentTexts"
+    sample = result[0]
+    assert sample["metric"]["ModelName"] == "sentiment"
+    assert sample["metric"]["job"] == "torchserve"
+    assert float(sample["value"][1]) >= 3
+    targets = requests.get(prometheus + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+    assert [t["health"] for t in targets] == ["up"]

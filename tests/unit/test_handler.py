@@ -1,0 +1,218 @@
+"""Unit tests of SentimentHandler with TorchServe's real Context, on a tiny model.
+
+The context is built the way TorchServe's worker builds it (ts.context.Context with a
+RequestProcessor per request and the metrics cache from metrics.yaml), so status codes,
+content types and metrics set by the handler are read back as the worker would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from sentiment_handler import SentimentHandler
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from server.paths import ROOT
+
+JSON = "application/json"
+
+
+def make_context(model_dir, handler_options=None):
+    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = "sentiment"
+    model_yaml = {"handler": handler_options or {}}
+    return Context("sentiment", str(model_dir), {"model": {}}, 8, None, "0.12.0",
+                   metrics=metrics, model_yaml_config=model_yaml)
+
+
+def run_batch(handler, context, requests):
+    """requests: [(row, content_type)] -> [(status, parsed body, content type)]"""
+    context.request_ids = {i: f"req-{i}" for i in range(len(requests))}
+    context.metrics.set_request_ids(context.request_ids)
+    context.request_processor = [
+        RequestProcessor({"Content-Type": ct, "Authorization": "Bearer not-for-logs"})
+        for _, ct in requests
+    ]
+    out = handler.handle([row for row, _ in requests], context)
+    assert len(out) == len(requests)
+    return [
+        (context.get_response_status(i)[0], json.loads(body), context.get_response_content_type(i))
+        for i, body in enumerate(out)
+    ]
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(tiny_model_dir):
+    context = make_context(tiny_model_dir)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_initialize_reads_labels_and_clamps_max_length(handler_and_context):
+    handler, _ = handler_and_context
+    assert handler.labels == ["negative", "positive"]
+    assert handler.max_length == 64  # the tiny model has 64 positions; the option says 128
+    assert handler.device == torch.device("cpu")
+    assert not handler.model.training
+
+
+def test_batch_answers_each_request_and_isolates_bad_ones(handler_and_context):
+    handler, context = handler_and_context
+    results = run_batch(handler, context, [
+        ({"body": b'{"text": "I love it"}'}, JSON),
+        ({"body": b'{"text": '}, JSON),
+        ({"body": b"plain text body"}, "text/plain"),
+        ({"body": b'{"text": ["one", "two", "three"]}'}, JSON),
+        ({"body": b"\xff\xfe"}, "text/plain"),
+        ({"text": b"a form field"}, "application/x-www-form-urlencoded"),
+    ])
+    statuses = [status for status, _, _ in results]
+    assert statuses == [200, 400, 200, 200, 400, 200]
+    assert all(ct == JSON for _, _, ct in results)
+    single = results[0][1]
+    assert set(single) == {"label", "score", "scores"}
+    assert single["label"] in ("negative", "positive")
+    assert sum(single["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert single["score"] == max(single["scores"].values())
+    assert isinstance(results[3][1], list) and len(results[3][1]) == 3
+    assert results[1][1]["type"] == "InvalidJSON"
+    assert results[4][1]["type"] == "InvalidEncoding"
+
+
+def test_same_text_same_answer_alone_or_padded_in_a_batch(handler_and_context):
+    handler, context = handler_and_context
+    text = b'{"text": "short"}'
+    alone = run_batch(handler, context, [({"body": text}, JSON)])[0][1]
+    batched = run_batch(handler, context, [
+        ({"body": b'{"text": "a much longer text that forces padding of the short one " }'}, JSON),
+        ({"body": text}, JSON),
+    ])[1][1]
+    assert alone["label"] == batched["label"]
+    assert alone["score"] == pytest.approx(batched["score"], abs=1e-5)
+
+
+def test_long_text_is_truncated_not_refused(handler_and_context):
+    handler, context = handler_and_context
+    long_text = " ".join(["word"] * 2000)  # ~2000 tokens, under max_text_chars
+    (status, body, _), = run_batch(handler, context, [({"body": long_text.encode()}, "text/plain")])
+    assert status == 200 and body["label"] in ("negative", "positive")
+
+
+def test_a_batch_of_only_bad_requests_runs_no_model(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    monkeypatch.setattr(handler, "model", None)  # would raise if called
+    results = run_batch(handler, context, [({"body": b""}, JSON), ({}, None)])
+    assert [r[0] for r in results] == [400, 400]
+
+
+def emitted_metrics(caplog) -> list[tuple[str, float, dict]]:
+    """(name, value, dimensions) of each metric the handler emitted through TorchServe's
+    metrics API: the worker writes them as [METRICS] lines for the frontend to collect."""
+    out = []
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith("[METRICS]"):
+            head, dims = message[len("[METRICS]"):].split("|#")[:2]
+            name_unit, value = head.rsplit(":", 1)
+            out.append((name_unit.split(".")[0], float(value), dict(d.split(":", 1) for d in dims.split(","))))
+    return out
+
+
+def test_handler_metrics(handler_and_context, caplog):
+    """What the handler emits for a batch of one 2-text request and one empty body."""
+    handler, context = handler_and_context
+    with caplog.at_level(logging.INFO):
+        run_batch(handler, context, [({"body": b'{"text": ["a", "b"]}'}, JSON), ({"body": b""}, JSON)])
+    emitted = emitted_metrics(caplog)
+    values = {name: value for name, value, _ in emitted}
+    assert values["SentimentBatchSize"] == 2  # requests in the batch
+    assert values["SentimentTexts"] == 2  # texts classified
+    assert values["SentimentTextsPerRequest"] == 2
+    errors = [(value, dims) for name, value, dims in emitted if name == "SentimentRequestErrors"]
+    assert [(v, d["ErrorType"]) for v, d in errors] == [(1, "EmptyBody")]
+    for name in ("SentimentPreprocessSeconds", "SentimentInferenceSeconds"):
+        assert 0 < values[name] < 10, name  # seconds, not milliseconds
+    assert {dims["ModelName"] for _, _, dims in emitted} == {"sentiment"}
+
+
+def test_no_user_text_or_token_in_logs(handler_and_context, caplog):
+    handler, context = handler_and_context
+    secret = "my-very-private-sentence"
+    with caplog.at_level(logging.DEBUG):
+        run_batch(handler, context, [
+            ({"body": json.dumps({"text": secret}).encode()}, JSON),
+            ({"body": json.dumps({"text": [secret, 5]}).encode()}, JSON),
+            ({"body": (secret + '"{').encode()}, JSON),
+        ])
+    assert secret not in caplog.text
+    assert "not-for-logs" not in caplog.text
+
+
+def test_labels_option_overrides_checkpoint_labels(tiny_model_dir):
+    context = make_context(tiny_model_dir, {"labels": ["bad", "good"], "torch_threads": 1})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    assert handler.labels == ["bad", "good"]
+    assert torch.get_num_threads() == 1
+    (status, body, _), = run_batch(handler, context, [({"body": b"fine"}, "text/plain")])
+    assert status == 200 and set(body["scores"]) == {"bad", "good"}
+
+
+def test_unknown_handler_option_fails_initialize(tiny_model_dir):
+    with pytest.raises(ValueError, match="quantise"):
+        SentimentHandler().initialize(make_context(tiny_model_dir, {"quantise": "int8"}))
+
+
+def test_int8_option_quantizes_linear_layers_and_keeps_predictions(tiny_model_dir, handler_and_context):
+    fp32, fp32_context = handler_and_context
+    context = make_context(tiny_model_dir, {"quantize": "int8"})
+    int8 = SentimentHandler()
+    int8.initialize(context)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    modules = list(int8.model.modules())
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    requests = [({"body": b'{"text": ["I love it", "terrible service", "meh"]}'}, JSON)]
+    (_, quantized, _), = run_batch(int8, context, requests)
+    (_, reference, _), = run_batch(fp32, fp32_context, requests)
+    for q, r in zip(quantized, reference):
+        assert q["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=0.05)
+
+
+def test_bad_quantize_value_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="quantize must be one of none, int8"):
+        SentimentHandler().initialize(make_context(tiny_model_dir, {"quantize": "fp8"}))
+
+
+@pytest.mark.parametrize("micro_batch_size", [0, 2, 8])
+def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_dir, micro_batch_size):
+    context = make_context(tiny_model_dir, {"micro_batch_size": micro_batch_size})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    texts = ["a fairly long sentence about nothing in particular at all", "short",
+             "medium length text here", "x", "another long one, with commas, and more words in it"]
+    alone = [run_batch(handler, context, [({"body": t.encode()}, "text/plain")])[0][1] for t in texts]
+    rows = [({"body": t.encode()}, "text/plain") for t in texts[:2]]
+    rows.append(({"body": json.dumps({"text": texts[2:]}).encode()}, JSON))
+    together = run_batch(handler, context, rows)
+    answers = [together[0][1], together[1][1], *together[2][1]]
+    for one, other in zip(alone, answers):
+        assert one["scores"]["positive"] == pytest.approx(other["scores"]["positive"], abs=1e-5)
+
+
+def test_simulated_latency_slows_each_batch(tiny_model_dir):
+    import time
+
+    context = make_context(tiny_model_dir, {"simulated_latency_ms": 300})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    started = time.perf_counter()
+    (status, _, _), = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
+    assert status == 200 and time.perf_counter() - started >= 0.3
