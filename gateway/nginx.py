@@ -15,6 +15,7 @@ from clients.net import wait_for_port
 from clients.torchserve import KEY_FILE, read_keys, read_properties
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
+DRAINING_FILE = "draining"  # in the workdir: while it exists, /readyz answers 503
 TEMP_DIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -60,11 +61,9 @@ def node_socket(workdir: Path, index: int) -> Path:
     return Path(workdir).resolve() / f"node{index}.sock"
 
 
-def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
-    clients = "\n".join(
-        f'        "Bearer {_check_token(key, "a gateway key")}" {_check_token(name, "a client name")};'
-        for name, key in settings.clients.items()
-    )
+def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> tuple[str, str]:
+    """With several nodes: the upstream's servers (one unix socket per node) and the
+    internal server blocks behind those sockets, each adding its node's key."""
     sockets = [node_socket(workdir, i) for i in range(1, len(nodes) + 1)]
     upstream = "\n".join(f"        server unix:{sock} max_fails=1 fail_timeout=5s;" for sock in sockets)
     node_servers = "\n".join(
@@ -89,6 +88,22 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     }}"""
         for i, (node, sock) in enumerate(zip(nodes, sockets), 1)
     )
+    return upstream, node_servers
+
+
+def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
+    clients = "\n".join(
+        f'        "Bearer {_check_token(key, "a gateway key")}" {_check_token(name, "a client name")};'
+        for name, key in settings.clients.items()
+    )
+    if len(nodes) == 1:  # proxy straight to TorchServe, with its key in place of the client's
+        node = nodes[0]
+        upstream = f"        server 127.0.0.1:{node.inference_port};"
+        node_servers = ""
+        node_auth = f'            proxy_set_header Authorization "Bearer {_check_token(node.inference_key, "a node key")}";'
+    else:
+        upstream, node_servers = _node_servers(settings, nodes, workdir)
+        node_auth = ""
     fields = {
         # Started as root, nginx runs its workers as nobody, who could not open the node
         # sockets in the (owner-only) work directory: keep them the starting user.
@@ -100,8 +115,10 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "BURST": str(settings.burst),
         "UPSTREAM_SERVERS": upstream,
         "NODE_SERVERS": node_servers,
+        "NODE_AUTH": node_auth,
         "MAX_BODY": settings.max_body,
-        "PROXY_READ_TIMEOUT": f"{settings.read_timeout_s + 5}s",
+        # with internal server blocks, theirs expires first and counts as the node failing
+        "PROXY_READ_TIMEOUT": f"{settings.read_timeout_s + (5 if node_servers else 0)}s",
         "CLIENT_TIMEOUT": f"{settings.client_timeout_s}s",
         "IDLE_TIMEOUT": f"{settings.idle_timeout_s}s",
         "CONN_PER_KEY": str(settings.conn_per_key),
@@ -110,6 +127,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "WORKER_CONNECTIONS": str(settings.worker_connections),
         "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,
+        "DRAINING_FILE": str(Path(workdir).resolve() / DRAINING_FILE),
     }
     text = TEMPLATE.read_text()
     for name, value in fields.items():
@@ -157,6 +175,7 @@ class Gateway:
 
     def start(self, nodes: list[Node], timeout: float = 15.0) -> "Gateway":
         self.write_config(nodes)
+        (self.workdir / DRAINING_FILE).unlink(missing_ok=True)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")
@@ -182,12 +201,17 @@ class Gateway:
         subprocess.run(self._nginx("-t", "-q"), check=True, capture_output=True)
         self.proc.send_signal(signal.SIGHUP)
 
+    def set_draining(self) -> None:
+        """/readyz answers 503 from now on; everything else is served as before."""
+        (self.workdir / DRAINING_FILE).touch()
+
     def stop(self) -> None:
+        """Graceful: nginx closes its port, answers the requests in flight, then exits."""
         if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGQUIT)  # graceful: finish requests in flight
-            self.proc.wait(timeout=10)
+            os.killpg(self.proc.pid, signal.SIGQUIT)
+            self.proc.wait(timeout=self.settings.read_timeout_s + 10)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
