@@ -54,6 +54,24 @@ def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
+
+
+def deployment_overrides() -> dict:
+    """Handler options a deployment sets without rebuilding the archive: a YAML mapping in
+    the file that $SENTIMENT_HANDLER_OPTIONS names (a Kubernetes ConfigMap, say)."""
+    path = os.environ.get(OVERRIDES_ENV)
+    if not path:
+        return {}
+    import yaml
+
+    with open(path) as f:
+        overrides = yaml.safe_load(f) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{OVERRIDES_ENV}: {path} must hold a mapping of handler options")
+    return overrides
+
+
 class SentimentHandler(BaseHandler):
     def initialize(self, context):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -64,7 +82,7 @@ class SentimentHandler(BaseHandler):
         properties = context.system_properties
         model_dir = properties.get("model_dir")
         model_yaml = getattr(context, "model_yaml_config", None) or {}
-        self.options = HandlerOptions.from_model_yaml(model_yaml)
+        self.options = HandlerOptions.from_model_yaml(model_yaml, deployment_overrides())
 
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():

@@ -48,8 +48,10 @@ class HandlerOptions:
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
-    def from_model_yaml(cls, model_yaml: dict | None) -> "HandlerOptions":
+    def from_model_yaml(cls, model_yaml: dict | None, overrides: dict | None = None) -> "HandlerOptions":
+        """The archive's `handler:` section, with `overrides` (a deployment's settings) over it."""
         section = dict((model_yaml or {}).get("handler") or {})
+        section.update(overrides or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:

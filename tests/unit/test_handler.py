@@ -216,3 +216,18 @@ def test_simulated_latency_slows_each_batch(tiny_model_dir):
     started = time.perf_counter()
     (status, _, _), = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
     assert status == 200 and time.perf_counter() - started >= 0.3
+
+
+def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, tmp_path, monkeypatch):
+    overrides = tmp_path / "handler.yaml"
+    overrides.write_text("max_texts_per_request: 2\nlabels: [bad, good]\n")
+    monkeypatch.setenv("SENTIMENT_HANDLER_OPTIONS", str(overrides))
+    context = make_context(tiny_model_dir, {"max_texts_per_request": 32})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    assert handler.options.max_texts_per_request == 2 and handler.labels == ["bad", "good"]
+    (status, body, _), = run_batch(handler, context, [({"body": b'{"text": ["a", "b", "c"]}'}, JSON)])
+    assert status == 413 and body["type"] == "TooManyTexts"
+    overrides.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="mapping"):
+        SentimentHandler().initialize(make_context(tiny_model_dir))

@@ -178,3 +178,11 @@ def test_micro_batches_group_similar_lengths_and_cover_every_text():
     assert [[lengths[i] for i in g] for g in groups] == [[5, 6, 11], [12, 29, 30], [40]]
     assert micro_batches(lengths, 0) == [list(range(len(lengths)))]
     assert micro_batches([], 8) == []
+
+
+def test_deployment_overrides_go_over_the_archives_handler_options():
+    archived = {"handler": {"max_length": 64, "torch_threads": 1}}
+    options = HandlerOptions.from_model_yaml(archived, {"torch_threads": 2, "max_text_chars": 50})
+    assert (options.max_length, options.torch_threads, options.max_text_chars) == (64, 2, 50)
+    with pytest.raises(ValueError, match="torch_thread"):
+        HandlerOptions.from_model_yaml(archived, {"torch_thread": 2})
