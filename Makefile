@@ -2,6 +2,7 @@
 # make test:      everything the tests need (system packages included), then the whole suite
 # make test-unit: the unit tests alone (seconds, no server)
 # make bench:     the benchmark (bench/run.py), results in bench/results/
+# make image:     the serving image (container/), make stack / stack-down: two replicas of it
 # Each step runs only when its inputs changed.
 #
 # make serve MODEL_DIR=path/to/checkpoint serves your own sequence-classification folder.
@@ -21,7 +22,10 @@ INT8_MAR := model_store/sentiment-int8.mar
 GRPC_STUBS := $(VENV)/.grpc-stubs
 ARCHIVED_FROM := model_store/.archived-from
 
-.PHONY: serve stop test test-unit bench venv model archive grpc clean system-serve system-test FORCE
+IMAGE ?= localhost/sentiment-serve:dev
+
+.PHONY: serve stop test test-unit bench venv model archive grpc image stack stack-down clean \
+	system-serve system-test system-image FORCE
 
 serve: system-serve $(MAR)
 	$(PY) -m server.serve
@@ -31,6 +35,7 @@ stop:
 
 test: system-test $(INT8_MAR) $(GRPC_STUBS)
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
+	$(MAKE) image
 	$(PY) -m pytest tests
 
 test-unit: $(VENV)/.installed
@@ -54,16 +59,34 @@ endef
 system-serve:
 	@$(call need,java,openjdk-17-jre-headless)
 
-system-test: system-serve
+system-test: system-serve system-image
 	@$(call need,nginx,nginx-light)
 	@$(call need,prometheus,prometheus)
 
+system-image:
+	@$(call need,podman,podman)
+	@$(call need,runc,runc)
+	@$(call need,catatonit,catatonit)
+	@$(call need,mmdebstrap,mmdebstrap)
+
+# Two replicas of the pod (podman kube play), a front balancer and Prometheus: docs/container.md
+stack: image system-test
+	$(PY) container/stack.py up
+
+stack-down:
+	$(PY) container/stack.py down
+
+# The serving image (container/Containerfile) with the archive that `make archive` built;
+# podman's layer cache makes a rebuild of an unchanged tree take seconds.
+image: system-image $(MAR)
+	container/build.sh $(IMAGE)
+
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	index=$$($(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" 2>/dev/null \
 	  && echo "--extra-index-url $(TORCH_INDEX)"); \
-	$(PY) -m pip install --disable-pip-version-check $$index -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check $$index -r requirements-dev.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# the handler's modules are top-level modules inside an archive: the same in the venv

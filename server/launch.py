@@ -11,8 +11,23 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from clients.torchserve import KEY_FILE, read_keys
-from server.paths import LOG_CONFIG
+from clients.torchserve import KEY_FILE, read_keys, read_properties
+from server.paths import CONFIG, LOG_CONFIG, ROOT, ROOT_RELATIVE_KEYS
+
+
+def derived_config(overrides: dict[str, str], base: Path = CONFIG) -> dict[str, str]:
+    """The repo's config.properties with its relative paths made absolute, then `overrides`:
+    the config of a TorchServe started anywhere but the repo root."""
+    props = read_properties(base)
+    for key in ROOT_RELATIVE_KEYS:
+        if key in props:
+            props[key] = str(ROOT / props[key])
+    props.update(overrides)
+    return props
+
+
+def write_properties(path: Path, props: dict[str, str]) -> None:
+    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
 
 def venv_bin() -> str:

