@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
 
 import pytest
 import requests
-import yaml
 
-from server.paths import ROOT
-from clients.net import free_port
 from helpers import metric, metric_samples, predict
+from testbed.prometheus import LocalPrometheus
 
 
 def test_handler_metrics_count_what_was_sent(server):
@@ -55,36 +49,8 @@ def delta_with_label(before, after, name, label_value):
 
 @pytest.fixture
 def prometheus(server, tmp_path):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("the prometheus binary is missing: apt-get install prometheus (.ci/run does)")
-    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = "1s"
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{server.ports['metrics']}"]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if requests.get(url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("prometheus did not start:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with LocalPrometheus(tmp_path / "prometheus", {"local": server.ports["metrics"]}, with_rules=False) as prom:
+        yield prom
 
 
 def test_prometheus_scrapes_handler_metrics(server, prometheus):
@@ -93,16 +59,14 @@ def test_prometheus_scrapes_handler_metrics(server, prometheus):
     deadline = time.time() + 60
     result = []
     while time.time() < deadline:
-        answer = requests.get(prometheus + "/api/v1/query", params={"query": "SentimentTexts"}, timeout=5).json()
-        assert answer["status"] == "success"
-        result = answer["data"]["result"]
+        result = prometheus.query("SentimentTexts")
         if result and float(result[0]["value"][1]) >= 3:
             break
         time.sleep(1)
     assert result, "Prometheus never scraped SentimentTexts"
     sample = result[0]
     assert sample["metric"]["ModelName"] == "sentiment"
-    assert sample["metric"]["job"] == "torchserve"
+    assert sample["metric"]["job"] == "sentiment"
     assert float(sample["value"][1]) >= 3
-    targets = requests.get(prometheus + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+    targets = requests.get(prometheus.url + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
     assert [t["health"] for t in targets] == ["up"]
