@@ -62,6 +62,7 @@ system-serve:
 system-test: system-serve system-image
 	@$(call need,nginx,nginx-light)
 	@$(call need,prometheus,prometheus)
+	@command -v kubectl >/dev/null || { echo "kubectl is missing: install kubectl 1.21+ (Debian has none that new); the tests render deploy/ with kubectl kustomize" >&2; exit 1; }
 
 system-image:
 	@$(call need,podman,podman)
