@@ -21,10 +21,12 @@ INT8_MAR := model_store/sentiment-int8.mar
 # stamp: the stubs in build/grpc and the .pth that puts them on the venv's path
 GRPC_STUBS := $(VENV)/.grpc-stubs
 ARCHIVED_FROM := model_store/.archived-from
+# the kserve SDK writes a correct InferenceService only with kubernetes<37: its own venv
+KSERVE_SDK := build/kserve-sdk
 
 IMAGE ?= localhost/sentiment-serve:dev
 
-.PHONY: serve stop test test-unit bench venv model archive grpc image stack stack-down clean \
+.PHONY: serve stop test test-unit bench venv model archive grpc image stack stack-down kserve clean \
 	system-serve system-test system-image FORCE
 
 serve: system-serve $(MAR)
@@ -33,7 +35,7 @@ serve: system-serve $(MAR)
 stop:
 	$(VENV)/bin/torchserve --stop
 
-test: system-test $(INT8_MAR) $(GRPC_STUBS)
+test: system-test $(INT8_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(MAKE) image
 	$(PY) -m pytest tests
@@ -114,7 +116,7 @@ $(ARCHIVED_FROM): FORCE
 	@mkdir -p $(@D)
 	@echo '$(abspath $(MODEL_DIR))' | cmp -s - $@ || echo '$(abspath $(MODEL_DIR))' > $@
 
-HANDLER_FILES := handlers/sentiment_handler.py handlers/text_classification.py model-config.yaml archive.sh
+HANDLER_FILES := $(wildcard handlers/*.py) model-config.yaml archive.sh
 
 archive: $(MAR)
 $(MAR): $(VENV)/.installed $(ARCHIVED_FROM) $(MODEL_FILES) $(HANDLER_FILES)
@@ -123,6 +125,15 @@ $(MAR): $(VENV)/.installed $(ARCHIVED_FROM) $(MODEL_FILES) $(HANDLER_FILES)
 # The default model quantized to int8 at load, as version 2.0 of the same model.
 $(INT8_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILES)
 	./archive.sh --model $(DEFAULT_MODEL) --version 2.0 --option quantize=int8 --out $@
+
+$(KSERVE_SDK)/.installed:
+	test -x $(KSERVE_SDK)/bin/python || $(PYTHON) -m venv $(KSERVE_SDK)
+	$(KSERVE_SDK)/bin/pip install -q --disable-pip-version-check 'kserve==0.21.0' 'kubernetes>=36,<37'
+	touch $@
+
+# deploy/kserve/inferenceservice.yaml, written with the kserve SDK from the pod of deploy/kubernetes/base
+kserve: $(KSERVE_SDK)/.installed
+	$(KSERVE_SDK)/bin/python deploy/kserve/render.py > deploy/kserve/inferenceservice.yaml
 
 grpc: $(GRPC_STUBS)
 $(GRPC_STUBS): $(VENV)/.installed

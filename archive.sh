@@ -79,7 +79,7 @@ fi
 
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
-extra=("$repo/handlers/text_classification.py")
+extra=("$repo/handlers/text_classification.py" "$repo/handlers/protocols.py")
 while IFS= read -r -d '' f; do
   [ "$f" = "$weights" ] || extra+=("$f")
 done < <(find "$model_dir" -maxdepth 1 -type f -print0 | sort -z)

@@ -9,7 +9,6 @@ and runs the model.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,6 +20,8 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from protocols import HEADER as PROTOCOL_HEADER
+from protocols import Envelope, Model, parse, protocol_of, render
 from text_classification import (
     HandlerOptions,
     ParsedRequest,
@@ -29,8 +30,7 @@ from text_classification import (
     internal_error,
     label_names,
     micro_batches,
-    parse_request,
-    responses,
+    outcomes,
     run_isolated,
     threads_per_worker,
 )
@@ -100,6 +100,8 @@ class SentimentHandler(BaseHandler):
             self.model.config.id2label, self.model.config.num_labels, self.options.labels
         )
         self.max_length = min(self.options.max_length, self._model_max_length())
+        manifest = getattr(context, "manifest", None) or {}
+        self.served_model = Model(context.model_name, manifest.get("model", {}).get("modelVersion"))
         self.initialized = True
         logger.info(
             "loaded %s (%s, %d labels: %s, quantize=%s) on %s with %d torch threads, "
@@ -120,10 +122,10 @@ class SentimentHandler(BaseHandler):
         limits = [n for n in (positions, self.tokenizer.model_max_length) if isinstance(n, int)]
         return min(limits) if limits else self.options.max_length
 
-    def _content_type(self, idx: int) -> str | None:
+    def _header(self, idx: int, wanted: str) -> str | None:
         # Request headers include Authorization: never log them.
         for name, value in self.context.get_all_request_header(idx).items():
-            if name.lower() == "content-type" and isinstance(value, str):
+            if name.lower() == wanted and isinstance(value, str):
                 return value
         return None
 
@@ -148,10 +150,10 @@ class SentimentHandler(BaseHandler):
         for idx, answer in enumerate(answers):
             if isinstance(answer, Exception):
                 _log_failure("answering", answer)
-                error = internal_error("answering")
+                envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
+                status, answer = render(envelope, internal_error("answering"), self.labels, self.served_model)
                 self.context.set_response_content_type(idx, "application/json")
-                self.context.set_response_status(error.status, "", idx)
-                answer = json.dumps(error.body())
+                self.context.set_response_status(status, "", idx)
             out.append(answer)
         return out
 
@@ -160,14 +162,17 @@ class SentimentHandler(BaseHandler):
         batch = self.preprocess([data[i] for i in rows], rows)
         return self.postprocess(self.inference(batch), rows)
 
-    def _parse(self, row, idx: int) -> ParsedRequest | RequestError:
+    def _parse(self, row, idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:
+        envelope = Envelope()
         try:
+            envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
             if self.context.get_request_header(idx, "explain") == "True":
                 raise RequestError(501, "NotImplemented",
                                    "this model serves predictions only: POST to /predictions/<model>")
-            request = parse_request(row, self.options.limits, self._content_type(idx))
+            request, envelope = parse(row, self.options.limits, self._header(idx, "content-type"),
+                                      envelope.protocol)
             self._emit("SentimentTextsPerRequest", len(request.texts), MetricTypes.HISTOGRAM)
-            return request
+            return request, envelope
         except RequestError as e:
             error = e
         except Exception as e:  # a bug met on this request's bytes: it alone gets a 500
@@ -175,18 +180,20 @@ class SentimentHandler(BaseHandler):
             error = internal_error("parsing")
         logger.info("request %d of the batch refused: %s (%d)", idx, error.kind, error.status)
         self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, ErrorType=error.kind)
-        return error
+        return error, envelope
 
     def preprocess(self, data, indices=None):
-        """Parse each request and tokenize the batch's texts: (Batch, per-text encodings)."""
+        """Parse each request and tokenize the batch's texts: (Batch, per-text encodings,
+        per-request envelopes)."""
         started = time.perf_counter()
         indices = list(range(len(data))) if indices is None else indices
-        batch = flatten([self._parse(row, idx) for row, idx in zip(data, indices)])
+        parsed = [self._parse(row, idx) for row, idx in zip(data, indices)]
+        batch = flatten([request for request, _ in parsed])
         self._emit("SentimentBatchSize", len(data), MetricTypes.HISTOGRAM)
         self._emit("SentimentTexts", len(batch.texts), MetricTypes.COUNTER)
         encodings = run_isolated(batch.texts, self._tokenize) if batch.texts else []
         self._emit("SentimentPreprocessSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
-        return batch, encodings
+        return batch, encodings, [envelope for _, envelope in parsed]
 
     def _tokenize(self, texts) -> list[dict]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
@@ -202,7 +209,7 @@ class SentimentHandler(BaseHandler):
     def inference(self, data, *args, **kwargs):
         """Forward passes over length-sorted micro-batches of the texts that tokenized;
         one probability list (or the RequestError of a failed step) per text."""
-        batch, encodings = data
+        batch, encodings, envelopes = data
         probabilities: list = [None] * len(batch.texts)
         for i, encoding in enumerate(encodings):
             if isinstance(encoding, Exception):
@@ -210,7 +217,7 @@ class SentimentHandler(BaseHandler):
                 probabilities[i] = internal_error("tokenizing")
         ok = [i for i, e in enumerate(encodings) if not isinstance(e, Exception)]
         if not ok:
-            return batch, probabilities
+            return batch, probabilities, envelopes
         started = time.perf_counter()
         lengths = [len(encodings[i]["input_ids"]) for i in ok]
         for group in micro_batches(lengths, self.options.micro_batch_size):
@@ -224,13 +231,16 @@ class SentimentHandler(BaseHandler):
         if self.options.simulated_latency_ms:
             time.sleep(self.options.simulated_latency_ms / 1000)
         self._emit("SentimentInferenceSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
-        return batch, probabilities
+        return batch, probabilities, envelopes
 
     def postprocess(self, data, indices=None):
-        batch, probabilities = data
+        batch, probabilities, envelopes = data
         indices = list(range(len(batch.requests))) if indices is None else indices
         out = []
-        for idx, (status, body) in zip(indices, responses(batch, probabilities, self.labels)):
+        for idx, request, envelope, outcome in zip(indices, batch.requests, envelopes,
+                                                   outcomes(batch, probabilities, self.labels)):
+            is_list = not isinstance(request, RequestError) and request.is_list
+            status, body = render(envelope, outcome, self.labels, self.served_model, is_list)
             self.context.set_response_content_type(idx, "application/json")
             self.context.set_response_status(status, "", idx)
             out.append(body)

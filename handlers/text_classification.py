@@ -10,7 +10,8 @@ A request arrives from TorchServe as a dict of its parameters:
   - a form-encoded body (`curl -d text=...`) arrives as form fields: the field "text"
     is accepted, anything else is answered 415.
 Accepted bodies: a plain text, `{"text": "..."}`, or `{"text": ["...", ...]}`. The last
-one is answered with a list of results in the same order.
+one is answered with a list of results in the same order. (KServe v1 and OIP v2 bodies
+are protocols.py's; they share these checks.)
 """
 
 from __future__ import annotations
@@ -163,10 +164,12 @@ def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
         raise RequestError(400, "InvalidJSON", "body is not valid JSON here: a number has too many digits") from None
 
 
-def _check_text(value: Any, where: str, limits: Limits) -> str:
+def check_text(value: Any, where: str, limits: Limits) -> str:
+    """`value` as one text of a request, or RequestError: a non-empty string of real text
+    (no unpaired surrogates) within the length limit."""
     if not isinstance(value, str):
         raise RequestError(
-            400, "InvalidInput", f"{where} must be a string, not {_json_type(value)}"
+            400, "InvalidInput", f"{where} must be a string, not {json_type(value)}"
         )
     if not value.strip():
         raise RequestError(400, "EmptyText", f"{where} is empty")
@@ -185,7 +188,7 @@ def _check_text(value: Any, where: str, limits: Limits) -> str:
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     return {
@@ -202,7 +205,7 @@ def _from_json(value: Any, limits: Limits) -> ParsedRequest:
         raise RequestError(
             400,
             "InvalidInput",
-            f'JSON body must be an object like {{"text": "..."}}, not {_json_type(value)}',
+            f'JSON body must be an object like {{"text": "..."}}, not {json_type(value)}',
         )
     if "text" not in value:
         raise RequestError(400, "InvalidInput", 'JSON body has no "text" field')
@@ -222,15 +225,32 @@ def _from_json(value: Any, limits: Limits) -> ParsedRequest:
                 f'"text" has {len(text)} items; the limit is {limits.max_texts_per_request}',
             )
         return ParsedRequest(
-            tuple(_check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True
+            tuple(check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True
         )
-    return ParsedRequest((_check_text(text, '"text"', limits),), False)
+    return ParsedRequest((check_text(text, '"text"', limits),), False)
 
 
 FORM_HINT = (
     "send JSON with 'Content-Type: application/json', plain text with "
     "'Content-Type: text/plain', or a form field named text"
 )
+
+
+def json_body(row: dict, content_type: str | None = None) -> Any:
+    """The JSON value of a request to an API that takes JSON only (KServe v1, OIP v2)."""
+    for key in BODY_KEYS:
+        if key in row:
+            if _media_type(content_type).startswith("text/"):
+                raise RequestError(415, "UnsupportedMediaType",
+                                   "this API takes a JSON body: send 'Content-Type: application/json'")
+            value, is_json = _body_value(row[key], content_type)
+            if not is_json:
+                raise RequestError(415, "UnsupportedMediaType",
+                                   "this API takes a JSON body: send 'Content-Type: application/json'")
+            return value
+    if row or _media_type(content_type) == "application/x-www-form-urlencoded":
+        raise RequestError(415, "UnsupportedMediaType", "this API takes a JSON body, not a form")
+    raise RequestError(400, "EmptyBody", "request body is empty")
 
 
 def parse_request(
@@ -245,12 +265,12 @@ def parse_request(
             value, is_json = _body_value(row[key], content_type)
             if is_json:
                 return _from_json(value, limits)
-            return ParsedRequest((_check_text(value, "body", limits),), False)
+            return ParsedRequest((check_text(value, "body", limits),), False)
     if FORM_TEXT_KEY in row:
         value = row[FORM_TEXT_KEY]
         if isinstance(value, (bytes, bytearray)):
             value = _decode(value)
-        return ParsedRequest((_check_text(value, 'form field "text"', limits),), False)
+        return ParsedRequest((check_text(value, 'form field "text"', limits),), False)
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
         # curl -d without a Content-Type sends a form; TorchServe hands over its fields
         raise RequestError(
@@ -351,28 +371,27 @@ def run_isolated(
     return out
 
 
-def responses(
+def outcomes(
     batch: Batch, probabilities: Sequence[Sequence[float] | RequestError], labels: Sequence[str]
-) -> list[tuple[int, str]]:
-    """(HTTP status, JSON body) per request of the batch, in order.
+) -> list[list[dict] | RequestError]:
+    """Per request of the batch, in order: the predictions of its texts, or its error.
 
     `probabilities` has one entry per text of the batch: its class probabilities, or the
     RequestError of a step that failed for that text (which then answers its request).
     """
-    out = []
+    out: list[list[dict] | RequestError] = []
     for item, where in zip(batch.requests, batch.slices):
         if isinstance(item, RequestError):
-            out.append((item.status, json.dumps(item.body())))
+            out.append(item)
             continue
         mine = probabilities[where]
         failed = next((p for p in mine if isinstance(p, RequestError)), None)
         if failed is not None:
-            out.append((failed.status, json.dumps(failed.body())))
+            out.append(failed)
             continue
         results = [prediction(p, labels) for p in mine]
         if any(not all(math.isfinite(v) for v in r["scores"].values()) for r in results):
-            err = RequestError(500, "InternalServerError", "the model returned non-finite scores")
-            out.append((err.status, json.dumps(err.body())))
+            out.append(RequestError(500, "InternalServerError", "the model returned non-finite scores"))
             continue
-        out.append((200, json.dumps(results if item.is_list else results[0])))
+        out.append(results)
     return out

@@ -31,14 +31,14 @@ def make_context(model_dir, handler_options=None):
 
 
 def run_batch(handler, context, requests):
-    """requests: [(row, content_type)] -> [(status, parsed body, content type)]"""
+    """requests: [(row, content_type[, other headers])] -> [(status, parsed body, content type)]"""
     context.request_ids = {i: f"req-{i}" for i in range(len(requests))}
     context.metrics.set_request_ids(context.request_ids)
     context.request_processor = [
-        RequestProcessor({"Content-Type": ct, "Authorization": "Bearer not-for-logs"})
-        for _, ct in requests
+        RequestProcessor({"Content-Type": r[1], "Authorization": "Bearer not-for-logs", **(r[2] if len(r) > 2 else {})})
+        for r in requests
     ]
-    out = handler.handle([row for row, _ in requests], context)
+    out = handler.handle([r[0] for r in requests], context)
     assert len(out) == len(requests)
     return [
         (context.get_response_status(i)[0], json.loads(body), context.get_response_content_type(i))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from text_classification import (
@@ -15,7 +14,7 @@ from text_classification import (
     micro_batches,
     parse_request,
     prediction,
-    responses,
+    outcomes,
     threads_per_worker,
     usable_cores,
 )
@@ -119,27 +118,23 @@ def test_flatten_keeps_each_request_slice_and_skips_failures():
     assert batch.slices == [slice(0, 1), None, slice(1, 3)]
 
 
-def test_responses_map_probabilities_back_to_requests():
-    parsed = [
-        ParsedRequest(("good",), False),
-        RequestError(413, "TooManyTexts", "too many"),
-        ParsedRequest(("bad", "good"), True),
-    ]
+def test_outcomes_map_probabilities_back_to_requests():
+    too_many = RequestError(413, "TooManyTexts", "too many")
+    parsed = [ParsedRequest(("good",), False), too_many, ParsedRequest(("bad", "good"), True)]
     batch = flatten(parsed)
     probabilities = [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]
-    out = responses(batch, probabilities, ["negative", "positive"])
-    assert [status for status, _ in out] == [200, 413, 200]
-    assert json.loads(out[0][1]) == {
-        "label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9}
-    }
-    assert json.loads(out[1][1])["type"] == "TooManyTexts"
-    assert [r["label"] for r in json.loads(out[2][1])] == ["negative", "positive"]
+    out = outcomes(batch, probabilities, ["negative", "positive"])
+    assert out[0] == [{"label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9}}]
+    assert out[1] is too_many
+    assert [r["label"] for r in out[2]] == ["negative", "positive"]
 
 
-def test_non_finite_scores_are_an_error_not_invalid_json():
-    batch = flatten([ParsedRequest(("x",), False)])
-    (status, body), = responses(batch, [[float("nan"), float("nan")]], ["a", "b"])
-    assert status == 500 and json.loads(body)["type"] == "InternalServerError"
+def test_a_failed_step_or_non_finite_scores_answer_their_request_alone():
+    batch = flatten([ParsedRequest(("x",), False), ParsedRequest(("y", "z"), True)])
+    failed = RequestError(500, "InternalServerError", "tokenizing failed")
+    out = outcomes(batch, [[float("nan"), float("nan")], failed, [0.5, 0.5]], ["a", "b"])
+    assert isinstance(out[0], RequestError) and out[0].kind == "InternalServerError"
+    assert out[1] is failed
 
 
 def test_prediction_picks_the_most_probable_label():

@@ -1,0 +1,183 @@
+"""The wire protocols a request can arrive in, as plain functions: this project's own
+(`{"text": ...}`), KServe's v1 (`{"instances": [...]}` -> `{"predictions": [...]}`) and the
+Open Inference Protocol v2 (`{"inputs": [...]}` -> `{"outputs": [...]}`).
+
+The gateway routes /v1/models/<m>:predict and /v2/models/<m>/infer to TorchServe's
+predictions API and says which protocol in the `sentiment-protocol` header; without it a
+request is the native protocol. Whatever the protocol, the texts go through the same
+parsing limits, batching and model; only the envelope differs, and so does the shape of
+an error: v1 and v2 answer `{"error": "..."}` (KServe's and the OIP's REST error shape).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from text_classification import (
+    Limits,
+    ParsedRequest,
+    RequestError,
+    check_text,
+    json_body,
+    json_type,
+    parse_request,
+)
+
+NATIVE = "native"
+KSERVE_V1 = "kserve-v1"
+OIP_V2 = "oip-v2"
+HEADER = "sentiment-protocol"
+V2_OUTPUTS = ("label", "score", "scores")
+
+
+def protocol_of(header_value: str | None) -> str:
+    return header_value if header_value in (KSERVE_V1, OIP_V2) else NATIVE
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a request's answer is wrapped in, beyond its texts' predictions."""
+
+    protocol: str = NATIVE
+    request_id: str | None = None  # v2: echoed back
+    outputs: tuple[str, ...] = V2_OUTPUTS  # v2: the outputs asked for
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str | None
+
+
+def parse(row: dict, limits: Limits, content_type: str | None,
+          protocol: str) -> tuple[ParsedRequest, Envelope]:
+    """One request in `protocol` -> its texts and envelope, or RequestError."""
+    if protocol == NATIVE:
+        return parse_request(row, limits, content_type), Envelope()
+    value = json_body(row, content_type)
+    if protocol == KSERVE_V1:
+        return _parse_v1(value, limits), Envelope(KSERVE_V1)
+    return _parse_v2(value, limits)
+
+
+def _object(value: Any, example: str) -> dict:
+    if not isinstance(value, dict):
+        raise RequestError(400, "InvalidInput", f"the body must be an object like {example}, not {json_type(value)}")
+    return value
+
+
+def _unknown_fields(value: dict, known: Sequence[str], where: str) -> None:
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise RequestError(400, "InvalidInput",
+                           f"{where} has {len(unknown)} unknown field(s); it takes {', '.join(known)}")
+
+
+def _count(n: int, limits: Limits, what: str) -> None:
+    if n == 0:
+        raise RequestError(400, "EmptyText", f"{what} is empty")
+    if n > limits.max_texts_per_request:
+        raise RequestError(413, "TooManyTexts", f"{what} has {n} items; the limit is {limits.max_texts_per_request}")
+
+
+def _parse_v1(value: Any, limits: Limits) -> ParsedRequest:
+    body = _object(value, '{"instances": ["..."]}')
+    _unknown_fields(body, ("instances", "parameters"), "the body")
+    instances = body.get("instances")
+    if not isinstance(instances, list):
+        raise RequestError(400, "InvalidInput", f'"instances" must be a list, not {json_type(instances)}')
+    _count(len(instances), limits, '"instances"')
+    texts = []
+    for i, instance in enumerate(instances):
+        where = f'"instances"[{i}]'
+        if isinstance(instance, dict):  # {"text": "..."} per instance
+            _unknown_fields(instance, ("text",), where)
+            instance, where = instance.get("text"), f'{where}["text"]'
+        texts.append(check_text(instance, where, limits))
+    return ParsedRequest(tuple(texts), True)
+
+
+def _flatten(data: Any) -> list:
+    """The OIP lets tensor data be nested in rows (row-major) or flat."""
+    if not isinstance(data, list):
+        return [data]
+    out: list = []
+    stack = [iter(data)]
+    while stack:  # no recursion: depth is whatever the client sent
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
+    body = _object(value, '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["..."]}]}')
+    _unknown_fields(body, ("id", "parameters", "inputs", "outputs"), "the body")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(400, "InvalidInput", f'"id" must be a string, not {json_type(request_id)}')
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise RequestError(400, "InvalidInput", '"inputs" must be a list of one tensor, named "text"')
+    tensor = _object(inputs[0], '{"name": "text", "datatype": "BYTES", "shape": [n], "data": [...]}')
+    _unknown_fields(tensor, ("name", "datatype", "shape", "data", "parameters"), '"inputs"[0]')
+    if tensor.get("name") != "text":
+        raise RequestError(400, "InvalidInput", 'the input tensor must be named "text"')
+    if tensor.get("datatype") != "BYTES":
+        raise RequestError(400, "InvalidInput", 'the "text" tensor\'s datatype must be "BYTES"')
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                            and d >= 0 for d in shape):
+        raise RequestError(400, "InvalidInput", '"shape" must be a list of dimensions (integers, 0 or more)')
+    data = _flatten(tensor.get("data"))
+    if math.prod(shape) != len(data):
+        raise RequestError(400, "InvalidInput",
+                           f'"shape" holds {math.prod(shape)} elements but "data" has {len(data)}')
+    _count(len(data), limits, 'the "text" tensor')
+    texts = tuple(check_text(t, f'"data"[{i}]', limits) for i, t in enumerate(data))
+    outputs = body.get("outputs")
+    if outputs is None:
+        names = V2_OUTPUTS
+    else:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise RequestError(400, "InvalidInput", '"outputs" must be a list of {"name": ...}')
+        names = tuple(o.get("name") for o in outputs)
+        wrong = [n for n in names if n not in V2_OUTPUTS]
+        if wrong or not names:
+            raise RequestError(400, "InvalidInput", f'the outputs are {", ".join(V2_OUTPUTS)}')
+    return ParsedRequest(texts, True), Envelope(OIP_V2, request_id, names)
+
+
+def render(envelope: Envelope, outcome: list[dict] | RequestError, labels: Sequence[str],
+           model: Model, is_list: bool = True) -> tuple[int, str]:
+    """(HTTP status, JSON body) of one request: its predictions, or its error, in its protocol."""
+    if isinstance(outcome, RequestError):
+        if envelope.protocol == NATIVE:
+            return outcome.status, json.dumps(outcome.body())
+        return outcome.status, json.dumps({"error": f"{outcome.kind}: {outcome.message}"})
+    if envelope.protocol == NATIVE:
+        return 200, json.dumps(outcome if is_list else outcome[0])
+    if envelope.protocol == KSERVE_V1:
+        return 200, json.dumps({"predictions": outcome})
+    n = len(outcome)
+    tensors = {
+        "label": {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p["label"] for p in outcome]},
+        "score": {"name": "score", "datatype": "FP32", "shape": [n], "data": [p["score"] for p in outcome]},
+        "scores": {"name": "scores", "datatype": "FP32", "shape": [n, len(labels)],
+                   "data": [p["scores"][label] for p in outcome for label in labels],
+                   "parameters": {"labels": ",".join(labels)}},
+    }
+    body: dict = {"model_name": model.name}
+    if model.version:
+        body["model_version"] = model.version
+    if envelope.request_id is not None:
+        body["id"] = envelope.request_id
+    body["outputs"] = [tensors[name] for name in envelope.outputs]
+    return 200, json.dumps(body)

@@ -1,0 +1,156 @@
+"""KServe v1 and Open Inference Protocol v2 envelopes: parsing, errors in each protocol's
+shape, answers; and one batch mixing all three protocols in the handler (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from protocols import KSERVE_V1, NATIVE, OIP_V2, Envelope, Model, parse, protocol_of, render
+from text_classification import Limits, RequestError
+
+LIMITS = Limits(max_texts_per_request=3, max_text_chars=50)
+JSON = "application/json"
+MODEL = Model("sentiment", "1.0")
+
+
+def v2(data, shape=None, **extra):
+    tensor = {"name": "text", "datatype": "BYTES", "shape": shape if shape is not None else [len(data)], "data": data}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def refused(body, protocol, content_type=JSON) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        parse({"body": body}, LIMITS, content_type, protocol)
+    return info.value
+
+
+def test_the_protocol_comes_from_the_gateways_header_and_defaults_to_native():
+    assert protocol_of("kserve-v1") == KSERVE_V1 and protocol_of("oip-v2") == OIP_V2
+    assert protocol_of(None) == NATIVE and protocol_of("v3") == NATIVE
+
+
+@pytest.mark.parametrize("body, texts", [
+    (b'{"instances": ["I love it", "awful"]}', ("I love it", "awful")),
+    (b'{"instances": [{"text": "fine"}], "parameters": {}}', ("fine",)),
+])
+def test_v1_instances(body, texts):
+    request, envelope = parse({"body": body}, LIMITS, JSON, KSERVE_V1)
+    assert request.texts == texts and envelope.protocol == KSERVE_V1
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b'{"instances": ', 400, "InvalidJSON"),
+    (b'["a"]', 400, "InvalidInput"),
+    (b'{"text": "a"}', 400, "InvalidInput"),
+    (b'{"instances": "a"}', 400, "InvalidInput"),
+    (b'{"instances": []}', 400, "EmptyText"),
+    (b'{"instances": ["a", "b", "c", "d"]}', 413, "TooManyTexts"),
+    (b'{"instances": [3]}', 400, "InvalidInput"),
+    (b'{"instances": [{"txt": "a"}]}', 400, "InvalidInput"),
+    (b'{"instances": [" "]}', 400, "EmptyText"),
+    (b'{"instances": ["' + b"x" * 51 + b'"]}', 413, "TextTooLong"),
+    (b"", 400, "EmptyBody"),
+])
+def test_v1_refusals(body, status, kind):
+    error = refused(body, KSERVE_V1)
+    assert (error.status, error.kind) == (status, kind)
+
+
+def test_json_only_protocols_refuse_text_and_forms():
+    assert refused(b"I love it", OIP_V2, "text/plain").status == 415
+    with pytest.raises(RequestError) as info:
+        parse({"text": b"a form field"}, LIMITS, "application/x-www-form-urlencoded", KSERVE_V1)
+    assert info.value.status == 415
+
+
+def test_v2_inputs_flat_or_nested_with_id_and_outputs():
+    request, envelope = parse({"body": v2(["a", "b"], id="req-7", outputs=[{"name": "label"}])}, LIMITS, JSON, OIP_V2)
+    assert request.texts == ("a", "b")
+    assert envelope == Envelope(OIP_V2, "req-7", ("label",))
+    request, _ = parse({"body": v2([["a"], ["b"]], shape=[2, 1])}, LIMITS, JSON, OIP_V2)
+    assert request.texts == ("a", "b")
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b'{"inputs": [', 400, "InvalidJSON"),
+    (b'{"text": "a"}', 400, "InvalidInput"),
+    (b'{"inputs": []}', 400, "InvalidInput"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}).encode(),
+     400, "InvalidInput"),
+    (json.dumps({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}).encode(),
+     400, "InvalidInput"),
+    (v2(["a", "b"], shape=[3]), 400, "InvalidInput"),
+    (v2(["a"], shape=[-1]), 400, "InvalidInput"),
+    (v2(["a"], shape=[True]), 400, "InvalidInput"),
+    (v2([]), 400, "EmptyText"),
+    (v2(["a", "b", "c", "d"]), 413, "TooManyTexts"),
+    (v2(["a", 3]), 400, "InvalidInput"),
+    (v2(["a"], id=5), 400, "InvalidInput"),
+    (v2(["a"], outputs=[{"name": "logits"}]), 400, "InvalidInput"),
+    (v2(["a"], extra=1), 400, "InvalidInput"),
+    (v2(["abc \ud800"]), 400, "InvalidInput"),
+])
+def test_v2_refusals(body, status, kind):
+    error = refused(body, OIP_V2)
+    assert (error.status, error.kind) == (status, kind)
+
+
+def test_deep_v2_data_is_flattened_without_recursion():
+    body = (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ' + b"[" * 900 + b'"a"'
+            + b"]" * 900 + b"}]}")
+    request, _ = parse({"body": body}, LIMITS, JSON, OIP_V2)
+    assert request.texts == ("a",)
+
+
+PREDICTIONS = [{"label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9}},
+               {"label": "negative", "score": 0.8, "scores": {"negative": 0.8, "positive": 0.2}}]
+
+
+def test_answers_in_each_protocol():
+    labels = ["negative", "positive"]
+    assert json.loads(render(Envelope(), PREDICTIONS[:1], labels, MODEL, is_list=False)[1]) == PREDICTIONS[0]
+    assert json.loads(render(Envelope(KSERVE_V1), PREDICTIONS, labels, MODEL)[1]) == {"predictions": PREDICTIONS}
+    status, body = render(Envelope(OIP_V2, "req-1"), PREDICTIONS, labels, MODEL)
+    answer = json.loads(body)
+    assert status == 200 and (answer["model_name"], answer["model_version"], answer["id"]) == ("sentiment", "1.0", "req-1")
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["label"] == {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["positive", "negative"]}
+    assert outputs["score"]["datatype"] == "FP32" and outputs["score"]["data"] == [0.9, 0.8]
+    assert outputs["scores"]["shape"] == [2, 2] and outputs["scores"]["data"] == [0.1, 0.9, 0.8, 0.2]
+    only = json.loads(render(Envelope(OIP_V2, None, ("score",)), PREDICTIONS, labels, MODEL)[1])
+    assert [o["name"] for o in only["outputs"]] == ["score"] and "id" not in only
+
+
+def test_errors_in_each_protocols_shape():
+    error = RequestError(413, "TooManyTexts", "too many")
+    assert json.loads(render(Envelope(), error, [], MODEL)[1]) == error.body()
+    for protocol in (KSERVE_V1, OIP_V2):
+        status, body = render(Envelope(protocol), error, [], MODEL)
+        assert (status, json.loads(body)) == (413, {"error": "TooManyTexts: too many"})
+
+
+def test_one_batch_of_three_protocols_through_the_handler(tiny_model_dir):
+    from test_handler import make_context, run_batch
+    from sentiment_handler import SentimentHandler
+
+    context = make_context(tiny_model_dir)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    alone = run_batch(handler, context, [({"body": b'{"text": "I love it"}'}, JSON)])[0][1]
+    answers = run_batch(handler, context, [
+        ({"body": b'{"instances": ["I love it", {"text": "I love it"}]}'}, JSON, {"sentiment-protocol": "kserve-v1"}),
+        ({"body": b'{"text": "I love it"}'}, JSON),
+        ({"body": v2(["I love it"], id="x")}, JSON, {"sentiment-protocol": "oip-v2"}),
+        ({"body": b'{"instances": ['}, JSON, {"sentiment-protocol": "kserve-v1"}),
+        ({"body": v2(["a"], shape=[4])}, JSON, {"sentiment-protocol": "oip-v2"}),
+    ])
+    statuses = [a[0] for a in answers]
+    assert statuses == [200, 200, 200, 400, 400]
+    assert answers[0][1]["predictions"] == [alone, alone]
+    assert answers[1][1] == alone
+    v2_answer = answers[2][1]
+    assert v2_answer["id"] == "x" and v2_answer["outputs"][0]["data"] == [alone["label"]]
+    assert v2_answer["outputs"][1]["data"] == [alone["score"]]
+    assert answers[3][1] == {"error": answers[3][1]["error"]} and answers[3][1]["error"].startswith("InvalidJSON")
+    assert answers[4][1]["error"].startswith("InvalidInput")
