@@ -3,6 +3,7 @@ it, reload it with new node keys, stop it. The command line is in gateway/__main
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from clients.torchserve import KEY_FILE, read_keys, read_properties
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 DRAINING_FILE = "draining"  # in the workdir: while it exists, /readyz answers 503
+STATIC_DIR = "static"  # in the workdir: the fixed KServe v1 / OIP v2 answers
 TEMP_DIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -54,6 +56,25 @@ def _check_token(value: str, what: str) -> str:
     if not value or not all(c.isalnum() or c in "-_." for c in value):
         raise ValueError(f"{what} must be letters, digits, '-', '_' or '.'")
     return value
+
+
+def static_answers(model: str) -> dict[str, dict]:
+    """The KServe v1 / OIP v2 answers that are fixed once their probe has passed, by the
+    name the template's $api_path gives their path."""
+    return {
+        "v2_live": {"live": True},
+        "v2_ready": {"ready": True},
+        "v2_model_ready": {"name": model, "ready": True},
+        "v1_model": {"name": model, "ready": True},
+        "v2_model": {
+            "name": model,
+            "platform": "pytorch_torchserve",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                        {"name": "score", "datatype": "FP32", "shape": [-1]},
+                        {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}],
+        },
+    }
 
 
 def node_socket(workdir: Path, index: int) -> Path:
@@ -128,6 +149,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,
         "DRAINING_FILE": str(Path(workdir).resolve() / DRAINING_FILE),
+        "STATIC": str(Path(workdir).resolve() / STATIC_DIR),
     }
     text = TEMPLATE.read_text()
     for name, value in fields.items():
@@ -157,8 +179,10 @@ class Gateway:
     def write_config(self, nodes: list[Node]) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)  # the node sockets inside add node keys: the owner's only
-        for sub in ("logs", *(f"tmp/{d}" for d in TEMP_DIRS)):
+        for sub in ("logs", STATIC_DIR, *(f"tmp/{d}" for d in TEMP_DIRS)):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        for name, answer in static_answers(self.settings.model).items():
+            (self.workdir / STATIC_DIR / f"{name}.json").write_text(json.dumps(answer) + "\n")
         config = self.workdir / "nginx.conf"
         # the file holds node keys: readable by the owner only
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
