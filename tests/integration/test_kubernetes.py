@@ -130,3 +130,45 @@ def test_promtool_unit_tests_fail_when_an_alert_changes(rules_dir):
                                                         "sentiment:errors:ratio_rate5m > 0.2"))
     tested = promtool("test", "rules", "rules-test.yaml", cwd=rules_dir)
     assert tested.returncode != 0 and "SentimentErrorRatioHigh" in tested.stdout + tested.stderr
+
+
+KSERVE_SDK = ROOT / "build" / "kserve-sdk" / "bin" / "python"
+INFERENCE_SERVICE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+
+
+def test_the_inference_service_is_what_the_kserve_sdk_writes():
+    if not KSERVE_SDK.exists():
+        pytest.fail("build/kserve-sdk is missing: `make test` builds it")
+    rendered = subprocess.run([str(KSERVE_SDK), str(ROOT / "deploy" / "kserve" / "render.py")],
+                              capture_output=True, text=True, check=True)
+    assert rendered.stdout == INFERENCE_SERVICE.read_text(), "run `make kserve`: the committed file is stale"
+
+
+def _keys_and_values(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield path, key, item
+            if path.rsplit(".", 1)[-1] not in ("labels", "annotations"):
+                yield from _keys_and_values(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys_and_values(item, path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_inference_service_is_a_correct_manifest(tmp_path, version):
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert not [(p, k) for p, k, v in _keys_and_values(isvc) if v is None], "nulls in the manifest"
+    assert not [(p, k) for p, k, _ in _keys_and_values(isvc) if "_" in k], "snake_case keys"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["containers"][0]["name"] == "kserve-container"
+    assert "gateway" in predictor["containers"][0]["args"]
+    # its pod parts, as a Pod, against the Kubernetes schemas
+    pod_fields = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas")}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sentiment"}, "spec": pod_fields}
+    target = tmp_path / "pod.yaml"
+    target.write_text(yaml.safe_dump(pod))
+    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(target)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout + result.stderr

@@ -1,0 +1,75 @@
+"""Write the KServe InferenceService with the kserve SDK's typed models.
+
+    build/kserve-sdk/bin/python deploy/kserve/render.py > deploy/kserve/inferenceservice.yaml
+
+(`make kserve` does it; the SDK 0.21 serializes a correct manifest only with
+kubernetes>=36,<37, hence its own venv.) The predictor is this project's own pod, taken
+from deploy/kubernetes/base/deployment.yaml: the gateway first, as KServe's
+`kserve-container` (it serves KServe v1 and the Open Inference Protocol v2 with the client
+keys), and TorchServe beside it, with token authorization on. Not KServe's TorchServe
+runtime, which cannot pass TorchServe's token auth and is being removed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+from kubernetes import client as k8s
+
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "kubernetes" / "base" / "deployment.yaml"
+IMAGE = "registry.example.com/ml/sentiment-serve:0.3.0"
+
+
+def pod_spec() -> k8s.V1PodSpec:
+    template = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]
+    for container in template["containers"]:
+        container["image"] = IMAGE
+        if container["name"] == "gateway":
+            container["name"] = "kserve-container"
+    # KServe routes to the first container: the gateway
+    template["containers"].sort(key=lambda c: c["name"] != "kserve-container")
+    return k8s.ApiClient()._ApiClient__deserialize(template, "V1PodSpec")
+
+
+def inference_service() -> V1beta1InferenceService:
+    pod = pod_spec()
+    predictor = V1beta1PredictorSpec(
+        min_replicas=2,
+        max_replicas=10,
+        containers=pod.containers,
+        volumes=pod.volumes,
+        security_context=pod.security_context,
+        termination_grace_period_seconds=pod.termination_grace_period_seconds,
+        automount_service_account_token=False,
+        enable_service_links=False,
+    )
+    return V1beta1InferenceService(
+        api_version="serving.kserve.io/v1beta1",
+        kind="InferenceService",
+        metadata=k8s.V1ObjectMeta(
+            name="sentiment",
+            labels={"app.kubernetes.io/name": "sentiment"},
+            annotations={
+                # a plain Deployment (no Knative): two containers, emptyDir, probes on the gateway
+                "serving.kserve.io/deploymentMode": "RawDeployment",
+                "serving.kserve.io/autoscalerClass": "hpa",
+                "serving.kserve.io/metric": "cpu",
+                "serving.kserve.io/targetUtilizationPercentage": "70",
+            },
+        ),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor),
+    )
+
+
+def main() -> int:
+    manifest = k8s.ApiClient().sanitize_for_serialization(inference_service())
+    sys.stdout.write("# Written by deploy/kserve/render.py with the kserve SDK 0.21: edit that, not this.\n")
+    sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
