@@ -7,9 +7,12 @@
 #
 # Defaults: the default model (models/minilm-tweets), name "sentiment", version 1.0,
 # ./model-config.yaml as it is, out model_store/NAME.mar. Each --option sets a handler
-# option in the packed copy of the config (e.g. --option quantize=int8). The folder
-# must hold what save_pretrained writes: config.json, the weights (model.safetensors or
-# pytorch_model.bin) and the tokenizer files. An existing archive at --out is replaced.
+# option in the packed copy of the config (e.g. --option quantize=int8); with
+# --option backend=onnxruntime the checkpoint is also exported to ONNX (and quantized for
+# quantize=int8) by handlers/export_onnx.py, which checks the graph against PyTorch. The
+# folder must hold what save_pretrained writes: config.json, the weights
+# (model.safetensors or pytorch_model.bin) and the tokenizer files. An existing archive at
+# --out is replaced.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +23,7 @@ config=$repo/model-config.yaml
 options=()
 out=""
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "archive.sh: $*" >&2; exit 1; }
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 
@@ -63,8 +66,8 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+python=$(command -v python || command -v python3)
 if [ ${#options[@]} -gt 0 ]; then
-  python=$(command -v python || command -v python3)
   "$python" - "$config" "$work/model-config.yaml" "${options[@]}" <<'EOF' || die "could not apply --option to '$config'"
 import sys, yaml
 source, target, *options = sys.argv[1:]
@@ -79,7 +82,19 @@ fi
 
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
-extra=("$repo/handlers/text_classification.py" "$repo/handlers/protocols.py")
+extra=("$repo/handlers/text_classification.py" "$repo/handlers/protocols.py" "$repo/handlers/backends.py")
+
+# backend: onnxruntime: the ONNX graph is exported (and quantized) now, never in a worker
+read -r backend quantize < <("$python" -c '
+import sys, yaml
+handler = (yaml.safe_load(open(sys.argv[1])) or {}).get("handler") or {}
+print(handler.get("backend", "torch"), handler.get("quantize", "none"))' "$config") \
+  || die "could not read the handler options of '$config'"
+if [ "$backend" = onnxruntime ]; then
+  "$python" "$repo/handlers/export_onnx.py" "$model_dir" "$work/onnx" --quantize "$quantize" \
+    || die "'$model_dir' could not be exported to ONNX for backend: onnxruntime (see above)"
+  extra+=("$work/onnx/model.onnx")
+fi
 while IFS= read -r -d '' f; do
   [ "$f" = "$weights" ] || extra+=("$f")
 done < <(find "$model_dir" -maxdepth 1 -type f -print0 | sort -z)

@@ -13,9 +13,8 @@ import logging
 import os
 import time
 import traceback
-import warnings
 
-import torch
+import backends
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
@@ -38,22 +37,6 @@ from text_classification import (
 logger = logging.getLogger(__name__)
 
 
-def quantize_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Dynamic int8 quantization of the Linear layers: int8 weights, activations quantized
-    on the fly. CPU only; 1.5-1.7x faster for this model in-process and 1.8x served
-    (bench/results), with no measurable accuracy loss."""
-    if device.type != "cpu":
-        raise ValueError("handler option quantize: int8 runs on the CPU only; use none on a GPU")
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch.ao.quantization and its quantized tensors are deprecated in favour of
-        # torchao, but they are what torch 2.13 ships; keep the worker log readable.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
 OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
 
 
@@ -74,7 +57,8 @@ def deployment_overrides() -> dict:
 
 class SentimentHandler(BaseHandler):
     def initialize(self, context):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import torch
+        from transformers import AutoTokenizer
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         started = time.time()
@@ -83,42 +67,40 @@ class SentimentHandler(BaseHandler):
         model_dir = properties.get("model_dir")
         model_yaml = getattr(context, "model_yaml_config", None) or {}
         self.options = HandlerOptions.from_model_yaml(model_yaml, deployment_overrides())
-
-        gpu_id = properties.get("gpu_id")
-        if gpu_id is not None and torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{gpu_id}")
-        else:
-            self.device = torch.device("cpu")
-            torch.set_num_threads(threads_per_worker(self.options))
-
+        self.backend = self._load_backend(model_dir, properties.get("gpu_id"), torch.cuda.is_available())
+        self.device = self.backend.device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        self.model.to(self.device).eval()
-        if self.options.quantize == "int8":
-            self.model = quantize_int8(self.model, self.device)
-        self.labels = label_names(
-            self.model.config.id2label, self.model.config.num_labels, self.options.labels
-        )
-        self.max_length = min(self.options.max_length, self._model_max_length())
+        config = self.backend.config
+        self.labels = label_names(config.id2label, config.num_labels, self.options.labels)
+        self.max_length = min(self.options.max_length, self._model_max_length(config))
         manifest = getattr(context, "manifest", None) or {}
         self.served_model = Model(context.model_name, manifest.get("model", {}).get("modelVersion"))
+        loaded = time.time()
+        self._warm_up()
         self.initialized = True
         logger.info(
-            "loaded %s (%s, %d labels: %s, quantize=%s) on %s with %d torch threads, "
-            "max_length %d, in %.1fs",
-            context.model_name,
-            type(self.model).__name__,
-            len(self.labels),
-            ", ".join(self.labels),
-            self.options.quantize,
-            self.device,
-            torch.get_num_threads(),
-            self.max_length,
-            time.time() - started,
+            "loaded %s (%s backend, %d labels: %s, quantize=%s, half=%s) on %s with %d threads, "
+            "max_length %d, in %.1fs, warmed up in %.1fs",
+            context.model_name, self.options.backend, len(self.labels), ", ".join(self.labels),
+            self.options.quantize, self.options.half, self.device, self.backend.threads,
+            self.max_length, loaded - started, time.time() - loaded,
         )
 
-    def _model_max_length(self) -> int:
-        positions = getattr(self.model.config, "max_position_embeddings", None)
+    def _load_backend(self, model_dir: str, gpu_id, cuda_available: bool):
+        return backends.load(model_dir, self.options, gpu_id, cuda_available, threads_per_worker(self.options))
+
+    def _warm_up(self) -> None:
+        """A few forward passes from one short text to a full micro-batch at max_length, so
+        that the first requests after a (re)start do not pay for lazy allocations and
+        kernel selection; TorchServe marks the worker ready only after this."""
+        size = max(1, self.options.micro_batch_size)
+        for i in range(self.options.warmup_batches):
+            words = max(1, self.max_length * i // max(1, self.options.warmup_batches - 1))
+            texts = [" ".join(["warm"] * words)] * (1 if i == 0 else size)
+            self._forward(self._tokenize(texts))
+
+    def _model_max_length(self, config) -> int:
+        positions = getattr(config, "max_position_embeddings", None)
         limits = [n for n in (positions, self.tokenizer.model_max_length) if isinstance(n, int)]
         return min(limits) if limits else self.options.max_length
 
@@ -201,10 +183,7 @@ class SentimentHandler(BaseHandler):
         return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
 
     def _forward(self, features: list[dict]) -> list[list[float]]:
-        tensors = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            logits = self.model(**tensors).logits
-        return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        return self.backend.probabilities(self.tokenizer.pad(features, return_tensors=self.backend.tensor_type))
 
     def inference(self, data, *args, **kwargs):
         """Forward passes over length-sorted micro-batches of the texts that tokenized;

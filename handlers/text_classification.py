@@ -33,6 +33,8 @@ class Limits:
 
 
 QUANTIZE_CHOICES = ("none", "int8")
+BACKEND_CHOICES = ("torch", "onnxruntime")
+ARCHIVE_TIME_OPTIONS = ("backend", "quantize")
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,22 @@ class HandlerOptions:
     max_text_chars: int = 10_000
     torch_threads: int = 0  # 0: all usable cores
     labels: tuple[str, ...] | None = None  # overrides the checkpoint's id2label
-    quantize: str = "none"  # "int8": dynamic int8 quantization of the Linear layers (CPU)
+    backend: str = "torch"  # "onnxruntime": the ONNX graph exported at archive time
+    quantize: str = "none"  # "int8": dynamic int8 quantization (CPU)
+    half: bool = False  # fp16 weights and activations (torch on a GPU)
     micro_batch_size: int = 8  # texts per forward pass, sorted by length; 0: one pass per batch
+    warmup_batches: int = 3  # forward passes at load, short to max_length, before the worker is ready
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
     def from_model_yaml(cls, model_yaml: dict | None, overrides: dict | None = None) -> "HandlerOptions":
-        """The archive's `handler:` section, with `overrides` (a deployment's settings) over it."""
+        """The archive's `handler:` section, with `overrides` (a deployment's settings) over it.
+        The backend and quantization are the archive's (an ONNX graph is exported for them)."""
         section = dict((model_yaml or {}).get("handler") or {})
+        fixed = sorted(set(overrides or {}) & set(ARCHIVE_TIME_OPTIONS))
+        if fixed:
+            raise ValueError(f"handler option(s) {', '.join(fixed)} are set when the model is archived, "
+                             "not by a deployment")
         section.update(overrides or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
@@ -60,11 +70,11 @@ class HandlerOptions:
         if section.get("labels") is not None:
             section["labels"] = tuple(section["labels"])
         options = cls(**section)
-        if options.quantize not in QUANTIZE_CHOICES:
-            raise ValueError(
-                f"handler option quantize must be one of {', '.join(QUANTIZE_CHOICES)}, "
-                f"not {options.quantize!r}"
-            )
+        for name, choices in (("quantize", QUANTIZE_CHOICES), ("backend", BACKEND_CHOICES)):
+            if getattr(options, name) not in choices:
+                raise ValueError(
+                    f"handler option {name} must be one of {', '.join(choices)}, not {getattr(options, name)!r}"
+                )
         return options
 
     @property

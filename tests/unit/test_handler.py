@@ -59,7 +59,7 @@ def test_initialize_reads_labels_and_clamps_max_length(handler_and_context):
     assert handler.labels == ["negative", "positive"]
     assert handler.max_length == 64  # the tiny model has 64 positions; the option says 128
     assert handler.device == torch.device("cpu")
-    assert not handler.model.training
+    assert not handler.backend.model.training
 
 
 def test_batch_answers_each_request_and_isolates_bad_ones(handler_and_context):
@@ -106,7 +106,7 @@ def test_long_text_is_truncated_not_refused(handler_and_context):
 
 def test_a_batch_of_only_bad_requests_runs_no_model(handler_and_context, monkeypatch):
     handler, context = handler_and_context
-    monkeypatch.setattr(handler, "model", None)  # would raise if called
+    monkeypatch.setattr(handler, "backend", None)  # would raise if called
     results = run_batch(handler, context, [({"body": b""}, JSON), ({}, None)])
     assert [r[0] for r in results] == [400, 400]
 
@@ -167,23 +167,6 @@ def test_labels_option_overrides_checkpoint_labels(tiny_model_dir):
 def test_unknown_handler_option_fails_initialize(tiny_model_dir):
     with pytest.raises(ValueError, match="quantise"):
         SentimentHandler().initialize(make_context(tiny_model_dir, {"quantise": "int8"}))
-
-
-def test_int8_option_quantizes_linear_layers_and_keeps_predictions(tiny_model_dir, handler_and_context):
-    fp32, fp32_context = handler_and_context
-    context = make_context(tiny_model_dir, {"quantize": "int8"})
-    int8 = SentimentHandler()
-    int8.initialize(context)
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
-    modules = list(int8.model.modules())
-    assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
-    assert not any(type(m) is torch.nn.Linear for m in modules)
-    requests = [({"body": b'{"text": ["I love it", "terrible service", "meh"]}'}, JSON)]
-    (_, quantized, _), = run_batch(int8, context, requests)
-    (_, reference, _), = run_batch(fp32, fp32_context, requests)
-    for q, r in zip(quantized, reference):
-        assert q["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=0.05)
 
 
 def test_bad_quantize_value_is_refused(tiny_model_dir):

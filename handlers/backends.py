@@ -1,0 +1,116 @@
+"""What runs the model: PyTorch, or ONNX Runtime on the graph the archive step exported.
+
+Both take the tokenizer's padded batch and give class probabilities per text; parsing,
+batching and labels stay the handler's plain functions. Chosen by the `backend` handler
+option; `quantize: int8` means dynamic int8 quantization of the Linear layers (PyTorch) or
+of the whole graph's MatMuls (ONNX Runtime, done at archive time), `half: true` fp16 on a
+GPU (PyTorch only).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from text_classification import HandlerOptions
+
+ONNX_FILE = "model.onnx"  # in the archive, written by handlers/export_onnx.py at archive time
+# the order the exporter gives the graph's inputs: the model's forward signature
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def select_device(gpu_id: int | str | None, cuda_available: bool, options: HandlerOptions) -> str:
+    """"cuda:N" when TorchServe gave this worker a GPU and one is there, else "cpu"; and
+    the options that only make sense on one of them are refused on the other."""
+    device = f"cuda:{gpu_id}" if gpu_id is not None and cuda_available else "cpu"
+    if options.half and (device == "cpu" or options.backend != "torch"):
+        raise ValueError("handler option half: true runs on a GPU with backend: torch only")
+    if options.quantize == "int8" and device != "cpu":
+        raise ValueError("handler option quantize: int8 runs on the CPU only; use half: true on a GPU")
+    return device
+
+
+def softmax(logits: np.ndarray) -> list[list[float]]:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).tolist()
+
+
+class TorchBackend:
+    tensor_type = "pt"
+
+    def __init__(self, model_dir: str, options: HandlerOptions, device: str, threads: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model.to(self.device).eval()
+        if options.half:
+            model.half()
+        if options.quantize == "int8":
+            model = quantize_int8(model)
+        self.model = model
+        self.config = model.config
+        self.threads = torch.get_num_threads()
+
+    def probabilities(self, batch) -> list[list[float]]:
+        with self.torch.inference_mode():
+            logits = self.model(**batch.to(self.device)).logits
+        return self.torch.softmax(logits.float(), dim=-1).cpu().tolist()
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the Linear layers: int8 weights, activations quantized
+    on the fly (CPU)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization and its quantized tensors are deprecated in favour of
+        # torchao, but they are what torch 2.13 ships; keep the worker log readable.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class OnnxRuntimeBackend:
+    tensor_type = "np"
+
+    def __init__(self, model_dir: str, options: HandlerOptions, threads: int):
+        import onnxruntime as ort
+        from transformers import AutoConfig
+
+        path = Path(model_dir) / ONNX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"backend: onnxruntime needs {ONNX_FILE} in the archive: "
+                                    "archive with --option backend=onnxruntime, which exports it")
+        settings = ort.SessionOptions()
+        settings.intra_op_num_threads = threads
+        settings.inter_op_num_threads = 1
+        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.config = AutoConfig.from_pretrained(model_dir)
+        self.threads = threads
+        self.device = "cpu"
+
+    def probabilities(self, batch) -> list[list[float]]:
+        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.inputs}
+        (logits,) = self.session.run(["logits"], feed)
+        return softmax(logits.astype(np.float64))
+
+
+def load(model_dir: str, options: HandlerOptions, gpu_id, cuda_available: bool, threads: int):
+    device = select_device(gpu_id, cuda_available, options)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if options.backend == "onnxruntime":
+        return OnnxRuntimeBackend(model_dir, options, threads)
+    return TorchBackend(model_dir, options, device, threads)

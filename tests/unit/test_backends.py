@@ -1,0 +1,135 @@
+"""The PyTorch and ONNX Runtime backends on the tiny model: the same predictions, int8 in
+both, device selection and fp16, warm-up at load, and an export that fails clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from backends import TorchBackend, select_device
+from sentiment_handler import SentimentHandler
+from text_classification import HandlerOptions
+
+from server.paths import ROOT
+from test_handler import make_context, run_batch
+
+JSON = "application/json"
+TEXTS = ["I love it", "terrible service, never again", "meh", "a long one " * 20]
+
+
+@pytest.fixture(scope="module")
+def onnx_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny checkpoint with the fp32 and the int8 graphs beside it, as archive.sh packs them."""
+    out = {}
+    for quantize in ("none", "int8"):
+        folder = tmp_path_factory.mktemp(f"onnx-{quantize}")
+        shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+        result = subprocess.run([sys.executable, str(ROOT / "handlers" / "export_onnx.py"), str(tiny_model_dir),
+                                 str(folder), "--quantize", quantize], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        out[quantize] = folder
+    return out
+
+
+def answers(model_dir, options):
+    context = make_context(model_dir, options)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    rows = [({"body": f'{{"text": "{t}"}}'.encode()}, JSON) for t in TEXTS]
+    return handler, [body for _, body, _ in run_batch(handler, context, rows)]
+
+
+@pytest.mark.parametrize("quantize, tolerance", [("none", 1e-4), ("int8", 0.15)])
+def test_onnxruntime_answers_as_torch(tiny_model_dir, onnx_model_dir, quantize, tolerance):
+    _, reference = answers(tiny_model_dir, {})
+    handler, got = answers(onnx_model_dir[quantize], {"backend": "onnxruntime", "quantize": quantize})
+    assert type(handler.backend).__name__ == "OnnxRuntimeBackend"
+    for r, g in zip(reference, got):
+        assert g["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=tolerance)
+        if quantize == "none":
+            assert g["label"] == r["label"]
+
+
+def test_torch_int8_quantizes_and_keeps_predictions(tiny_model_dir):
+    _, reference = answers(tiny_model_dir, {})
+    handler, got = answers(tiny_model_dir, {"quantize": "int8"})
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    modules = list(handler.backend.model.modules())
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    for r, g in zip(reference, got):
+        assert g["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=0.05)
+
+
+def test_onnxruntime_without_a_graph_in_the_archive_says_how_to_make_one(tiny_model_dir):
+    with pytest.raises(FileNotFoundError, match="backend=onnxruntime"):
+        SentimentHandler().initialize(make_context(tiny_model_dir, {"backend": "onnxruntime"}))
+
+
+@pytest.mark.parametrize("gpu_id, cuda, options, device", [
+    (None, False, {}, "cpu"),
+    (0, False, {}, "cpu"),  # TorchServe gave a GPU id, but there is no CUDA
+    (None, True, {}, "cpu"),  # no GPU given to this worker
+    (1, True, {}, "cuda:1"),
+    (0, True, {"half": True}, "cuda:0"),
+    ("2", True, {"quantize": "none"}, "cuda:2"),
+])
+def test_device_selection(gpu_id, cuda, options, device):
+    assert select_device(gpu_id, cuda, HandlerOptions(**options)) == device
+
+
+@pytest.mark.parametrize("gpu_id, cuda, options, message", [
+    (None, False, {"half": True}, "half"),
+    (0, True, {"half": True, "backend": "onnxruntime"}, "half"),
+    (0, True, {"quantize": "int8"}, "int8"),
+])
+def test_options_for_the_other_device_are_refused(gpu_id, cuda, options, message):
+    with pytest.raises(ValueError, match=message):
+        select_device(gpu_id, cuda, HandlerOptions(**options))
+
+
+def test_half_casts_the_model_to_fp16(tiny_model_dir):
+    """What half: true does on a GPU, run here on the CPU (selection refuses it there)."""
+    fp32 = TorchBackend(str(tiny_model_dir), HandlerOptions(), "cpu", 1)
+    fp16 = TorchBackend(str(tiny_model_dir), HandlerOptions(half=True), "cpu", 1)
+    assert {p.dtype for p in fp16.model.parameters()} == {torch.float16}
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(tiny_model_dir)(TEXTS, padding=True, return_tensors="pt")
+    for a, b in zip(fp32.probabilities(batch), fp16.probabilities(batch)):
+        assert b == pytest.approx(a, abs=1e-2)
+
+
+def test_warm_up_runs_before_the_worker_is_ready(tiny_model_dir, monkeypatch):
+    import backends
+
+    calls = []
+    original = backends.TorchBackend.probabilities
+    monkeypatch.setattr(backends.TorchBackend, "probabilities",
+                        lambda self, batch: calls.append(tuple(batch["input_ids"].shape)) or original(self, batch))
+    handler = SentimentHandler()
+    handler.initialize(make_context(tiny_model_dir, {"warmup_batches": 3, "micro_batch_size": 4}))
+    assert handler.initialized and len(calls) == 3
+    assert calls[0][0] == 1 and calls[-1] == (4, handler.max_length)  # one short text .. a full pass at max_length
+
+
+def test_backend_and_quantize_are_the_archives_not_a_deployments():
+    with pytest.raises(ValueError, match="archived"):
+        HandlerOptions.from_model_yaml({"handler": {}}, {"backend": "onnxruntime"})
+
+
+def test_a_checkpoint_that_does_not_load_fails_the_archive_with_a_message(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    result = subprocess.run([str(ROOT / "archive.sh"), "--model", str(broken), "--option", "backend=onnxruntime",
+                             "--out", str(tmp_path / "x.mar")], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "could not be exported to ONNX" in result.stderr and "does not load" in result.stderr
+    assert not (tmp_path / "x.mar").exists()
