@@ -9,6 +9,7 @@ and runs the model.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from explanations import Explainer, ExplainLimits, parse_explanation
 from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
 from text_classification import (
@@ -67,6 +69,10 @@ class SentimentHandler(BaseHandler):
         model_dir = properties.get("model_dir")
         model_yaml = getattr(context, "model_yaml_config", None) or {}
         self.options = HandlerOptions.from_model_yaml(model_yaml, deployment_overrides())
+        self.model_dir = model_dir
+        self.explainer = None
+        self.explain_limits = ExplainLimits(self.options.explain_steps, self.options.explain_max_steps,
+                                            self.options.explain_max_texts, self.options.explain_max_tokens)
         self.backend = self._load_backend(model_dir, properties.get("gpu_id"), torch.cuda.is_available())
         self.device = self.backend.device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -140,17 +146,56 @@ class SentimentHandler(BaseHandler):
         return out
 
     def _answer(self, data, rows: list[int]) -> list[str]:
-        """The JSON bodies of the requests `rows` of the batch (statuses set in the context)."""
-        batch = self.preprocess([data[i] for i in rows], rows)
-        return self.postprocess(self.inference(batch), rows)
+        """The JSON bodies of the requests `rows` of the batch (statuses set in the context):
+        its predictions in one pass, then its explanations one by one."""
+        explain = [i for i in rows if self.context.get_request_header(i, "explain") == "True"]
+        predict = [i for i in rows if i not in explain]
+        answers = {}
+        if predict:
+            batch = self.preprocess([data[i] for i in predict], predict)
+            answers.update(zip(predict, self.postprocess(self.inference(batch), predict)))
+        for i in explain:
+            answers[i] = self._explain(data[i], i)
+        return [answers[i] for i in rows]
+
+    def _explain(self, row, idx: int) -> str:
+        """One explanation request: word attributions per text (handlers/explanations.py)."""
+        started = time.perf_counter()
+        try:
+            request, steps = parse_explanation(row, self.options.limits, self.explain_limits, self._header(idx, "content-type"))
+            explainer = self._explainer()
+            results = [explainer.explain(text, steps, self.explain_limits.max_tokens) for text in request.texts]
+            status, body = 200, json.dumps(results if request.is_list else results[0])
+            self._emit("SentimentExplainSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
+        except Exception as e:
+            if isinstance(e, RequestError):
+                error = e
+            else:  # a bug met on this request: it alone gets a 500
+                _log_failure("explaining", e)
+                error = internal_error("explaining")
+            self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, ErrorType=error.kind)
+            status, body = error.status, json.dumps(error.body())
+        self.context.set_response_content_type(idx, "application/json")
+        self.context.set_response_status(status, "", idx)
+        return body
+
+    def _explainer(self) -> Explainer:
+        """Loaded on the first explanation: the serving model itself when it is PyTorch fp32,
+        else a PyTorch fp32 copy from the archive's weights (gradients need it)."""
+        if self.explainer is None:
+            model = getattr(self.backend, "model", None)
+            reuse = self.options.backend == "torch" and self.options.quantize == "none" and not self.options.half
+            threads = threads_per_worker(self.options)
+            if reuse and model is not None:
+                self.explainer = Explainer(model, self.tokenizer, self.labels, threads)
+            else:
+                self.explainer = Explainer.from_checkpoint(self.model_dir, self.tokenizer, self.labels, threads)
+        return self.explainer
 
     def _parse(self, row, idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:
         envelope = Envelope()
         try:
             envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
-            if self.context.get_request_header(idx, "explain") == "True":
-                raise RequestError(501, "NotImplemented",
-                                   "this model serves predictions only: POST to /predictions/<model>")
             request, envelope = parse(row, self.options.limits, self._header(idx, "content-type"),
                                       envelope.protocol)
             self._emit("SentimentTextsPerRequest", len(request.texts), MetricTypes.HISTOGRAM)

@@ -51,6 +51,10 @@ class HandlerOptions:
     half: bool = False  # fp16 weights and activations (torch on a GPU)
     micro_batch_size: int = 8  # texts per forward pass, sorted by length; 0: one pass per batch
     warmup_batches: int = 3  # forward passes at load, short to max_length, before the worker is ready
+    explain_steps: int = 50  # integration steps of an explanation that names none
+    explain_max_steps: int = 200  # the most a request may ask for (413 beyond)
+    explain_max_texts: int = 4  # texts per explanation request (413 beyond)
+    explain_max_tokens: int = 64  # tokens per text to explain, special tokens included (413 beyond)
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
@@ -270,17 +274,29 @@ def parse_request(
 
     `content_type` is the request's Content-Type header.
     """
+    return parse_with_extras(row, limits, content_type)[0]
+
+
+def parse_with_extras(
+    row: dict, limits: Limits, content_type: str | None, extras: Sequence[str] = ()
+) -> tuple[ParsedRequest, dict]:
+    """parse_request, where a JSON object body may also hold the fields named in `extras`
+    (returned beside the texts, unchecked)."""
     for key in BODY_KEYS:
         if key in row:
             value, is_json = _body_value(row[key], content_type)
-            if is_json:
-                return _from_json(value, limits)
-            return ParsedRequest((check_text(value, "body", limits),), False)
+            if not is_json:
+                return ParsedRequest((check_text(value, "body", limits),), False), {}
+            found = {}
+            if isinstance(value, dict) and extras:
+                value = dict(value)
+                found = {name: value.pop(name) for name in extras if name in value}
+            return _from_json(value, limits), found
     if FORM_TEXT_KEY in row:
         value = row[FORM_TEXT_KEY]
         if isinstance(value, (bytes, bytearray)):
             value = _decode(value)
-        return ParsedRequest((check_text(value, 'form field "text"', limits),), False)
+        return ParsedRequest((check_text(value, 'form field "text"', limits),), False), {}
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
         # curl -d without a Content-Type sends a form; TorchServe hands over its fields
         raise RequestError(

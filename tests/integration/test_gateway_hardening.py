@@ -97,7 +97,7 @@ def test_only_the_apis_methods_and_paths(front):
         assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed", method
         assert r.headers["Allow"] == "POST"
     for path in ("/", "/api-description", "/ping", "/models", "/metrics", "/predictions/other-model",
-                 "/predictions/sentiment/1.0/extra", "/explanations/sentiment", "/predictions/../ping"):
+                 "/predictions/sentiment/1.0/extra", "/explanations/other-model", "/predictions/../ping"):
         for method in ("GET", "POST", "OPTIONS"):
             r = requests.request(method, gateway.url(path), headers=auth, timeout=30)
             assert r.status_code == 404 and r.json()["type"] == "NotFound", (method, path)

@@ -1,0 +1,125 @@
+"""Explanations on the tiny model: word pieces merged into the text's words, attributions
+that add up, limits, bad input, a batch mixing explanations and predictions, Captum
+imported only when an explanation is asked for, and the ONNX Runtime backend explaining
+from the archive's weights. (Direction on real sentences: tests/integration.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from explanations import ExplainLimits, merge_word_pieces, parse_explanation
+from sentiment_handler import SentimentHandler
+from text_classification import Limits, RequestError
+
+from test_handler import make_context, run_batch
+
+JSON = "application/json"
+EXPLAIN = {"explain": "True"}
+
+
+def test_word_pieces_merge_into_the_words_of_the_text():
+    text = "unbelievably good!"
+    # [CLS] un ##bel ##ievably good ! [SEP]
+    offsets = [(0, 0), (0, 2), (2, 5), (5, 12), (13, 17), (17, 18), (0, 0)]
+    word_ids = [None, 0, 0, 0, 1, 2, None]
+    words = merge_word_pieces(text, offsets, word_ids, [9.0, 0.1, 0.2, 0.3, 0.5, -0.05, 9.0])
+    assert words == [
+        {"word": "unbelievably", "start": 0, "end": 12, "attribution": pytest.approx(0.6)},
+        {"word": "good", "start": 13, "end": 17, "attribution": 0.5},
+        {"word": "!", "start": 17, "end": 18, "attribution": -0.05},
+    ]
+
+
+LIMITS = ExplainLimits(steps=20, max_steps=40, max_texts=2, max_tokens=16)
+
+
+@pytest.mark.parametrize("body, content_type, texts, steps", [
+    (b'{"text": "I love it"}', JSON, ("I love it",), 20),
+    (b'{"text": ["a", "b"], "steps": 30}', JSON, ("a", "b"), 30),
+    (b"plain text", "text/plain", ("plain text",), 20),
+])
+def test_explanation_bodies(body, content_type, texts, steps):
+    request, got_steps = parse_explanation({"body": body}, Limits(), LIMITS, content_type)
+    assert (request.texts, got_steps) == (texts, steps)
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b'{"text": "a", "steps": 41}', 413, "TooManySteps"),
+    (b'{"text": "a", "steps": 1}', 400, "InvalidInput"),
+    (b'{"text": "a", "steps": "many"}', 400, "InvalidInput"),
+    (b'{"text": "a", "steps": true}', 400, "InvalidInput"),
+    (b'{"text": ["a", "b", "c"]}', 413, "TooManyTexts"),
+    (b'{"text": "a", "lang": "en"}', 400, "InvalidInput"),
+    (b'{"text": ', 400, "InvalidJSON"),
+    (b'{"text": ""}', 400, "EmptyText"),
+])
+def test_explanation_refusals(body, status, kind):
+    with pytest.raises(RequestError) as info:
+        parse_explanation({"body": body}, Limits(), LIMITS, JSON)
+    assert (info.value.status, info.value.kind) == (status, kind)
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(tiny_model_dir):
+    context = make_context(tiny_model_dir, {"explain_steps": 32, "explain_max_tokens": 24})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_attributions_add_up_to_the_prediction_minus_the_baseline(handler_and_context):
+    handler, context = handler_and_context
+    (status, answer, _), = run_batch(handler, context, [({"body": b'{"text": "I love this film"}'}, JSON, EXPLAIN)])
+    assert status == 200
+    explanation = answer["explanation"]
+    assert [w["word"] for w in explanation["words"]] == ["I", "love", "this", "film"]
+    assert explanation["target"] == answer["label"] and explanation["steps"] == 32
+    total = sum(w["attribution"] for w in explanation["words"])
+    assert total == pytest.approx(answer["score"] - explanation["baseline_score"], abs=1e-3)
+    assert abs(explanation["convergence_delta"]) < 1e-3
+
+
+def test_a_batch_mixing_explanations_and_predictions(handler_and_context):
+    handler, context = handler_and_context
+    alone = run_batch(handler, context, [({"body": b'{"text": "fine"}'}, JSON)])[0][1]
+    answers = run_batch(handler, context, [
+        ({"body": b'{"text": "fine"}'}, JSON),
+        ({"body": b'{"text": ["good", "bad"]}'}, JSON, EXPLAIN),
+        ({"body": json.dumps({"text": "word " * 30}).encode()}, JSON, EXPLAIN),  # over 24 tokens
+        ({"body": b'{"text": '}, JSON, EXPLAIN),
+        ({"body": b'{"text": "fine"}'}, JSON),
+    ])
+    assert [a[0] for a in answers] == [200, 200, 413, 400, 200]
+    assert answers[0][1] == alone and answers[4][1] == alone
+    assert len(answers[1][1]) == 2 and all("explanation" in a for a in answers[1][1])
+    assert answers[2][1]["type"] == "TooManyTokens" and answers[3][1]["type"] == "InvalidJSON"
+
+
+def test_captum_is_imported_only_when_an_explanation_is_asked_for(tiny_model_dir):
+    script = f"""
+import sys
+sys.path[:0] = ["tests/unit", "tests"]
+from test_handler import make_context, run_batch
+from sentiment_handler import SentimentHandler
+context = make_context({str(tiny_model_dir)!r})
+handler = SentimentHandler()
+handler.initialize(context)
+run_batch(handler, context, [({{"body": b"fine"}}, "text/plain")])
+before = "captum" in sys.modules
+run_batch(handler, context, [({{"body": b"fine"}}, "text/plain", {{"explain": "True"}})])
+print(before, "captum" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-2:] == ["False", "True"], result.stderr[-2000:]
+
+
+def test_onnxruntime_explains_from_the_archives_weights(onnx_model_dir):
+    context = make_context(onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "explain_steps": 16})
+    handler = SentimentHandler()
+    handler.initialize(context)
+    (status, answer, _), = run_batch(handler, context, [({"body": b"I love it"}, "text/plain", EXPLAIN)])
+    assert status == 200 and [w["word"] for w in answer["explanation"]["words"]] == ["I", "love", "it"]
+    assert type(handler.explainer.model).__name__ == "BertForSequenceClassification"
