@@ -17,7 +17,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DEFAULT_MODEL := models/minilm-tweets
 MODEL_DIR ?= $(DEFAULT_MODEL)
 MAR := model_store/sentiment.mar
-INT8_MAR := model_store/sentiment-int8.mar
+# the reference beside the shipped variant (model-config.yaml): PyTorch fp32, as version 2.0
+TORCH_MAR := model_store/sentiment-torch.mar
 # stamp: the stubs in build/grpc and the .pth that puts them on the venv's path
 GRPC_STUBS := $(VENV)/.grpc-stubs
 ARCHIVED_FROM := model_store/.archived-from
@@ -35,7 +36,7 @@ serve: system-serve $(MAR)
 stop:
 	$(VENV)/bin/torchserve --stop
 
-test: system-test $(INT8_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
+test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(MAKE) image
 	$(PY) -m pytest tests
@@ -44,6 +45,7 @@ test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
 bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
+	@$(call need,wrk,wrk)
 	$(PY) -m bench.run
 
 # $(call need,COMMAND,DEBIAN PACKAGES): install the packages with apt-get when COMMAND is missing.
@@ -122,9 +124,8 @@ archive: $(MAR)
 $(MAR): $(VENV)/.installed $(ARCHIVED_FROM) $(MODEL_FILES) $(HANDLER_FILES)
 	./archive.sh --model $(MODEL_DIR)
 
-# The default model quantized to int8 at load, as version 2.0 of the same model.
-$(INT8_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILES)
-	./archive.sh --model $(DEFAULT_MODEL) --version 2.0 --option quantize=int8 --out $@
+$(TORCH_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILES)
+	./archive.sh --model $(DEFAULT_MODEL) --version 2.0 --option backend=torch --option quantize=none --out $@
 
 $(KSERVE_SDK)/.installed:
 	test -x $(KSERVE_SDK)/bin/python || $(PYTHON) -m venv $(KSERVE_SDK)

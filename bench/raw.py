@@ -1,8 +1,11 @@
 """The raw limit: the served model called in-process, no server, on the same texts.
 
-    python -m bench.raw --model DIR --texts FILE.json [--quantize int8] [--threads 2]
+    python -m bench.raw --model DIR --texts FILE.json [--backend onnxruntime] [--quantize int8]
+                        [--threads 2]
 
-Per batch size, two ways: "plain" (tokenize the batch with padding to its longest text,
+The model runs through the handler's own backend code (handlers/backends.py): PyTorch, or
+ONNX Runtime on the model.onnx in DIR (exported by handlers/export_onnx.py). Per batch
+size, two ways: "plain" (tokenize the batch with padding to its longest text,
 one forward pass) and "micro" (what the handler does: tokenize once, sort by length,
 forward passes of at most micro_batch_size texts each padded to its own longest), in a
 loop over the texts for a fixed time. Prints JSON: sentences/s and batch latency per
@@ -26,15 +29,15 @@ from server.paths import MODEL_CONFIG  # noqa: E402
 
 
 def main() -> int:
-    import torch
     import yaml
-    from sentiment_handler import quantize_int8
-    from text_classification import micro_batches
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from backends import load
+    from text_classification import HandlerOptions, micro_batches
+    from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
@@ -42,29 +45,24 @@ def main() -> int:
     parser.add_argument("--ways", default="plain,micro")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     handler_options = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
     max_length = handler_options["max_length"]
     micro_size = handler_options["micro_batch_size"]
     texts = json.loads(args.texts.read_text())
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
-    if args.quantize == "int8":
-        model = quantize_int8(model, torch.device("cpu"))
+    options = HandlerOptions(backend=args.backend, quantize=args.quantize, torch_threads=args.threads)
+    backend = load(str(args.model), options, None, False, args.threads)
 
     def plain(batch: list[str]) -> None:
-        enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        with torch.inference_mode():
-            torch.softmax(model(**enc).logits.float(), dim=-1).tolist()
+        backend.probabilities(tokenizer(batch, padding=True, truncation=True, max_length=max_length,
+                                        return_tensors=backend.tensor_type))
 
     def micro(batch: list[str]) -> None:
         enc = tokenizer(batch, truncation=True, max_length=max_length)
         lengths = [len(ids) for ids in enc["input_ids"]]
-        with torch.inference_mode():
-            for indices in micro_batches(lengths, micro_size):
-                features = {key: [enc[key][i] for i in indices] for key in enc.keys()}
-                tensors = tokenizer.pad(features, return_tensors="pt")
-                torch.softmax(model(**tensors).logits.float(), dim=-1).tolist()
+        for indices in micro_batches(lengths, micro_size):
+            features = {key: [enc[key][i] for i in indices] for key in enc.keys()}
+            backend.probabilities(tokenizer.pad(features, return_tensors=backend.tensor_type))
 
     ways = {"plain": plain, "micro": micro}
     ways = {name: ways[name] for name in args.ways.split(",")}
@@ -90,9 +88,9 @@ def main() -> int:
                 "batch_p50_ms": statistics.median(latencies) * 1000,
                 "batches": len(latencies),
             })
-            print(f"raw {args.quantize} {way} batch {batch_size}: {sentences / elapsed:.1f} sentences/s, "
+            print(f"raw {args.backend} {args.quantize} {way} batch {batch_size}: {sentences / elapsed:.1f} sentences/s, "
                   f"p50 {statistics.median(latencies) * 1000:.1f} ms", file=sys.stderr)
-    json.dump({"quantize": args.quantize, "threads": args.threads, "max_length": max_length,
+    json.dump({"backend": args.backend, "quantize": args.quantize, "threads": args.threads, "max_length": max_length,
                "micro_batch_size": micro_size, "results": results}, sys.stdout)
     return 0
 

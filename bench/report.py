@@ -1,6 +1,8 @@
 """Turn bench/run.py's results into README.md tables, target checks and PNG charts.
 
     python -m bench.report [bench/results]    (re-renders from results.json)
+
+Every setting (concurrencies, sweeps, the shipped variant) is read from results.json.
 """
 
 from __future__ import annotations
@@ -10,81 +12,60 @@ import sys
 from pathlib import Path
 
 
-
-def raw_best(results: dict, quantize: str) -> dict:
+def raw_best(results: dict, variant: str) -> dict:
     """The best figure of one in-process model, over batch sizes and both ways of batching."""
-    rows = [dict(r, way=way) for way, rs in results["raw"][quantize]["results"].items() for r in rs]
+    rows = [dict(r, way=way) for way, rs in results["raw"][variant]["results"].items() for r in rs]
     return max(rows, key=lambda r: r["sentences_per_s"])
 
 
-def raw_parallel_best(results: dict, quantize: str) -> dict:
-    return max(results["raw"][quantize]["parallel"]["results"], key=lambda r: r["sentences_per_s"])
+def raw_parallel_best(results: dict, variant: str) -> dict:
+    return max(results["raw"][variant]["parallel"]["results"], key=lambda r: r["sentences_per_s"])
 
 
-def raw_batch(results: dict, quantize: str, batch_size: int, way: str = "plain") -> dict:
-    return next(r for r in results["raw"][quantize]["results"][way] if r["batch_size"] == batch_size)
+def raw_batch(results: dict, variant: str, batch_size: int, way: str = "plain") -> dict:
+    return next(r for r in results["raw"][variant]["results"][way] if r["batch_size"] == batch_size)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a:.1f} / {b:.1f} = {a / b:.2f}"
 
 
 def targets(results: dict) -> list[dict]:
-    """Each issue target: the measured value, the bar, met or not."""
-    fp32 = results["served"]["fp32"]
-    int8 = results["served"]["int8"]
-    c = str(results["settings"]["target_concurrency"])
-    served_fp32 = fp32["load"][c]["throughput_rps"]
-    best = raw_best(results, "none")
-    base = results["baseline"][c]
-    raw_b1 = raw_batch(results, "none", 1)["batch_p50_ms"]
-    raw_parallel_b1 = results["raw"]["none"]["parallel"]["results"][0]["batch_p50_ms"]
-    accuracy_gap = abs(int8["heldout_accuracy"] - fp32["heldout_accuracy"])
+    """Each target: the measured value, the bar, met or not."""
+    s = results["settings"]
+    c = str(s["target_concurrency"])
+    shipped = s["shipped_variant"]
+    served = results["served"]
+    ship = served[shipped]
+    ref = served[s["reference"]]
+    lit = results["litserve"]["load"]
+    base = results["baseline"]
     rows = [
-        {
-            "target": f"fp32 served throughput at c={c} >= 0.90 x raw in-process best",
-            "measured": f"{served_fp32:.1f} / {best['sentences_per_s']:.1f} (raw {best['way']} batch {best['batch_size']})"
-                        f" = {served_fp32 / best['sentences_per_s']:.2f}",
-            "met": served_fp32 >= 0.90 * best["sentences_per_s"],
-        },
-        {
-            "target": f"(not a target) fp32 served at c={c} vs one raw process per core",
-            "measured": f"{served_fp32:.1f} / {raw_parallel_best(results, 'none')['sentences_per_s']:.1f} = "
-                        f"{served_fp32 / raw_parallel_best(results, 'none')['sentences_per_s']:.2f}",
-            "met": None,
-        },
-        {
-            "target": f"int8 served throughput >= 2.0 x fp32 served (c={c})",
-            "measured": f"{int8['load'][c]['throughput_rps']:.1f} / {served_fp32:.1f} = "
-                        f"{int8['load'][c]['throughput_rps'] / served_fp32:.2f}",
-            "met": int8["load"][c]["throughput_rps"] >= 2.0 * served_fp32,
-        },
-        {
-            "target": "int8 held-out accuracy within 1 point of fp32",
-            "measured": f"{int8['heldout_accuracy']:.4f} vs {fp32['heldout_accuracy']:.4f} "
-                        f"({accuracy_gap * 100:.2f} points)",
-            "met": accuracy_gap <= 0.01,
-        },
-        {
-            "target": f"fp32 served throughput >= 1.3 x naive baseline at c={c}",
-            "measured": f"{served_fp32:.1f} / {base['throughput_rps']:.1f} = "
-                        f"{served_fp32 / base['throughput_rps']:.2f}",
-            "met": served_fp32 >= 1.3 * base["throughput_rps"],
-        },
-        {
-            "target": f"fp32 served p99 no worse than baseline p99 at c={c}",
-            "measured": f"{fp32['load'][c]['p99_ms']:.1f} ms vs {base['p99_ms']:.1f} ms",
-            "met": fp32["load"][c]["p99_ms"] <= base["p99_ms"],
-        },
-        {
-            "target": "fp32 served p50 at c=1 within 5 ms of the raw batch-1 latency",
-            "measured": f"{fp32['load']['1']['p50_ms']:.1f} ms vs {raw_b1:.1f} ms "
-                        f"(+{fp32['load']['1']['p50_ms'] - raw_b1:.1f} ms)",
-            "met": fp32["load"]["1"]["p50_ms"] - raw_b1 <= 5.0,
-        },
-        {
-            "target": "(not a target) the same against one raw process with one thread, batch 1",
-            "measured": f"{fp32['load']['1']['p50_ms']:.1f} ms vs {raw_parallel_b1:.1f} ms "
-                        f"(+{fp32['load']['1']['p50_ms'] - raw_parallel_b1:.1f} ms)",
-            "met": None,
-        },
+        {"target": f"shipped ({shipped}) at c={c} >= 2.5 x LitServe's best ({results['litserve']['best']})",
+         "measured": ratio(ship["load"][c]["throughput_rps"], lit[c]["throughput_rps"]),
+         "met": ship["load"][c]["throughput_rps"] >= 2.5 * lit[c]["throughput_rps"]},
+        {"target": f"shipped accuracy within 1 point of {s['reference']}",
+         "measured": f"{ship['heldout_accuracy']:.4f} vs {ref['heldout_accuracy']:.4f} "
+                     f"({(ship['heldout_accuracy'] - ref['heldout_accuracy']) * 100:+.2f} points)",
+         "met": abs(ship["heldout_accuracy"] - ref["heldout_accuracy"]) <= 0.01},
+        {"target": "shipped p50 at c=1 no slower than the naive FastAPI app's p50 at c=1",
+         "measured": f"{ship['load']['1']['p50_ms']:.1f} ms vs {base['1']['p50_ms']:.1f} ms",
+         "met": ship["load"]["1"]["p50_ms"] <= base["1"]["p50_ms"]},
     ]
+    for name, side in served.items():
+        raw = raw_parallel_best(results, name)
+        got = side["load"]["64"]["throughput_rps"]
+        rows.append({"target": f"{name} served at c=64 >= 0.9 x its raw limit in the same layout "
+                               "(one single-threaded process per core)",
+                     "measured": f"{ratio(got, raw['sentences_per_s'])} (raw at batch {raw['batch_size']})",
+                     "met": got >= 0.9 * raw["sentences_per_s"]})
+    rows.append({"target": f"shipped served vs the naive FastAPI app at c={c} (not a target)",
+                 "measured": ratio(ship["load"][c]["throughput_rps"], base[c]["throughput_rps"]), "met": None})
+    for name, check in results["wrk_check"].items():
+        rows.append({"target": f"bench's load generator and wrk agree within 10% on {name} at c={c}",
+                     "measured": f"{check['loadgen']['throughput_rps']:.1f} vs {check['wrk']['throughput_rps']:.1f} "
+                                 f"req/s (ratio {check['ratio']:.2f})",
+                     "met": abs(check["ratio"] - 1) <= 0.10})
     if "soak" in results:
         soak = results["soak"]
         rows.append({
@@ -100,34 +81,42 @@ def targets(results: dict) -> list[dict]:
 def _load_row(name: str, r: dict) -> str:
     batch = f"{r['mean_batch_size']:.1f}" if r.get("mean_batch_size") else "-"
     cores = r.get("cores_used")
-    cores = f"{cores['frontend']:.2f} / {cores['workers']:.2f} / {cores['load generator']:.2f}" if cores else "-"
+    cores = (f"{cores.get('frontend', 0):.2f} / {cores.get('workers', 0):.2f} / {cores['load generator']:.2f} / "
+             f"{cores.get('machine', float('nan')):.2f}") if cores else "-"
     return (f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {r['errors']} | {batch} | {cores} |")
 
 
-LOAD_HEADER = ("| | sentences/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
-               "cores: frontend / workers / load generator |\n"
+LOAD_HEADER = ("| | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
+               "cores: server (frontend) / server (workers) / load generator / whole machine |\n"
                "|---|---|---|---|---|---|---|---|")
+
+
+def _table(title_col: str, rows: dict) -> list[str]:
+    return [LOAD_HEADER.replace("| |", f"| {title_col} |", 1)] + [_load_row(k, r) for k, r in rows.items()]
 
 
 def markdown(results: dict) -> str:
     m = results["machine"]
     s = results["settings"]
     shipped = s["shipped"]
+    c = str(s["target_concurrency"])
     out = [
         "# Benchmark results",
         "",
-        "Written by `make bench` (`python -m bench.run`); every figure below comes from one run.",
+        "Written by `make bench` (`python -m bench.run`); every figure below comes from one run, "
+        "and nowhere else in the repo: other pages link here.",
         "",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gib']} GiB, {m['os']}; "
-        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"TorchServe {m['torchserve']}; {m['date']}. The load generator runs on the same cores "
-        "as the server, so read ratios, not absolute numbers.",
+        f"Python {m['python']}, torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, transformers "
+        f"{m['transformers']}, TorchServe {m['torchserve']}, LitServe {m['litserve']}; {m['date']}. The load "
+        "generator runs on the same cores as the servers, so read ratios, not absolute numbers.",
         "",
         f"Load: closed loop, {s['texts']}; {s['duration_s']:.0f} s measured after "
-        f"{s['warmup_s']:.0f} s warm-up per point. Shipped TorchServe settings: batch size "
-        f"{shipped['batchSize']}, max batch delay {shipped['maxBatchDelay']} ms, "
-        f"{shipped['maxWorkers']} worker(s). Run took {results['elapsed_s'] / 60:.1f} min.",
+        f"{s['warmup_s']:.0f} s warm-up per point. Shipped: {s['shipped_variant']}, batch size "
+        f"{shipped['batchSize']}, max batch delay {shipped['maxBatchDelay']} ms, {shipped['maxWorkers']} "
+        f"worker(s) x {s['shipped_handler']['torch_threads']} thread(s). Run took "
+        f"{results['elapsed_s'] / 60:.1f} min.",
         "",
         "## Targets",
         "",
@@ -138,56 +127,70 @@ def markdown(results: dict) -> str:
         met = "-" if row["met"] is None else "yes" if row["met"] else "**no**"
         out.append(f"| {row['target']} | {row['measured']} | {met} |")
 
-    micro = results["raw"]["none"]["micro_batch_size"]
-    out += ["", "## Raw limit: the model in-process, no server", "",
-            "*plain*: the batch padded to its longest text, one forward pass; *micro*: what the "
-            f"handler does, length-sorted forward passes of at most {micro} texts. Sentences/s "
-            "(batch p50 ms).", "",
-            "| batch size | fp32 plain | fp32 micro | fp32 micro, 1 process per core | "
-            "int8 plain | int8 micro | int8 micro, 1 process per core |",
-            "|---|---|---|---|---|---|---|"]
-    raw = results["raw"]
-    for i, row in enumerate(raw["none"]["results"]["plain"]):
-        cells = [
-            f"{r['sentences_per_s']:.1f} ({r['batch_p50_ms']:.1f})"
-            for q in ("none", "int8")
-            for r in (raw[q]["results"]["plain"][i], raw[q]["results"]["micro"][i],
-                      raw[q]["parallel"]["results"][i])
-        ]
-        out.append(f"| {row['batch_size']} | " + " | ".join(cells) + " |")
-    out += ["", "The one-process-per-core columns run one single-threaded copy of the model per "
-            "core at the same time and add their throughputs: on this machine that uses the "
-            "cores better than one model with a thread per core, which is why TorchServe runs "
-            "one single-threaded worker per core here."]
+    out += ["", "![systems against concurrency](concurrency.png)", "",
+            f"## Systems at concurrency {c}", "", LOAD_HEADER.replace("| |", "| system |", 1)]
+    systems = {f"TorchServe, {name}": side["load"][c] for name, side in results["served"].items()}
+    systems["TorchServe floor (no model)"] = results["floor"][c]
+    systems[f"LitServe ({results['litserve']['best']})"] = results["litserve"]["load"][c]
+    systems["naive FastAPI"] = results["baseline"][c]
+    out += [_load_row(k, r) for k, r in systems.items()]
 
-    out += ["", "## TorchServe as shipped: fp32 (1.0) and int8 (2.0) side by side", ""]
-    for name in ("fp32", "int8"):
-        side = results["served"][name]
-        out += [f"**{name}** (version {side['version']}): held-out accuracy "
-                f"{side['heldout_accuracy']:.4f}, worker resident memory {side['worker_rss_mib']:.0f} MiB",
-                "", LOAD_HEADER.replace("| |", "| concurrency |", 1)]
-        out += [_load_row(c, r) for c, r in side["load"].items()]
-        out.append("")
+    out += ["", "## Backends and precision, served side by side", "",
+            "| variant | archive MiB | worker RSS MiB (all workers) | held-out accuracy | label agreement with "
+            f"{s['reference']} | c=1 p50 ms | c={c} requests/s | c=64 requests/s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, side in results["served"].items():
+        load = side["load"]
+        out.append(f"| {name} | {side['archive_mib']} | {side['worker_rss_mib']:.0f} | {side['heldout_accuracy']:.4f} "
+                   f"| {side['label_agreement']:.4f} | {load['1']['p50_ms']:.1f} | {load[c]['throughput_rps']:.1f} | "
+                   f"{load['64']['throughput_rps']:.1f} |")
+    for name, side in results["served"].items():
+        out += ["", f"**{name}** (version {side['version']})", ""] + _table("concurrency", side["load"])
 
-    out += ["## REST vs gRPC (fp32 1.0, same server, one after the other)", "",
-            LOAD_HEADER.replace("| |", "| API |", 1)]
-    out += [_load_row(api, r) for api, r in results["rest_vs_grpc"].items()]
-    out.append("")
+    micro = next(iter(results["raw"].values()))["micro_batch_size"]
+    out += ["", "## Raw limit: each model in-process, no server", "",
+            "*plain*: the batch padded to its longest text, one forward pass; *micro*: what the handler does, "
+            f"length-sorted forward passes of at most {micro} texts; *per core*: one single-threaded process "
+            "per core, micro-batched, their throughputs added. Sentences/s (batch p50 ms).", "",
+            "| variant | batch | plain | micro | per core |", "|---|---|---|---|---|"]
+    for name, raw in results["raw"].items():
+        for i, row in enumerate(raw["results"]["plain"]):
+            cells = [raw["results"]["plain"][i], raw["results"]["micro"][i], raw["parallel"]["results"][i]]
+            out.append(f"| {name} | {row['batch_size']} | " +
+                       " | ".join(f"{r['sentences_per_s']:.1f} ({r['batch_p50_ms']:.1f})" for r in cells) + " |")
 
-    out += ["## Naive baseline: FastAPI, model inline, no batching (fp32)", "",
-            "![served vs baseline against concurrency](concurrency.png)", "",
-            LOAD_HEADER.replace("| |", "| concurrency |", 1)]
-    out += [_load_row(c, r) for c, r in results["baseline"].items()]
+    out += ["", "## TorchServe's floor: the shipped handler with no model", "",
+            "The same parsing, tokenizing, metrics and answers, the forward pass replaced by a constant: what "
+            "TorchServe and the handler cost by themselves.", ""] + _table("concurrency", results["floor"])
 
-    out += ["", f"## TorchServe batch size (fp32, concurrency {s['batch_sweep_concurrency']}, "
-            f"delay {shipped['maxBatchDelay']} ms)",
-            "", "![latency and throughput against batch size](batch_size_tradeoff.png)", "",
-            LOAD_HEADER.replace("| |", "| batch size |", 1)]
-    out += [_load_row(b, r) for b, r in results["batch_sweep"].items()]
+    out += ["", f"## Workers x threads per worker ({s['shipped_variant']})", "", LOAD_HEADER]
+    out += [_load_row(f"{k}, c={cc[1:]}", r) for k, rs in results["workers_sweep"].items() for cc, r in rs.items()]
+
+    out += ["", f"## LitServe: its batching at c={c}", "", *_table("setting", {
+        k: v[c] for k, v in results["litserve"]["sweep"].items()}),
+        "", f"**best: {results['litserve']['best']}**", "", *_table("concurrency", results["litserve"]["load"])]
+
+    out += ["", "## Naive baseline: FastAPI, model inline, no batching (PyTorch fp32)", "",
+            *_table("concurrency", results["baseline"])]
+
+    out += ["", f"## bench/loadgen.py against wrk at c={c}", "",
+            "| system | loadgen requests/s | wrk requests/s | ratio | loadgen p50 ms | wrk p50 ms |",
+            "|---|---|---|---|---|---|"]
+    for name, check in results["wrk_check"].items():
+        out.append(f"| {name} | {check['loadgen']['throughput_rps']:.1f} | {check['wrk']['throughput_rps']:.1f} | "
+                   f"{check['ratio']:.2f} | {check['loadgen']['p50_ms']:.1f} | {check['wrk']['p50_ms']:.1f} |")
+
+    out += ["", f"## REST vs gRPC ({s['shipped_variant']}, same server, one after the other)", "",
+            *_table("API", results["rest_vs_grpc"])]
+
+    out += ["", f"## TorchServe batch size ({s['shipped_variant']}, concurrency {s['batch_sweep_concurrency']}, "
+            f"delay {shipped['maxBatchDelay']} ms)", "",
+            "![latency and throughput against batch size](batch_size_tradeoff.png)", "",
+            *_table("batch size", results["batch_sweep"])]
 
     dc = s["delay_sweep_concurrency"]
-    out += ["", f"## Max batch delay (fp32, batch {shipped['batchSize']}, concurrency 1 and {dc})", "",
-            f"| delay ms | c=1 p50 ms | c={dc} sentences/s | c={dc} p50 ms | c={dc} p99 ms | c={dc} mean batch |",
+    out += ["", f"## Max batch delay ({s['shipped_variant']}, batch {shipped['batchSize']}, concurrency 1 and {dc})",
+            "", f"| delay ms | c=1 p50 ms | c={dc} requests/s | c={dc} p50 ms | c={dc} p99 ms | c={dc} mean batch |",
             "|---|---|---|---|---|---|"]
     for d, r in results["delay_sweep"].items():
         loaded = r[f"c{dc}"]
@@ -204,9 +207,6 @@ def markdown(results: dict) -> str:
                 "| worker pid | RSS after warm-up MiB | RSS after soak MiB |", "|---|---|---|"]
         out += [f"| {pid} | {before[pid]:.0f} | {after.get(pid, float('nan')):.0f} |" for pid in before]
         out += ["", f"Total growth: {soak['rss_growth'] * 100:+.2f}%."]
-
-    out += ["", "## Workers x torch threads per worker (fp32)", "", LOAD_HEADER]
-    out += [_load_row(f"{k}, c={c[1:]}", r) for k, rs in results["workers_sweep"].items() for c, r in rs.items()]
     out.append("")
     return "\n".join(out)
 
@@ -217,11 +217,14 @@ def charts(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    s = results["settings"]
+    shipped = s["shipped_variant"]
     sweep = results["batch_sweep"]
     sizes = [int(b) for b in sweep]
-    raw = {r["batch_size"]: r for r in results["raw"]["none"]["results"]["micro"]}
+    raw = {r["batch_size"]: r for r in results["raw"][shipped]["results"]["micro"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(sizes, [sweep[str(b)]["throughput_rps"] for b in sizes], "o-", label=f"TorchServe, concurrency {results['settings']['batch_sweep_concurrency']}")
+    left.plot(sizes, [sweep[str(b)]["throughput_rps"] for b in sizes], "o-",
+              label=f"TorchServe, concurrency {s['batch_sweep_concurrency']}")
     left.plot(sizes, [raw[b]["sentences_per_s"] for b in sizes if b in raw], "s--", label="raw model in-process (micro-batched)")
     left.set(xlabel="batch size", ylabel="sentences / s", title="Throughput", xscale="log", xticks=sizes)
     left.set_xticklabels(sizes)
@@ -234,30 +237,28 @@ def charts(results: dict, out: Path) -> None:
     right.set_xticklabels(sizes)
     right.set_ylim(bottom=0)
     right.legend()
-    fig.suptitle(f"fp32 MiniLM sentiment on {results['machine']['usable_cores']} cores: "
+    fig.suptitle(f"{shipped} MiniLM sentiment on {results['machine']['usable_cores']} cores: "
                  "the batch size trade-off (measured)")
     fig.tight_layout()
     fig.savefig(out / "batch_size_tradeoff.png", dpi=110)
     plt.close(fig)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = {
-        "TorchServe int8": results["served"]["int8"]["load"],
-        "TorchServe fp32": results["served"]["fp32"]["load"],
-        "FastAPI baseline fp32": results["baseline"],
-    }
+    series = {f"TorchServe {name}": side["load"] for name, side in results["served"].items()}
+    series["LitServe (best)"] = results["litserve"]["load"]
+    series["naive FastAPI"] = results["baseline"]
     for name, load in series.items():
-        cs = [int(c) for c in load]
-        left.plot(cs, [load[str(c)]["throughput_rps"] for c in cs], "o-", label=name)
-        right.plot(cs, [load[str(c)]["p99_ms"] for c in cs], "o-", label=name)
-    left.set(xlabel="concurrent clients", ylabel="sentences / s", title="Throughput", xscale="log")
+        cs = [int(k) for k in load]
+        left.plot(cs, [load[str(k)]["throughput_rps"] for k in cs], "o-", label=name)
+        right.plot(cs, [load[str(k)]["p99_ms"] for k in cs], "o-", label=name)
+    left.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput", xscale="log")
     right.set(xlabel="concurrent clients", ylabel="ms", title="p99 latency", xscale="log", yscale="log")
     for ax in (left, right):
-        ax.set_xticks([int(c) for c in results["baseline"]])
-        ax.set_xticklabels(list(results["baseline"]))
-        ax.legend()
+        ax.set_xticks(s["concurrencies"])
+        ax.set_xticklabels([str(k) for k in s["concurrencies"]])
+        ax.legend(fontsize=7)
     left.set_ylim(bottom=0)
-    fig.suptitle("Served vs naive baseline under closed-loop load (measured)")
+    fig.suptitle("Every system under closed-loop load, one machine, one run (measured)")
     fig.tight_layout()
     fig.savefig(out / "concurrency.png", dpi=110)
     plt.close(fig)

@@ -1,19 +1,24 @@
-"""The benchmark: raw model vs TorchServe vs a naive FastAPI app, in one run.
+"""The benchmark: every backend raw and served, TorchServe's floor, LitServe and a naive
+FastAPI app, in one run.
 
     python -m bench.run [--duration 15] [--warmup 3] [--out bench/results]   (make bench)
 
 Everything is measured in this one run on this one machine, so the ratios hold even
 though a 2-core machine's absolute numbers move with whatever else it does:
 
-  1. raw limit: the model in-process (bench/raw.py), sentences/s at batch 1..32, fp32/int8;
-  2. TorchServe as shipped (config.properties): closed-loop load at concurrency 1..64;
-  3. sweeps of the TorchServe batch size and max batch delay at a fixed concurrency,
-     and of workers x torch threads per worker;
-  4. fp32 (1.0) and int8 (2.0) archives served side by side in one TorchServe:
-     throughput, latency, worker memory, accuracy on all held-out tweets;
-  5. REST vs gRPC (bench/grpc_load.py) at one concurrency on the same server;
-  6. the naive baseline (bench/baseline_app.py) under the same load;
-  7. a soak (bench/soak.py): minutes of load, worker memory before and after.
+  1. raw limit: each backend x precision in-process (bench/raw.py: the handler's backend
+     code, no server), sentences/s at batch 1..32, one process with all cores and one
+     process per core;
+  2. TorchServe's floor: the shipped handler with no model (bench/noop_handler.py);
+  3. every backend x precision served side by side in one TorchServe: load at
+     concurrency 1..64, worker memory, archive size, accuracy on all held-out tweets and
+     label agreement with PyTorch fp32;
+  4. the shipped configuration: workers x threads layouts, batch size and batch delay
+     sweeps, REST vs gRPC;
+  5. the naive baseline (bench/baseline_app.py) and LitServe (bench/litserve_app.py, a
+     small sweep of its batching, then its best at every concurrency);
+  6. wrk against each system at the target concurrency, beside bench/loadgen.py;
+  7. a soak of the shipped configuration (bench/soak.py).
 
 Request texts are held-out tweets, sent as JSON bodies {"text": ...}, one per request.
 Writes results.json, README.md (tables, targets) and PNG charts to --out.
@@ -34,23 +39,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import yaml
 
 from bench.loadgen import json_bodies, run_load
 from bench.soak import soak, workers_rss_mib
+from bench.wrk import run_wrk
 from clients.metrics import total as metric
 from clients.net import free_port, wait_for_port
 from clients.torchserve import read_properties
-from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, ROOT
+from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT
 from testbed.local_server import LocalTorchServe
 from training.tweets import LABELS, split_tweets
 
 MODEL_DIR = DEFAULT_MODEL_DIR
 CONCURRENCIES = (1, 4, 16, 64)
+TARGET_CONCURRENCY = 16
 BATCH_SIZES = (1, 4, 8, 16, 32)
 BATCH_SWEEP_CONCURRENCY = 32
 DELAYS_MS = (1, 2, 5, 10, 25)
 DELAY_SWEEP_CONCURRENCY = 16
-TARGET_CONCURRENCY = 16
+# every backend x precision, served as a version of one model (the reference first)
+VARIANTS = {
+    "torch-fp32": {"backend": "torch", "quantize": "none"},
+    "torch-int8": {"backend": "torch", "quantize": "int8"},
+    "onnxruntime-fp32": {"backend": "onnxruntime", "quantize": "none"},
+    "onnxruntime-int8": {"backend": "onnxruntime", "quantize": "int8"},
+}
+REFERENCE = "torch-fp32"
+# LitServe's own dynamic batching: (max_batch_size, batch_timeout ms, workers, threads each)
+LITSERVE_SWEEP = ((8, 5, 1, 2), (16, 10, 1, 2), (16, 5, 2, 1), (32, 10, 1, 2))
 
 
 def log(message: str) -> None:
@@ -66,7 +83,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import torch  # noqa: F401  (version only; the load generator stays torch-free otherwise)
+    import litserve
+    import onnxruntime
+    import torch  # noqa: F401  (versions only; the load generator stays torch-free otherwise)
     import transformers
     import ts
 
@@ -77,31 +96,61 @@ def machine() -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": sys.modules["torch"].__version__,
+        "onnxruntime": onnxruntime.__version__,
         "transformers": transformers.__version__,
         "torchserve": ts.__version__,
+        "litserve": litserve.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
 
-def build_archives(store: Path) -> None:
-    """The shipped fp32 archive (1.0), its int8 twin (2.0), and fp32 with a given thread
-    count per worker (for the workers x threads comparison)."""
-    variants = {
-        "sentiment.mar": ("1.0", []),
-        "sentiment-int8.mar": ("2.0", ["--option", "quantize=int8"]),
-        "sentiment-1thread.mar": ("1.0", ["--option", "torch_threads=1"]),
-        "sentiment-2threads.mar": ("1.0", ["--option", "torch_threads=2"]),
-    }
-    for filename, (version, options) in variants.items():
-        subprocess.run(
-            [str(ARCHIVE_SCRIPT), "--model", str(MODEL_DIR), "--version", version,
-             *options, "--out", str(store / filename)],
-            check=True, stdout=subprocess.DEVNULL,
-        )
+def shipped_handler_options() -> dict:
+    return yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
+
+
+def shipped_variant() -> str:
+    options = shipped_handler_options()
+    name = f"{options.get('backend', 'torch')}-{'int8' if options.get('quantize') == 'int8' else 'fp32'}"
+    assert name in VARIANTS, name
+    return name
 
 
 def shipped_model_settings() -> dict:
     return json.loads(read_properties(CONFIG)["models"])["sentiment"]["1.0"]
+
+
+def archive(store: Path, filename: str, version: str, options: dict[str, object]) -> Path:
+    out = store / filename
+    subprocess.run([str(ARCHIVE_SCRIPT), "--model", str(MODEL_DIR), "--version", version,
+                    *[a for k, v in options.items() for a in ("--option", f"{k}={v}")], "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def noop_archive(store: Path) -> None:
+    """The floor: TorchServe and the shipped handler with bench/noop_handler.py in front."""
+    files = [ROOT / "handlers" / f for f in ("sentiment_handler.py", "text_classification.py", "protocols.py",
+                                             "backends.py")]
+    files += [MODEL_DIR / f for f in ("config.json", "tokenizer.json", "tokenizer_config.json")]
+    subprocess.run([shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver"),
+                    "--model-name", "sentiment", "--version", "1.0", "--handler", str(ROOT / "bench" / "noop_handler.py"),
+                    "--extra-files", ",".join(map(str, files)), "--config-file", str(MODEL_CONFIG),
+                    "--export-path", str(store), "--force"], check=True, stdout=subprocess.DEVNULL)
+    (store / "sentiment.mar").rename(store / "noop.mar")
+
+
+def build_archives(store: Path) -> dict[str, dict]:
+    """Every variant as a version (1.0 ...), the shipped variant with 1 and 2 threads per
+    worker, and the floor; {variant: {"file", "version", "archive_mib"}}."""
+    built = {}
+    for i, (name, options) in enumerate(VARIANTS.items(), 1):
+        path = archive(store, f"{name}.mar", f"{i}.0", options)
+        built[name] = {"file": path.name, "version": f"{i}.0", "archive_mib": round(path.stat().st_size / 2**20, 1)}
+    shipped = VARIANTS[shipped_variant()]
+    for threads in (1, 2):
+        archive(store, f"shipped-{threads}thread.mar", "1.0", {**shipped, "torch_threads": threads})
+    noop_archive(store)
+    return built
 
 
 @contextmanager
@@ -122,7 +171,7 @@ def serving(store: Path, workdir: Path, versions: dict[str, str], batch_size: in
                    "models": json.dumps({"sentiment": entries})},
     )
     with server:
-        for version in versions:  # the first batches of a new worker are slow
+        for version in versions:  # beyond the handler's own warm-up: the frontend's paths
             run_load(server.url("inference", f"/predictions/sentiment/{version}"), bodies,
                      {"Authorization": f"Bearer {server.keys['inference']}",
                       "Content-Type": "application/json"},
@@ -136,38 +185,49 @@ def batch_stats(server: LocalTorchServe) -> tuple[float, float]:
     return metric(samples, "SentimentBatchSize_count"), metric(samples, "SentimentBatchSize_sum")
 
 
-def cpu_seconds(server: LocalTorchServe) -> dict[str, float]:
-    """CPU time so far of the TorchServe frontend (java), its workers and this process."""
-    launcher = psutil.Process(server.proc.pid)
+def cpu_seconds(procs: list[psutil.Process]) -> dict[str, float]:
+    """CPU time so far of the servers' processes (by kind), this process, and the machine."""
     times = {"frontend": 0.0, "workers": 0.0}
-    for proc in launcher.children(recursive=True):
-        try:
-            cpu = proc.cpu_times()
-            times["workers" if "python" in proc.name() else "frontend"] += cpu.user + cpu.system
-        except psutil.NoSuchProcess:
-            pass
+    for proc in procs:
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                cpu = p.cpu_times()
+                kind = "workers" if "python" in p.name() else "frontend"
+                times[kind] += cpu.user + cpu.system
+            except psutil.NoSuchProcess:
+                pass
     mine = psutil.Process().cpu_times()
     times["load generator"] = mine.user + mine.system
+    machine_cpu = psutil.cpu_times()
+    times["machine"] = machine_cpu.user + machine_cpu.system + machine_cpu.nice
     return times
+
+
+def measured(url: str, bodies: list[bytes], headers: dict, concurrency: int, args, procs=(), server=None) -> dict:
+    """One closed-loop load point, with the CPU it took and, on TorchServe, its batch sizes."""
+    before = batch_stats(server) if server else None
+    cpu_before, wall_before = cpu_seconds(list(procs)), time.time()
+    result = run_load(url, bodies, headers, concurrency, args.duration, args.warmup).as_dict()
+    cpu_after, wall = cpu_seconds(list(procs)), time.time() - wall_before
+    if server:
+        after = batch_stats(server)
+        batches = after[0] - before[0]
+        result["mean_batch_size"] = (after[1] - before[1]) / batches if batches else None
+    result["cores_used"] = {k: round((cpu_after[k] - cpu_before[k]) / wall, 2) for k in cpu_after}
+    batch = f"  mean batch {result['mean_batch_size']:.1f}" if result.get("mean_batch_size") else ""
+    log(f"  c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}{batch}")
+    return result
 
 
 def drive(server: LocalTorchServe, bodies: list[bytes], concurrency: int, args, version: str = "") -> dict:
     path = "/predictions/sentiment" + (f"/{version}" if version else "")
-    before = batch_stats(server)
-    cpu_before, wall_before = cpu_seconds(server), time.time()
-    result = run_load(
-        server.url("inference", path), bodies,
-        {"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"},
-        concurrency, args.duration, args.warmup,
-    ).as_dict()
-    cpu_after, wall = cpu_seconds(server), time.time() - wall_before
-    after = batch_stats(server)
-    batches = after[0] - before[0]
-    result["mean_batch_size"] = (after[1] - before[1]) / batches if batches else None
-    result["cores_used"] = {k: round((cpu_after[k] - cpu_before[k]) / wall, 2) for k in cpu_after}
-    log(f"  c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  mean batch {result['mean_batch_size']}")
-    return result
+    return measured(server.url("inference", path), bodies, ts_headers(server), concurrency, args,
+                    [psutil.Process(server.proc.pid)], server)
+
+
+def ts_headers(server: LocalTorchServe) -> dict:
+    return {"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"}
 
 
 def drive_grpc(server: LocalTorchServe, texts: list[str], concurrency: int, args, version: str) -> dict:
@@ -185,29 +245,41 @@ def worker_rss_mib(server: LocalTorchServe, version: str) -> float:
     return sum(workers_rss_mib(server, f"sentiment/{version}").values())
 
 
-def served_accuracy(server: LocalTorchServe, version: str, heldout) -> float:
-    correct = 0
+def served_labels(server: LocalTorchServe, version: str, heldout) -> list[str]:
+    labels = []
     for start in range(0, len(heldout), 32):
         chunk = heldout[start : start + 32]
         status, answer = server.client.predict({"text": [t.text for t in chunk]},
                                                model=f"sentiment/{version}", timeout=120)
         assert status == 200, answer
-        correct += sum(a["label"] == LABELS[t.label] for a, t in zip(answer, chunk))
-    return correct / len(heldout)
+        labels += [a["label"] for a in answer]
+    return labels
 
 
-def raw_limit(texts_file: Path, quantize: str, args) -> dict:
+def raw_model_dir(work: Path, variant: str) -> Path:
+    """A checkpoint folder the variant's backend runs from (the exported graph beside it)."""
+    options = VARIANTS[variant]
+    if options["backend"] != "onnxruntime":
+        return MODEL_DIR
+    folder = work / f"raw-{variant}"
+    shutil.copytree(MODEL_DIR, folder, dirs_exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "handlers" / "export_onnx.py"), str(MODEL_DIR), str(folder),
+                    "--quantize", options["quantize"]], check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def raw_limit(texts_file: Path, variant: str, model_dir: Path, args) -> dict:
     """One in-process model using all cores, plain and micro-batched; then one process per
     core with one thread each (micro-batched), their throughputs added up."""
-    log(f"raw in-process model, {quantize}")
-    command = [sys.executable, "-m", "bench.raw", "--model", str(MODEL_DIR), "--texts", str(texts_file),
-               "--quantize", quantize, "--duration", str(args.raw_duration)]
+    options = VARIANTS[variant]
+    log(f"raw in-process model, {variant}")
+    command = [sys.executable, "-m", "bench.raw", "--model", str(model_dir), "--texts", str(texts_file),
+               "--backend", options["backend"], "--quantize", options["quantize"],
+               "--duration", str(args.raw_duration)]
     single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
-    sys.stderr.write(single.stderr)
     result = json.loads(single.stdout)
-
     cores = len(os.sched_getaffinity(0))
-    log(f"raw: {cores} processes x 1 thread, {quantize}")
+    log(f"raw: {cores} processes x 1 thread, {variant}")
     procs = [subprocess.Popen(command + ["--threads", "1", "--ways", "micro"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, cwd=ROOT) for _ in range(cores)]
     outputs = [json.loads(p.communicate()[0]) for p in procs]
@@ -217,48 +289,73 @@ def raw_limit(texts_file: Path, quantize: str, args) -> dict:
          "batch_p50_ms": max(r["batch_p50_ms"] for r in rows)}
         for rows in zip(*(o["results"]["micro"] for o in outputs))
     ]}
-    for row in result["parallel"]["results"]:
-        log(f"  batch {row['batch_size']}: {row['sentences_per_s']:.1f} sentences/s together")
+    best = max(r["sentences_per_s"] for way in result["results"].values() for r in way)
+    log(f"  best {best:.1f} sentences/s in one process; "
+        f"{max(r['sentences_per_s'] for r in result['parallel']['results']):.1f} in {cores}")
     return result
 
 
-def _check_running(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        raise RuntimeError(f"baseline server exited with {proc.returncode}")
-
-
-def baseline(bodies: list[bytes], args, workdir: Path) -> dict:
-    log("naive baseline: FastAPI, model called inline, no batching")
-    port = free_port()
-    with open(workdir / "baseline.log", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=dict(os.environ, MODEL_DIR=str(MODEL_DIR)), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+@contextmanager
+def http_app(command: list[str], port: int, workdir: Path, name: str, env=None):
+    """A server process of the benchmark's own (its process group), up on `port`."""
+    with open(workdir / f"{name}.log", "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        wait_for_port("127.0.0.1", port, 120, alive=lambda: _check_running(proc))
-        run_load(f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"},
-                 concurrency=8, duration=2.0, warmup=0.0)  # warm-up, as for TorchServe
-        results = {}
-        for c in CONCURRENCIES:
-            r = run_load(f"http://127.0.0.1:{port}/predict", bodies,
-                         {"Content-Type": "application/json"}, c, args.duration, args.warmup).as_dict()
-            log(f"  c={c:<3} {r['throughput_rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}")
-            results[str(c)] = r
-        return results
+        def alive() -> None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: see {workdir / f'{name}.log'}")
+
+        wait_for_port("127.0.0.1", port, 180, alive)
+        yield proc
     finally:
         os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def app_load(port: int, bodies: list[bytes], proc, args, concurrencies=CONCURRENCIES) -> dict:
+    url = f"http://127.0.0.1:{port}/predict"
+    headers = {"Content-Type": "application/json"}
+    run_load(url, bodies, headers, concurrency=8, duration=3.0, warmup=0.0)  # warm-up, as for TorchServe
+    return {str(c): measured(url, bodies, headers, c, args, [psutil.Process(proc.pid)]) for c in concurrencies}
+
+
+def baseline_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--log-level", "warning", "--no-access-log"]
+
+
+def litserve_command(port: int, batch: int, timeout_ms: int, workers: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "bench.litserve_app", "--model", str(MODEL_DIR), "--port", str(port),
+            "--batch", str(batch), "--timeout-ms", str(timeout_ms), "--workers", str(workers),
+            "--threads", str(threads), "--max-length", str(shipped_handler_options()["max_length"])]
+
+
+def litserve_label(setting) -> str:
+    batch, timeout_ms, workers, threads = setting
+    return f"batch {batch}, {timeout_ms} ms, {workers} worker(s) x {threads} thread(s)"
+
+
+def compare_with_wrk(name: str, url: str, bodies: list[bytes], headers: dict, args, header=None) -> dict:
+    """The same system at the target concurrency, by bench/loadgen.py and then by wrk."""
+    c = TARGET_CONCURRENCY
+    ours = run_load(url, bodies, headers, c, args.duration, args.warmup).as_dict()
+    theirs = run_wrk(url, bodies, c, args.duration, header)
+    ratio = ours["throughput_rps"] / theirs["throughput_rps"]
+    log(f"  {name}: loadgen {ours['throughput_rps']:.1f} req/s, wrk {theirs['throughput_rps']:.1f} req/s "
+        f"(ratio {ratio:.2f}); p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms")
+    return {"loadgen": ours, "wrk": theirs, "ratio": round(ratio, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per point")
-    parser.add_argument("--raw-duration", type=float, default=8.0, help="seconds per raw batch size")
+    parser.add_argument("--raw-duration", type=float, default=6.0, help="seconds per raw batch size")
     parser.add_argument("--soak-minutes", type=float, default=3.0, help="length of the soak phase")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -273,26 +370,25 @@ def main(argv: list[str] | None = None) -> int:
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
     store = work / "store"
+    store.mkdir()
     log(f"building archives in {store}")
-    build_archives(store)
-
+    archives = build_archives(store)
+    shipped_name = shipped_variant()
+    shipped = shipped_model_settings()
+    batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
     results = {"machine": machine(), "settings": {
         "duration_s": args.duration, "warmup_s": args.warmup, "raw_duration_s": args.raw_duration,
         "texts": f"{len(texts)} held-out tweets, one per request, JSON body",
-        "shipped": shipped_model_settings(),
-        "concurrencies": list(CONCURRENCIES),
-        "target_concurrency": TARGET_CONCURRENCY,
-        "batch_sizes": list(BATCH_SIZES),
-        "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
-        "delays_ms": list(DELAYS_MS),
-        "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
+        "shipped": shipped, "shipped_variant": shipped_name, "shipped_handler": shipped_handler_options(),
+        "variants": VARIANTS, "reference": REFERENCE,
+        "concurrencies": list(CONCURRENCIES), "target_concurrency": TARGET_CONCURRENCY,
+        "batch_sizes": list(BATCH_SIZES), "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
+        "delays_ms": list(DELAYS_MS), "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
+        "litserve_sweep": [litserve_label(s) for s in LITSERVE_SWEEP],
         "soak_minutes": args.soak_minutes,
     }}
-    results["raw"] = {q: raw_limit(texts_file, q, args) for q in ("none", "int8")}
+    results["raw"] = {v: raw_limit(texts_file, v, raw_model_dir(work, v), args) for v in VARIANTS}
 
-    shipped = shipped_model_settings()
-    batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
-    fp32_mar = "sentiment.mar"
     n = 0
 
     def server_dir() -> Path:
@@ -300,61 +396,103 @@ def main(argv: list[str] | None = None) -> int:
         n += 1
         return work / f"ts{n}"
 
-    log(f"TorchServe as shipped (batch {batch}, delay {delay} ms, {workers} worker(s)), fp32 1.0 "
-        "and int8 2.0 side by side")
-    with serving(store, server_dir(), {"1.0": fp32_mar, "2.0": "sentiment-int8.mar"}, batch, delay,
-                 workers, bodies) as server:
-        side = {}
-        for version, name in (("1.0", "fp32"), ("2.0", "int8")):
-            log(f" version {version} ({name})")
-            side[name] = {
-                "version": version,
-                "load": {str(c): drive(server, bodies, c, args, version) for c in CONCURRENCIES},
-                "worker_rss_mib": worker_rss_mib(server, version),
-            }
-        for name in ("fp32", "int8"):
-            side[name]["heldout_accuracy"] = served_accuracy(server, side[name]["version"], heldout)
-            log(f" {name} held-out accuracy {side[name]['heldout_accuracy']:.4f}, "
-                f"worker RSS {side[name]['worker_rss_mib']:.0f} MiB")
-        results["served"] = side
-        log(f" REST vs gRPC at concurrency {TARGET_CONCURRENCY} (fp32 1.0)")
-        results["rest_vs_grpc"] = {
-            "rest": drive(server, bodies, TARGET_CONCURRENCY, args, "1.0"),
-            "grpc": drive_grpc(server, texts, TARGET_CONCURRENCY, args, "1.0"),
-        }
+    log(f"TorchServe's floor: the shipped handler without a model ({workers} workers, batch {batch}, {delay} ms)")
+    with serving(store, server_dir(), {"1.0": "noop.mar"}, batch, delay, workers, bodies) as server:
+        results["floor"] = {str(c): drive(server, bodies, c, args) for c in (1, TARGET_CONCURRENCY)}
+        floor_wrk = compare_with_wrk("floor", server.url("inference", "/predictions/sentiment"), bodies,
+                                     ts_headers(server), args,
+                                     ("Authorization", f"Bearer {server.keys['inference']}"))
 
+    log("every backend x precision served side by side "
+        f"({workers} workers x {shipped_handler_options()['torch_threads']} thread, batch {batch}, {delay} ms)")
+    versions = {a["version"]: a["file"] for a in archives.values()}
+    with serving(store, server_dir(), versions, batch, delay, workers, bodies) as server:
+        side = {}
+        for name, built in archives.items():
+            log(f" {name} ({built['version']})")
+            side[name] = {**built, "load": {str(c): drive(server, bodies, c, args, built["version"])
+                                            for c in CONCURRENCIES},
+                          "worker_rss_mib": round(worker_rss_mib(server, built["version"]), 1)}
+        gold = [LABELS[t.label] for t in heldout]
+        labels = {name: served_labels(server, side[name]["version"], heldout) for name in side}
+        for name in side:
+            side[name]["heldout_accuracy"] = sum(a == b for a, b in zip(labels[name], gold)) / len(gold)
+            side[name]["label_agreement"] = sum(a == b for a, b in zip(labels[name], labels[REFERENCE])) / len(gold)
+            log(f" {name}: accuracy {side[name]['heldout_accuracy']:.4f}, agreement with {REFERENCE} "
+                f"{side[name]['label_agreement']:.4f}, worker RSS {side[name]['worker_rss_mib']:.0f} MiB, "
+                f"archive {side[name]['archive_mib']} MiB")
+        results["served"] = side
+
+    log(f"layouts of the shipped variant ({shipped_name}): workers x threads at concurrency 1 and "
+        f"{TARGET_CONCURRENCY}")
+    results["workers_sweep"] = {}
+    for w, threads in ((1, 2), (2, 1)):
+        with serving(store, server_dir(), {"1.0": f"shipped-{threads}thread.mar"}, batch, delay, w,
+                     bodies) as server:
+            label = f"{w} worker(s) x {threads} thread(s)"
+            log(f" {label}")
+            results["workers_sweep"][label] = {f"c{c}": drive(server, bodies, c, args)
+                                               for c in (1, TARGET_CONCURRENCY)}
+
+    shipped_mar = archives[shipped_name]["file"]
     log(f"batch size sweep at concurrency {BATCH_SWEEP_CONCURRENCY} (delay {delay} ms)")
     results["batch_sweep"] = {}
     for b in BATCH_SIZES:
-        with serving(store, server_dir(), {"1.0": fp32_mar}, b, delay, workers, bodies) as server:
+        with serving(store, server_dir(), {"1.0": shipped_mar}, b, delay, workers, bodies) as server:
             log(f" batch {b}")
             results["batch_sweep"][str(b)] = drive(server, bodies, BATCH_SWEEP_CONCURRENCY, args)
 
     log(f"max batch delay sweep at concurrency {DELAY_SWEEP_CONCURRENCY} (batch {batch})")
     results["delay_sweep"] = {}
     for d in DELAYS_MS:
-        with serving(store, server_dir(), {"1.0": fp32_mar}, batch, d, workers, bodies) as server:
+        with serving(store, server_dir(), {"1.0": shipped_mar}, batch, d, workers, bodies) as server:
             log(f" delay {d} ms")
             results["delay_sweep"][str(d)] = {
                 "c1": drive(server, bodies, 1, args),
                 f"c{DELAY_SWEEP_CONCURRENCY}": drive(server, bodies, DELAY_SWEEP_CONCURRENCY, args),
             }
 
-    log(f"workers x threads at concurrency {TARGET_CONCURRENCY}")
-    results["workers_sweep"] = {}
-    for w, threads in ((1, 2), (2, 1)):
-        with serving(store, server_dir(), {"1.0": f"sentiment-{threads}thread{'s' * (threads > 1)}.mar"},
-                     batch, delay, w, bodies) as server:
-            label = f"{w} worker(s) x {threads} thread(s)"
-            log(f" {label}")
-            results["workers_sweep"][label] = {
-                f"c{c}": drive(server, bodies, c, args) for c in (1, TARGET_CONCURRENCY)
-            }
+    log(f"the shipped configuration: REST vs gRPC at concurrency {TARGET_CONCURRENCY}, and wrk")
+    with serving(store, server_dir(), {"1.0": shipped_mar}, batch, delay, workers, bodies) as server:
+        results["rest_vs_grpc"] = {
+            "rest": drive(server, bodies, TARGET_CONCURRENCY, args),
+            "grpc": drive_grpc(server, texts, TARGET_CONCURRENCY, args, "1.0"),
+        }
+        wrk_checks = {"TorchServe, shipped": compare_with_wrk(
+            "TorchServe, shipped", server.url("inference", "/predictions/sentiment"), bodies, ts_headers(server),
+            args, ("Authorization", f"Bearer {server.keys['inference']}"))}
+    wrk_checks["TorchServe floor"] = floor_wrk
 
-    results["baseline"] = baseline(bodies, args, work)
+    log("naive baseline: FastAPI, model called inline, no batching")
+    port = free_port()
+    env = dict(os.environ, MODEL_DIR=str(MODEL_DIR))
+    with http_app(baseline_command(port), port, work, "baseline", env) as proc:
+        results["baseline"] = app_load(port, bodies, proc, args)
+        wrk_checks["naive FastAPI"] = compare_with_wrk("naive FastAPI", f"http://127.0.0.1:{port}/predict", bodies,
+                                                       {"Content-Type": "application/json"}, args)
+
+    log(f"LitServe: its batching at concurrency {TARGET_CONCURRENCY}, then its best at every concurrency")
+    sweep = {}
+    for setting in LITSERVE_SWEEP:
+        port = free_port()
+        with http_app(litserve_command(port, *setting), port, work, "litserve") as proc:
+            log(f" {litserve_label(setting)}")
+            sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
+    best_setting = max(LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
+    port = free_port()
+    with http_app(litserve_command(port, *best_setting), port, work, "litserve") as proc:
+        log(f" best: {litserve_label(best_setting)}")
+        results["litserve"] = {"sweep": sweep, "best": litserve_label(best_setting),
+                               "load": app_load(port, bodies, proc, args)}
+        wrk_checks["LitServe"] = compare_with_wrk("LitServe", f"http://127.0.0.1:{port}/predict", bodies,
+                                                  {"Content-Type": "application/json"}, args)
+    results["wrk_check"] = wrk_checks
 
     log(f"soak: {args.soak_minutes} min at concurrency {TARGET_CONCURRENCY}, as shipped")
-    results["soak"] = soak(store, args.soak_minutes, TARGET_CONCURRENCY, server_dir(), log)
+    soak_store = work / "soak-store"
+    soak_store.mkdir()
+    shutil.copy(store / shipped_mar, soak_store / "sentiment.mar")
+    results["soak"] = soak(soak_store, args.soak_minutes, TARGET_CONCURRENCY, server_dir(), log)
     results["elapsed_s"] = round(time.time() - started)
 
     from bench.report import write_report

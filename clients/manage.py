@@ -2,7 +2,7 @@
 
     python -m clients.manage list
     python -m clients.manage describe sentiment [VERSION]
-    python -m clients.manage register sentiment-int8.mar [--batch-size 16] [--max-batch-delay 2]
+    python -m clients.manage register sentiment-torch.mar [--batch-size 16] [--max-batch-delay 2]
                                       [--workers 2] [--response-timeout 60]
     python -m clients.manage scale sentiment [VERSION] --workers 3
     python -m clients.manage set-default sentiment 2.0

@@ -1,8 +1,8 @@
 """Model lifecycle through the management API, driven by clients/manage.py, on a real server.
 
 The server starts with the shipped config.properties but no model loaded, and the two
-archives `make test` builds in model_store/: sentiment.mar (1.0, fp32) and
-sentiment-int8.mar (2.0, int8).
+archives `make test` builds in model_store/: sentiment.mar (1.0, as shipped: ONNX Runtime int8) and
+sentiment-torch.mar (2.0, PyTorch fp32).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from testbed.local_server import LocalTorchServe
 
 @pytest.fixture(scope="module")
 def empty_server(default_store, tmp_path_factory):
-    if not (default_store / "sentiment-int8.mar").is_file():
-        pytest.fail("model_store/sentiment-int8.mar is missing: run the tests with `make test`")
+    if not (default_store / "sentiment-torch.mar").is_file():
+        pytest.fail("model_store/sentiment-torch.mar is missing: run the tests with `make test`")
     ts = LocalTorchServe(model_store=default_store, workdir=tmp_path_factory.mktemp("ts-mgmt"),
                          overrides={"load_models": "", "models": "{}"})
     ts.start(wait_for_models=False)
@@ -78,18 +78,18 @@ def test_lifecycle_register_scale_versions_default_unregister(empty_server):
     assert code == 0, err
     assert len(described(server)["workers"]) == 1
 
-    code, _, err = manage(server, "register", "sentiment-int8.mar", "--batch-size", "16",
+    code, _, err = manage(server, "register", "sentiment-torch.mar", "--batch-size", "16",
                           "--max-batch-delay", "2", "--workers", "1")
     assert code == 0, err
-    int8 = described(server, "2.0")
-    assert (int8["modelVersion"], int8["batchSize"], [w["status"] for w in int8["workers"]]) == \
+    reference = described(server, "2.0")
+    assert (reference["modelVersion"], reference["batchSize"], [w["status"] for w in reference["workers"]]) == \
         ("2.0", 16, ["READY"])
     for version in ("1.0", "2.0"):
         answer = predict(server, "This is terrible", version)
         assert answer.status_code == 200 and answer.json()["label"] == "negative", version
 
     # the default version answers unversioned calls: first 1.0, then 2.0 after the switch.
-    # fp32 and int8 give slightly different scores, which tells the versions apart.
+    # ONNX Runtime int8 and PyTorch fp32 give slightly different scores, which tells the versions apart.
     text = "the service was fine I guess"
     score = {v: predict(server, text, v).json()["score"] for v in ("1.0", "2.0")}
     assert abs(score["1.0"] - score["2.0"]) > 1e-5

@@ -3,36 +3,16 @@ both, device selection and fp16, warm-up at load, and an export that fails clear
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-
 import pytest
 import torch
 from backends import TorchBackend, select_device
 from sentiment_handler import SentimentHandler
 from text_classification import HandlerOptions
 
-from server.paths import ROOT
 from test_handler import make_context, run_batch
 
 JSON = "application/json"
 TEXTS = ["I love it", "terrible service, never again", "meh", "a long one " * 20]
-
-
-@pytest.fixture(scope="module")
-def onnx_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny checkpoint with the fp32 and the int8 graphs beside it, as archive.sh packs them."""
-    out = {}
-    for quantize in ("none", "int8"):
-        folder = tmp_path_factory.mktemp(f"onnx-{quantize}")
-        shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-        result = subprocess.run([sys.executable, str(ROOT / "handlers" / "export_onnx.py"), str(tiny_model_dir),
-                                 str(folder), "--quantize", quantize], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        out[quantize] = folder
-    return out
 
 
 def answers(model_dir, options):
@@ -121,15 +101,3 @@ def test_warm_up_runs_before_the_worker_is_ready(tiny_model_dir, monkeypatch):
 def test_backend_and_quantize_are_the_archives_not_a_deployments():
     with pytest.raises(ValueError, match="archived"):
         HandlerOptions.from_model_yaml({"handler": {}}, {"backend": "onnxruntime"})
-
-
-def test_a_checkpoint_that_does_not_load_fails_the_archive_with_a_message(tiny_model_dir, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_model_dir, broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
-    result = subprocess.run([str(ROOT / "archive.sh"), "--model", str(broken), "--option", "backend=onnxruntime",
-                             "--out", str(tmp_path / "x.mar")], capture_output=True, text=True, env=env)
-    assert result.returncode != 0
-    assert "could not be exported to ONNX" in result.stderr and "does not load" in result.stderr
-    assert not (tmp_path / "x.mar").exists()

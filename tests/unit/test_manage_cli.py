@@ -85,7 +85,7 @@ def test_bad_arguments_are_refused_without_calling_torchserve(management_port, a
 @pytest.mark.parametrize("args", [
     ["scale", "sentiment", "1.0", "--workers", "2"],
     ["scale", "sentiment", "--workers", "0", "--allow-zero"],
-    ["register", "sentiment-int8.mar", "--batch-size", "16", "--max-batch-delay", "0", "--workers", "1"],
+    ["register", "sentiment-torch.mar", "--batch-size", "16", "--max-batch-delay", "0", "--workers", "1"],
     ["describe", "sentiment", "2.0"],
 ])
 def test_good_arguments_reach_torchserve(management_port, args):

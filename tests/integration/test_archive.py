@@ -1,4 +1,5 @@
-"""archive.sh: what it packs, and how it refuses a missing or incomplete model folder."""
+"""archive.sh: what it packs, and how it refuses a missing or incomplete model folder or a
+checkpoint that cannot be exported (a script run as a user runs it: tests/integration)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ def test_archive_packs_checkpoint_handler_and_config(tiny_model_dir, tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "sentiment_handler.py", "text_classification.py", "model-config.yaml"} <= names
+            "sentiment_handler.py", "text_classification.py", "protocols.py", "backends.py",
+            "model-config.yaml"} <= names
+    # the shipped options name the onnxruntime backend: its graph was exported into the archive
+    assert ("model.onnx" in names) == (yaml.safe_load((ROOT / "model-config.yaml").read_text())["handler"]["backend"]
+                                        == "onnxruntime")
     assert manifest["model"]["modelName"] == "tiny"
     assert manifest["model"]["modelVersion"] == "3.1"
     assert manifest["model"]["handler"] == "sentiment_handler.py"
@@ -47,12 +52,12 @@ def mar_member(path: Path, name: str) -> bytes:
 
 def test_options_set_handler_options_in_the_packed_config(tiny_model_dir, tmp_path):
     out = tmp_path / "any-file-name.mar"
-    result = archive("--model", str(tiny_model_dir), "--version", "2.0", "--option", "quantize=int8",
-                     "--option", "torch_threads=1", "--out", str(out))
+    result = archive("--model", str(tiny_model_dir), "--version", "2.0", "--option", "backend=torch",
+                     "--option", "quantize=int8", "--option", "torch_threads=1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     packed = yaml.safe_load(mar_member(out, "model-config.yaml"))
     shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
-    assert packed["handler"] == {**shipped["handler"], "quantize": "int8", "torch_threads": 1}
+    assert packed["handler"] == {**shipped["handler"], "backend": "torch", "quantize": "int8", "torch_threads": 1}
     assert packed["responseTimeout"] == shipped["responseTimeout"]
     manifest = json.loads(mar_member(out, "MAR-INF/MANIFEST.json"))
     assert (manifest["model"]["modelName"], manifest["model"]["modelVersion"]) == ("sentiment", "2.0")
@@ -61,7 +66,7 @@ def test_options_set_handler_options_in_the_packed_config(tiny_model_dir, tmp_pa
 def test_relative_paths_are_taken_from_the_callers_directory(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "mine")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([str(ROOT / "archive.sh"), "--model", "mine", "--out", "x.mar"],
+    result = subprocess.run([str(ROOT / "archive.sh"), "--model", "mine", "--option", "backend=torch", "--out", "x.mar"],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.mar").is_file()
@@ -95,3 +100,13 @@ def test_incomplete_model_folder_is_a_clear_error(tiny_model_dir, tmp_path, remo
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "sentiment.mar").exists()
+
+
+def test_a_checkpoint_that_does_not_load_fails_the_archive_with_a_message(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    result = archive("--model", str(broken), "--option", "backend=onnxruntime", "--out", str(tmp_path / "x.mar"))
+    assert result.returncode != 0
+    assert "could not be exported to ONNX" in result.stderr and "does not load" in result.stderr
+    assert not (tmp_path / "x.mar").exists()

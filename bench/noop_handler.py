@@ -1,0 +1,33 @@
+"""TorchServe's floor: the shipped handler with no model behind it.
+
+The same TorchServe, batching, parsing, tokenizing, metrics and answers as
+handlers/sentiment_handler.py; only the forward pass is replaced by a uniform answer. Served
+side by side with the real model in the benchmark, it shows what TorchServe and the
+handler cost by themselves. bench/run.py archives it (never a shipped archive).
+"""
+
+from __future__ import annotations
+
+from sentiment_handler import SentimentHandler
+
+
+class NoopHandler(SentimentHandler):
+    class NoModel:
+        """A backend that answers every text with the same probabilities, at no cost."""
+
+        tensor_type = "np"
+        device = "cpu"
+        threads = 1
+
+        def __init__(self, model_dir: str):
+            from transformers import AutoConfig
+
+            self.config = AutoConfig.from_pretrained(model_dir)
+            self.uniform = [1.0 / self.config.num_labels] * self.config.num_labels
+
+        def probabilities(self, batch) -> list[list[float]]:
+            return [list(self.uniform) for _ in batch["input_ids"]]
+
+    def _load_backend(self, model_dir, gpu_id, cuda_available):
+        # TorchServe takes the one class defined at a handler module's top level
+        return self.NoModel(model_dir)
