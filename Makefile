@@ -94,9 +94,6 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.tx
 	$(PY) -m pip install --disable-pip-version-check $$index -r requirements-dev.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
-	@# the handler's modules are top-level modules inside an archive: the same in the venv
-	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], \
-	  'sentiment-handlers.pth').write_text('$(CURDIR)/handlers\n')"
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
@@ -125,7 +122,8 @@ $(MAR): $(VENV)/.installed $(ARCHIVED_FROM) $(MODEL_FILES) $(HANDLER_FILES)
 	./archive.sh --model $(MODEL_DIR)
 
 $(TORCH_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILES)
-	./archive.sh --model $(DEFAULT_MODEL) --version 2.0 --option backend=torch --option quantize=none --out $@
+	./archive.sh --model $(DEFAULT_MODEL) --version 2.0 --option backend=torch --option quantize=none \
+	  --option micro_batch_size=8 --out $@
 
 $(KSERVE_SDK)/.installed:
 	test -x $(KSERVE_SDK)/bin/python || $(PYTHON) -m venv $(KSERVE_SDK)

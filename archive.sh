@@ -82,7 +82,10 @@ fi
 
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
-extra=("$repo/handlers/text_classification.py" "$repo/handlers/protocols.py" "$repo/handlers/backends.py")
+extra=()
+for module in text_classification protocols backends explanations; do  # what sentiment_handler.py imports
+  extra+=("$repo/handlers/$module.py")
+done
 
 # backend: onnxruntime: the ONNX graph is exported (and quantized) now, never in a worker
 read -r backend quantize < <("$python" -c '

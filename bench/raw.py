@@ -1,7 +1,7 @@
 """The raw limit: the served model called in-process, no server, on the same texts.
 
-    python -m bench.raw --model DIR --texts FILE.json [--backend onnxruntime] [--quantize int8]
-                        [--threads 2]
+    PYTHONPATH=handlers python -m bench.raw --model DIR --texts FILE.json [--backend onnxruntime]
+                                            [--quantize int8] [--threads 2]
 
 The model runs through the handler's own backend code (handlers/backends.py): PyTorch, or
 ONNX Runtime on the model.onnx in DIR (exported by handlers/export_onnx.py). Per batch
@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts")
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--micro-batch-size", type=int, help="the handler's (default: model-config.yaml's)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -47,7 +48,7 @@ def main() -> int:
 
     handler_options = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
     max_length = handler_options["max_length"]
-    micro_size = handler_options["micro_batch_size"]
+    micro_size = args.micro_batch_size if args.micro_batch_size is not None else handler_options["micro_batch_size"]
     texts = json.loads(args.texts.read_text())
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     options = HandlerOptions(backend=args.backend, quantize=args.quantize, torch_threads=args.threads)

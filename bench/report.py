@@ -147,16 +147,16 @@ def markdown(results: dict) -> str:
     for name, side in results["served"].items():
         out += ["", f"**{name}** (version {side['version']})", ""] + _table("concurrency", side["load"])
 
-    micro = next(iter(results["raw"].values()))["micro_batch_size"]
     out += ["", "## Raw limit: each model in-process, no server", "",
             "*plain*: the batch padded to its longest text, one forward pass; *micro*: what the handler does, "
-            f"length-sorted forward passes of at most {micro} texts; *per core*: one single-threaded process "
-            "per core, micro-batched, their throughputs added. Sentences/s (batch p50 ms).", "",
+            "length-sorted forward passes of at most the variant's micro-batch size (in brackets) of texts; "
+            "*per core*: one single-threaded process per core, micro-batched, their throughputs added. "
+            "Sentences/s (batch p50 ms).", "",
             "| variant | batch | plain | micro | per core |", "|---|---|---|---|---|"]
     for name, raw in results["raw"].items():
         for i, row in enumerate(raw["results"]["plain"]):
             cells = [raw["results"]["plain"][i], raw["results"]["micro"][i], raw["parallel"]["results"][i]]
-            out.append(f"| {name} | {row['batch_size']} | " +
+            out.append(f"| {name} ({raw['micro_batch_size']}) | {row['batch_size']} | " +
                        " | ".join(f"{r['sentences_per_s']:.1f} ({r['batch_p50_ms']:.1f})" for r in cells) + " |")
 
     out += ["", "## TorchServe's floor: the shipped handler with no model", "",

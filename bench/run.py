@@ -58,12 +58,13 @@ BATCH_SIZES = (1, 4, 8, 16, 32)
 BATCH_SWEEP_CONCURRENCY = 32
 DELAYS_MS = (1, 2, 5, 10, 25)
 DELAY_SWEEP_CONCURRENCY = 16
-# every backend x precision, served as a version of one model (the reference first)
+# every backend x precision, served as a version of one model (the reference first); int8
+# runs one text per forward pass (its activation scale is per pass: model-config.yaml)
 VARIANTS = {
-    "torch-fp32": {"backend": "torch", "quantize": "none"},
-    "torch-int8": {"backend": "torch", "quantize": "int8"},
-    "onnxruntime-fp32": {"backend": "onnxruntime", "quantize": "none"},
-    "onnxruntime-int8": {"backend": "onnxruntime", "quantize": "int8"},
+    "torch-fp32": {"backend": "torch", "quantize": "none", "micro_batch_size": 8},
+    "torch-int8": {"backend": "torch", "quantize": "int8", "micro_batch_size": 1},
+    "onnxruntime-fp32": {"backend": "onnxruntime", "quantize": "none", "micro_batch_size": 8},
+    "onnxruntime-int8": {"backend": "onnxruntime", "quantize": "int8", "micro_batch_size": 1},
 }
 REFERENCE = "torch-fp32"
 # LitServe's own dynamic batching: (max_batch_size, batch_timeout ms, workers, threads each)
@@ -111,7 +112,7 @@ def shipped_handler_options() -> dict:
 def shipped_variant() -> str:
     options = shipped_handler_options()
     name = f"{options.get('backend', 'torch')}-{'int8' if options.get('quantize') == 'int8' else 'fp32'}"
-    assert name in VARIANTS, name
+    assert name in VARIANTS and VARIANTS[name]["micro_batch_size"] == options["micro_batch_size"], name
     return name
 
 
@@ -130,7 +131,7 @@ def archive(store: Path, filename: str, version: str, options: dict[str, object]
 def noop_archive(store: Path) -> None:
     """The floor: TorchServe and the shipped handler with bench/noop_handler.py in front."""
     files = [ROOT / "handlers" / f for f in ("sentiment_handler.py", "text_classification.py", "protocols.py",
-                                             "backends.py")]
+                                             "backends.py", "explanations.py")]
     files += [MODEL_DIR / f for f in ("config.json", "tokenizer.json", "tokenizer_config.json")]
     subprocess.run([shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver"),
                     "--model-name", "sentiment", "--version", "1.0", "--handler", str(ROOT / "bench" / "noop_handler.py"),
@@ -275,13 +276,14 @@ def raw_limit(texts_file: Path, variant: str, model_dir: Path, args) -> dict:
     log(f"raw in-process model, {variant}")
     command = [sys.executable, "-m", "bench.raw", "--model", str(model_dir), "--texts", str(texts_file),
                "--backend", options["backend"], "--quantize", options["quantize"],
-               "--duration", str(args.raw_duration)]
-    single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+               "--micro-batch-size", str(options["micro_batch_size"]), "--duration", str(args.raw_duration)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "handlers"))  # the handler's backend code, as in an archive
+    single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     result = json.loads(single.stdout)
     cores = len(os.sched_getaffinity(0))
     log(f"raw: {cores} processes x 1 thread, {variant}")
     procs = [subprocess.Popen(command + ["--threads", "1", "--ways", "micro"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT) for _ in range(cores)]
+                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env) for _ in range(cores)]
     outputs = [json.loads(p.communicate()[0]) for p in procs]
     result["parallel"] = {"processes": cores, "threads": 1, "results": [
         {"batch_size": rows[0]["batch_size"],

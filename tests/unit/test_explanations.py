@@ -101,7 +101,7 @@ def test_a_batch_mixing_explanations_and_predictions(handler_and_context):
 def test_captum_is_imported_only_when_an_explanation_is_asked_for(tiny_model_dir):
     script = f"""
 import sys
-sys.path[:0] = ["tests/unit", "tests"]
+sys.path[:0] = ["handlers", "tests/unit", "tests"]
 from test_handler import make_context, run_batch
 from sentiment_handler import SentimentHandler
 context = make_context({str(tiny_model_dir)!r})
