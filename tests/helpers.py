@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 import yaml
@@ -13,7 +15,7 @@ import yaml
 from clients.metrics import total as metric
 from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
 
-__all__ = ["ONE_WORKER_MODELS", "metric", "metric_samples", "predict", "tiny_archive"]
+__all__ = ["ONE_WORKER_MODELS", "gateway_in_front", "metric", "metric_samples", "predict", "tiny_archive"]
 
 # config.properties' models= for a lighter server: the default model with one worker
 ONE_WORKER_MODELS = json.dumps({"sentiment": {"1.0": {
@@ -46,3 +48,20 @@ def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_pa
         cmd += ["--config", str(path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300,
                    env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"))
+
+
+@contextmanager
+def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings):
+    """The nginx gateway in front of these TorchServes (one or several), on a free port;
+    no rate limit to speak of unless `settings` give one."""
+    from clients.net import free_port
+    from gateway.nginx import Gateway, GatewaySettings, Node
+
+    servers = servers if isinstance(servers, (list, tuple)) else [servers]
+    settings = {"rate_per_s": 1000, "burst": 1000, **settings}
+    gateway = Gateway(workdir, GatewaySettings(free_port(), clients, **settings)).start(
+        [Node.from_dir(s.workdir) for s in servers])
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from clients.net import free_port
-from gateway.nginx import Gateway, GatewaySettings, Node
+from helpers import gateway_in_front
 from test_bad_input import CASES
 from training.tweets import split_tweets
 
@@ -31,10 +30,8 @@ CLEAR = [("I love this movie", "love"), ("This is terrible", "terrible"), ("What
 
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
-    settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000)
-    gw = Gateway(tmp_path_factory.mktemp("explain-gateway"), settings).start([Node.from_dir(server.workdir)])
-    yield gw
-    gw.stop()
+    with gateway_in_front(server, tmp_path_factory.mktemp("explain-gateway"), CLIENTS) as gw:
+        yield gw
 
 
 def explain(gateway, body, content_type="application/json"):

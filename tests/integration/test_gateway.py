@@ -17,10 +17,9 @@ import pytest
 import requests
 
 from server.paths import ROOT
-from helpers import ONE_WORKER_MODELS, metric, metric_samples
+from helpers import ONE_WORKER_MODELS, gateway_in_front, metric, metric_samples
 from clients.torchserve import KEY_FILE
-from gateway.nginx import Gateway, GatewaySettings, Node
-from clients.net import free_port
+from gateway.nginx import Node
 from testbed.local_server import LocalTorchServe
 
 CLIENTS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
@@ -55,16 +54,12 @@ def cluster(default_store, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     nodes = [LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}",
                              overrides={"models": ONE_WORKER_MODELS}) for i in (1, 2)]
-    gateway = None
     try:
         for node in nodes:
             node.start()
-        settings = GatewaySettings(free_port(), CLIENTS, RATE, BURST)
-        gateway = Gateway(tmp / "gateway", settings).start([Node.from_dir(n.workdir) for n in nodes])
-        yield gateway, nodes
+        with gateway_in_front(nodes, tmp / "gateway", CLIENTS, rate_per_s=RATE, burst=BURST) as gateway:
+            yield gateway, nodes
     finally:
-        if gateway is not None:
-            gateway.stop()
         for node in nodes:
             node.stop()
 
@@ -88,20 +83,24 @@ def test_probes_answer_without_a_key(cluster):
 
 
 def test_readiness_needs_model_workers_not_just_a_frontend(default_store, tmp_path):
-    """A node whose frontend is up but has no model ready: alive, not ready."""
+    """A node whose frontend is up but has no model ready: alive, not ready, in every
+    protocol's probes; and not ready either once the gateway drains."""
     node = LocalTorchServe(model_store=default_store, workdir=tmp_path / "node",
                            overrides={"load_models": "", "models": "{}"})
-    gateway = None
+    node.start(wait_for_models=False)
     try:
-        node.start(wait_for_models=False)
-        settings = GatewaySettings(free_port(), CLIENTS, RATE, BURST)
-        gateway = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node.workdir)])
-        assert requests.get(gateway.url("/healthz"), timeout=10).status_code == 200
-        not_ready = requests.get(gateway.url("/readyz"), timeout=10)
-        assert not_ready.status_code == 503 and not_ready.json()["type"] == "NotReady"
+        with gateway_in_front(node, tmp_path / "gateway", CLIENTS, rate_per_s=RATE, burst=BURST) as gateway:
+            for path in ("/healthz", "/v2/health/live"):
+                assert requests.get(gateway.url(path), timeout=10).status_code == 200, path
+            not_ready = requests.get(gateway.url("/readyz"), timeout=10)
+            assert not_ready.status_code == 503 and not_ready.json()["type"] == "NotReady"
+            for path in ("/v2/health/ready", "/v2/models/sentiment/ready", "/v1/models/sentiment"):
+                response = requests.get(gateway.url(path), timeout=10)
+                assert response.status_code == 503 and response.json()["error"].startswith("NotReady"), path
+            gateway.set_draining()
+            for path in ("/readyz", "/v2/health/ready"):
+                assert requests.get(gateway.url(path), timeout=10).status_code == 503, path
     finally:
-        if gateway is not None:
-            gateway.stop()
         node.stop()
 
 

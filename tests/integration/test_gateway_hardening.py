@@ -16,9 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import metric, metric_samples
-from gateway.nginx import Gateway, GatewaySettings, Node
-from clients.net import free_port
+from helpers import gateway_in_front, metric, metric_samples
 from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 
@@ -29,12 +27,9 @@ CLIENT_TIMEOUT, IDLE_TIMEOUT, CONN_PER_KEY = 2, 3, 4
 @pytest.fixture(scope="module")
 def front(server, tmp_path_factory):
     """The gateway, with short timeouts and a small cap per key, in front of the shared server."""
-    settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000,
-                               client_timeout_s=CLIENT_TIMEOUT, idle_timeout_s=IDLE_TIMEOUT,
-                               conn_per_key=CONN_PER_KEY)
-    gateway = Gateway(tmp_path_factory.mktemp("front"), settings).start([Node.from_dir(server.workdir)])
-    yield gateway, server
-    gateway.stop()
+    with gateway_in_front(server, tmp_path_factory.mktemp("front"), CLIENTS, client_timeout_s=CLIENT_TIMEOUT,
+                          idle_timeout_s=IDLE_TIMEOUT, conn_per_key=CONN_PER_KEY) as gateway:
+        yield gateway, server
 
 
 def connect(gateway) -> socket.socket:
@@ -282,15 +277,11 @@ def one_slow_node(server, tiny_model_dir, tmp_path_factory):
                                                     "maxBatchDelay": 1}}})
     slow = LocalTorchServe(model_store=store, workdir=tmp / "slow",
                            overrides={"models": slow_models, "job_queue_size": "1"})
-    gateway = None
+    slow.start()
     try:
-        slow.start()
-        settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000)
-        gateway = Gateway(tmp / "gateway", settings).start([Node.from_dir(n.workdir) for n in (server, slow)])
-        yield gateway, (server, slow)
+        with gateway_in_front([server, slow], tmp / "gateway", CLIENTS) as gateway:
+            yield gateway, (server, slow)
     finally:
-        if gateway is not None:
-            gateway.stop()
         slow.stop()
 
 

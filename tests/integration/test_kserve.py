@@ -12,11 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from clients.net import free_port
-from gateway.nginx import Gateway, GatewaySettings, Node
-from helpers import metric, metric_samples
+from helpers import gateway_in_front, metric, metric_samples
 from test_bad_input import CASES
-from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 
 CLIENTS = {"kserve-client": "kserve-client-key-31415"}
@@ -26,10 +23,8 @@ JSON = "application/json"
 
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
-    settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000)
-    gw = Gateway(tmp_path_factory.mktemp("kserve-gateway"), settings).start([Node.from_dir(server.workdir)])
-    yield gw
-    gw.stop()
+    with gateway_in_front(server, tmp_path_factory.mktemp("kserve-gateway"), CLIENTS) as gw:
+        yield gw
 
 
 def post(gateway, path, body, content_type=JSON, auth=AUTH):
@@ -182,23 +177,3 @@ def test_health_and_metadata(gateway):
     assert requests.post(gateway.url("/v2/health/ready"), timeout=10).status_code == 405
     assert post(gateway, "/v2/models/sentiment/infer", v2(["x"]), auth={}).status_code == 401
     assert requests.get(gateway.url("/v2/models/sentiment/infer"), headers=AUTH, timeout=10).status_code == 405
-
-
-def test_health_says_not_ready_while_no_model_is(default_store, tmp_path):
-    node = LocalTorchServe(model_store=default_store, workdir=tmp_path / "node",
-                           overrides={"load_models": "", "models": "{}"})
-    gw = None
-    try:
-        node.start(wait_for_models=False)
-        settings = GatewaySettings(free_port(), CLIENTS)
-        gw = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node.workdir)])
-        assert requests.get(gw.url("/v2/health/live"), timeout=10).status_code == 200
-        for path in ("/v2/health/ready", "/v2/models/sentiment/ready", "/v1/models/sentiment"):
-            response = requests.get(gw.url(path), timeout=10)
-            assert response.status_code == 503 and response.json()["error"].startswith("NotReady"), path
-        gw.set_draining()
-        assert requests.get(gw.url("/v2/health/ready"), timeout=10).status_code == 503
-    finally:
-        if gw is not None:
-            gw.stop()
-        node.stop()

@@ -13,9 +13,8 @@ import grpc
 import pytest
 import requests
 
-from gateway.nginx import Gateway, GatewaySettings, Node
+from helpers import gateway_in_front
 from clients.grpc_client import GrpcError, SentimentGrpcClient
-from clients.net import free_port
 
 MARK = "zebra-umbrella-confidential"
 CLIENTS = {"alice": "alice-gateway-key-4242"}
@@ -46,10 +45,8 @@ def hostile_bodies():
 
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
-    settings = GatewaySettings(free_port(), CLIENTS, rate_per_s=1000, burst=1000)
-    gw = Gateway(tmp_path_factory.mktemp("log-gateway"), settings).start([Node.from_dir(server.workdir)])
-    yield gw
-    gw.stop()
+    with gateway_in_front(server, tmp_path_factory.mktemp("log-gateway"), CLIENTS) as gw:
+        yield gw
 
 
 def all_log_text(server, gateway) -> str:
