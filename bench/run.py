@@ -147,6 +147,8 @@ def build_archives(store: Path) -> dict[str, dict]:
     for i, (name, options) in enumerate(VARIANTS.items(), 1):
         path = archive(store, f"{name}.mar", f"{i}.0", options)
         built[name] = {"file": path.name, "version": f"{i}.0", "archive_mib": round(path.stat().st_size / 2**20, 1)}
+    # the shipped variant as version 1.0 (TorchServe applies a models= entry to the archive's own
+    # version only), with the shipped threads per worker and with 2
     shipped = VARIANTS[shipped_variant()]
     for threads in (1, 2):
         archive(store, f"shipped-{threads}thread.mar", "1.0", {**shipped, "torch_threads": threads})
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             results["workers_sweep"][label] = {f"c{c}": drive(server, bodies, c, args)
                                                for c in (1, TARGET_CONCURRENCY)}
 
-    shipped_mar = archives[shipped_name]["file"]
+    shipped_mar = f"shipped-{shipped_handler_options()['torch_threads']}thread.mar"
     log(f"batch size sweep at concurrency {BATCH_SWEEP_CONCURRENCY} (delay {delay} ms)")
     results["batch_sweep"] = {}
     for b in BATCH_SIZES:

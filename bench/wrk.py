@@ -31,8 +31,9 @@ def run_wrk(url: str, bodies: list[bytes], concurrency: int, duration: float,
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    percentiles = dict(re.findall(r"\b(50|99)%\s+([\d.]+(?:us|ms|s|m))\b", out))
     errors = int(non_2xx.group(1)) if non_2xx else 0
     return {"concurrency": concurrency, "seconds": duration, "requests": total, "errors": errors,
             "throughput_rps": rps * (1 - errors / total if total else 1),
-            "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"])}
+            "p50_ms": _ms(percentiles["50"]) if "50" in percentiles else float("nan"),
+            "p99_ms": _ms(percentiles["99"]) if "99" in percentiles else float("nan"), "output": out[-600:]}
