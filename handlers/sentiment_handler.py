@@ -81,6 +81,7 @@ class SentimentHandler(BaseHandler):
         self.max_length = min(self.options.max_length, self._model_max_length(config))
         manifest = getattr(context, "manifest", None) or {}
         self.served_model = Model(context.model_name, manifest.get("model", {}).get("modelVersion"))
+        self.dimensions = [Dimension("ModelName", context.model_name), Dimension("Level", "Model")]
         loaded = time.time()
         self._warm_up()
         self.initialized = True
@@ -117,10 +118,11 @@ class SentimentHandler(BaseHandler):
                 return value
         return None
 
-    def _emit(self, name: str, value: float, metric_type: MetricTypes, **extra_dims) -> None:
-        """Record a handler metric (declared in metrics.yaml) through TorchServe's metrics API."""
-        dims = [Dimension("ModelName", self.context.model_name), Dimension("Level", "Model")]
-        dims += [Dimension(k, v) for k, v in extra_dims.items()]
+    def _emit(self, name: str, value: float, metric_type: MetricTypes, error_type: str | None = None) -> None:
+        """Record a handler metric (declared in metrics.yaml) through TorchServe's metrics API.
+        Each call is a line the worker writes and the frontend parses: a handful per batch,
+        none per accepted request (bench/handler_cost.py measures what they cost)."""
+        dims = self.dimensions if error_type is None else [*self.dimensions, Dimension("ErrorType", error_type)]
         self.context.metrics.add_metric(name, value, "", dimensions=dims, metric_type=metric_type)
 
     def handle(self, data, context):
@@ -173,7 +175,7 @@ class SentimentHandler(BaseHandler):
             else:  # a bug met on this request: it alone gets a 500
                 _log_failure("explaining", e)
                 error = internal_error("explaining")
-            self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, ErrorType=error.kind)
+            self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=error.kind)
             status, body = error.status, json.dumps(error.body())
         self.context.set_response_content_type(idx, "application/json")
         self.context.set_response_status(status, "", idx)
@@ -198,7 +200,6 @@ class SentimentHandler(BaseHandler):
             envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
             request, envelope = parse(row, self.options.limits, self._header(idx, "content-type"),
                                       envelope.protocol)
-            self._emit("SentimentTextsPerRequest", len(request.texts), MetricTypes.HISTOGRAM)
             return request, envelope
         except RequestError as e:
             error = e
@@ -206,7 +207,7 @@ class SentimentHandler(BaseHandler):
             _log_failure("parsing", e)
             error = internal_error("parsing")
         logger.info("request %d of the batch refused: %s (%d)", idx, error.kind, error.status)
-        self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, ErrorType=error.kind)
+        self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=error.kind)
         return error, envelope
 
     def preprocess(self, data, indices=None):

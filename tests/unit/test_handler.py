@@ -133,12 +133,24 @@ def test_handler_metrics(handler_and_context, caplog):
     values = {name: value for name, value, _ in emitted}
     assert values["SentimentBatchSize"] == 2  # requests in the batch
     assert values["SentimentTexts"] == 2  # texts classified
-    assert values["SentimentTextsPerRequest"] == 2
     errors = [(value, dims) for name, value, dims in emitted if name == "SentimentRequestErrors"]
     assert [(v, d["ErrorType"]) for v, d in errors] == [(1, "EmptyBody")]
     for name in ("SentimentPreprocessSeconds", "SentimentInferenceSeconds"):
         assert 0 < values[name] < 10, name  # seconds, not milliseconds
     assert {dims["ModelName"] for _, _, dims in emitted} == {"sentiment"}
+
+
+def test_metric_lines_per_batch_do_not_grow_with_accepted_requests(handler_and_context, caplog):
+    """Every metric is a line the worker writes and the frontend parses: per batch, not
+    per accepted request (a refused request adds its error count)."""
+    handler, context = handler_and_context
+    counts = []
+    for size in (1, 8):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run_batch(handler, context, [({"body": b'{"text": "fine"}'}, JSON)] * size)
+        counts.append(len(emitted_metrics(caplog)))
+    assert counts[0] == counts[1] > 0
 
 
 def test_no_user_text_or_token_in_logs(handler_and_context, caplog):
