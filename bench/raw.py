@@ -31,7 +31,7 @@ from server.paths import MODEL_CONFIG  # noqa: E402
 def main() -> int:
     import yaml
     from backends import load
-    from text_classification import HandlerOptions, micro_batches
+    from text_classification import HandlerOptions, micro_batches, pad, pad_values
     from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser()
@@ -54,16 +54,19 @@ def main() -> int:
     options = HandlerOptions(backend=args.backend, quantize=args.quantize, torch_threads=args.threads)
     backend = load(str(args.model), options, None, False, args.threads)
 
+    values = pad_values(tokenizer)
+
+    def features(batch: list[str]) -> list[dict]:
+        enc = tokenizer(batch, truncation=True, max_length=max_length)
+        return [{key: enc[key][i] for key in enc.keys()} for i in range(len(batch))]
+
     def plain(batch: list[str]) -> None:
-        backend.probabilities(tokenizer(batch, padding=True, truncation=True, max_length=max_length,
-                                        return_tensors=backend.tensor_type))
+        backend.probabilities(pad(features(batch), values))
 
     def micro(batch: list[str]) -> None:
-        enc = tokenizer(batch, truncation=True, max_length=max_length)
-        lengths = [len(ids) for ids in enc["input_ids"]]
-        for indices in micro_batches(lengths, micro_size):
-            features = {key: [enc[key][i] for i in indices] for key in enc.keys()}
-            backend.probabilities(tokenizer.pad(features, return_tensors=backend.tensor_type))
+        texts = features(batch)
+        for indices in micro_batches([len(t["input_ids"]) for t in texts], micro_size):
+            backend.probabilities(pad([texts[i] for i in indices], values))
 
     ways = {"plain": plain, "micro": micro}
     ways = {name: ways[name] for name in args.ways.split(",")}

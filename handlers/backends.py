@@ -1,7 +1,8 @@
 """What runs the model: PyTorch, or ONNX Runtime on the graph the archive step exported.
 
-Both take the tokenizer's padded batch and give class probabilities per text; parsing,
-batching and labels stay the handler's plain functions. Chosen by the `backend` handler
+Both take a padded batch of int64 arrays (text_classification.pad) and give class
+probabilities per text; parsing, batching and labels stay the handler's plain functions.
+Chosen by the `backend` handler
 option; `quantize: int8` means dynamic int8 quantization of the Linear layers (PyTorch) or
 of the whole graph's MatMuls (ONNX Runtime, done at archive time), `half: true` fp16 on a
 GPU (PyTorch only).
@@ -40,8 +41,6 @@ def softmax(logits: np.ndarray) -> list[list[float]]:
 
 
 class TorchBackend:
-    tensor_type = "pt"
-
     def __init__(self, model_dir: str, options: HandlerOptions, device: str, threads: int):
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -62,7 +61,8 @@ class TorchBackend:
 
     def probabilities(self, batch) -> list[list[float]]:
         with self.torch.inference_mode():
-            logits = self.model(**batch.to(self.device)).logits
+            inputs = {key: self.torch.from_numpy(array).to(self.device) for key, array in batch.items()}
+            logits = self.model(**inputs).logits
         return self.torch.softmax(logits.float(), dim=-1).cpu().tolist()
 
 
@@ -81,8 +81,6 @@ def quantize_int8(model):
 
 
 class OnnxRuntimeBackend:
-    tensor_type = "np"
-
     def __init__(self, model_dir: str, options: HandlerOptions, threads: int):
         import onnxruntime as ort
         from transformers import AutoConfig
@@ -103,7 +101,7 @@ class OnnxRuntimeBackend:
         self.device = "cpu"
 
     def probabilities(self, batch) -> list[list[float]]:
-        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.inputs}
+        feed = {name: batch[name] for name in self.inputs}
         (logits,) = self.session.run(["logits"], feed)
         return softmax(logits.astype(np.float64))
 

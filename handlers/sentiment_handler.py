@@ -32,6 +32,8 @@ from text_classification import (
     label_names,
     micro_batches,
     outcomes,
+    pad,
+    pad_values,
     run_isolated,
     threads_per_worker,
 )
@@ -76,6 +78,7 @@ class SentimentHandler(BaseHandler):
         self.backend = self._load_backend(model_dir, properties.get("gpu_id"), torch.cuda.is_available())
         self.device = self.backend.device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pad_values = pad_values(self.tokenizer)
         config = self.backend.config
         self.labels = label_names(config.id2label, config.num_labels, self.options.labels)
         self.max_length = min(self.options.max_length, self._model_max_length(config))
@@ -229,7 +232,7 @@ class SentimentHandler(BaseHandler):
         return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
 
     def _forward(self, features: list[dict]) -> list[list[float]]:
-        return self.backend.probabilities(self.tokenizer.pad(features, return_tensors=self.backend.tensor_type))
+        return self.backend.probabilities(pad(features, self.pad_values, self.tokenizer.padding_side == "left"))
 
     def inference(self, data, *args, **kwargs):
         """Forward passes over length-sorted micro-batches of the texts that tokenized;

@@ -3,11 +3,14 @@ both, device selection and fp16, warm-up at load, and an export that fails clear
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from backends import TorchBackend, select_device
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sentiment_handler import SentimentHandler
-from text_classification import HandlerOptions
+from text_classification import HandlerOptions, pad, pad_values
 
 from test_handler import make_context, run_batch
 
@@ -80,7 +83,7 @@ def test_half_casts_the_model_to_fp16(tiny_model_dir):
     assert {p.dtype for p in fp16.model.parameters()} == {torch.float16}
     from transformers import AutoTokenizer
 
-    batch = AutoTokenizer.from_pretrained(tiny_model_dir)(TEXTS, padding=True, return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(tiny_model_dir)(TEXTS, padding=True, return_tensors="np")
     for a, b in zip(fp32.probabilities(batch), fp16.probabilities(batch)):
         assert b == pytest.approx(a, abs=1e-2)
 
@@ -101,3 +104,30 @@ def test_warm_up_runs_before_the_worker_is_ready(tiny_model_dir, monkeypatch):
 def test_backend_and_quantize_are_the_archives_not_a_deployments():
     with pytest.raises(ValueError, match="archived"):
         HandlerOptions.from_model_yaml({"handler": {}}, {"backend": "onnxruntime"})
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = "[UNK]"  # a pad id other than 0, which an all-zeros pad would get right by chance
+    assert tokenizer.pad_token_id != 0
+    return tokenizer
+
+
+@settings(max_examples=80, deadline=None)
+@given(texts=st.lists(st.text(max_size=60), min_size=1, max_size=6), left=st.booleans())
+def test_pad_gives_what_the_tokenizers_own_pad_gives(tokenizer, texts, left):
+    encoded = tokenizer(texts, truncation=True, max_length=32)
+    features = [{key: encoded[key][i] for key in encoded.keys()} for i in range(len(texts))]
+    tokenizer.padding_side = "left" if left else "right"
+    try:
+        expected = tokenizer.pad(features, return_tensors="np")
+    finally:
+        tokenizer.padding_side = "right"
+    got = pad(features, pad_values(tokenizer), left)
+    assert set(got) == set(expected.keys())
+    for key in got:
+        assert got[key].dtype == np.int64
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
