@@ -163,6 +163,19 @@ def markdown(results: dict) -> str:
             "The same parsing, tokenizing, metrics and answers, the forward pass replaced by a constant: what "
             "TorchServe and the handler cost by themselves.", ""] + _table("concurrency", results["floor"])
 
+    if "handler_cost" in results:
+        out += ["", "## Handler cost per request, by change", "",
+                "What a worker does per request but the forward pass (bench/handler_cost.py): the handler of "
+                "each git revision loaded in-process through TorchServe's own model loader, metrics cache and "
+                "`Service.predict`, the model replaced by a constant; CPU microseconds per request and metric "
+                "lines written per request, batches of 1 and 16 held-out tweets, median of 3 alternating rounds.",
+                "", "| change | revision | batch 1: CPU µs/request | metric lines | batch 16: CPU µs/request "
+                "| metric lines |", "|---|---|---|---|---|---|"]
+        for label, row in results["handler_cost"].items():
+            out.append(f"| {label} | {row['revision']} | {row['1']['cpu_us_per_request']:.0f} | "
+                       f"{row['1']['metric_lines_per_request']:.2f} | {row['16']['cpu_us_per_request']:.0f} | "
+                       f"{row['16']['metric_lines_per_request']:.2f} |")
+
     out += ["", f"## Workers x threads per worker ({s['shipped_variant']})", "", LOAD_HEADER]
     out += [_load_row(f"{k}, c={cc[1:]}", r) for k, rs in results["workers_sweep"].items() for cc, r in rs.items()]
 

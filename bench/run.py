@@ -6,6 +6,8 @@ FastAPI app, in one run.
 Everything is measured in this one run on this one machine, so the ratios hold even
 though a 2-core machine's absolute numbers move with whatever else it does:
 
+  0. the handler's own cost per request at each change that cut it (bench/handler_cost.py,
+     handlers/ of every revision in HANDLER_REVISIONS, in-process, the model a constant);
   1. raw limit: each backend x precision in-process (bench/raw.py: the handler's backend
      code, no server), sentences/s at batch 1..32, one process with all cores and one
      process per core;
@@ -41,6 +43,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from bench.handler_cost import measure_revisions
 from bench.loadgen import json_bodies, run_load
 from bench.soak import soak, workers_rss_mib
 from bench.wrk import run_wrk
@@ -69,6 +72,13 @@ VARIANTS = {
 REFERENCE = "torch-fp32"
 # LitServe's own dynamic batching: (max_batch_size, batch_timeout ms, workers, threads each)
 LITSERVE_SWEEP = ((8, 5, 1, 2), (16, 10, 1, 2), (16, 5, 2, 1), (32, 10, 1, 2))
+# the handler's per-request cost at each cut issue 14 asked for (bench/handler_cost.py), oldest first
+HANDLER_REVISIONS = (
+    ("before the cuts", "e23b19f"),
+    ("metrics per batch, not per request", "cd4f7b9"),
+    ("padding with numpy, not the tokenizer", "999fc8b"),
+    ("as it is now", "WORKTREE"),
+)
 
 
 def log(message: str) -> None:
@@ -391,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         "litserve_sweep": [litserve_label(s) for s in LITSERVE_SWEEP],
         "soak_minutes": args.soak_minutes,
     }}
+    log("the handler's own cost per request at each cut (bench/handler_cost.py)")
+    costs = measure_revisions([rev for _, rev in HANDLER_REVISIONS], MODEL_DIR, texts)
+    results["handler_cost"] = {label: {"revision": rev, **costs[rev]} for label, rev in HANDLER_REVISIONS}
     results["raw"] = {v: raw_limit(texts_file, v, raw_model_dir(work, v), args) for v in VARIANTS}
 
     n = 0
