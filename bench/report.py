@@ -55,9 +55,12 @@ def targets(results: dict) -> list[dict]:
     for name, side in served.items():
         raw = raw_parallel_best(results, name)
         got = side["load"]["64"]["throughput_rps"]
+        batch = results["settings"]["shipped"]["batchSize"]
+        at_batch = next(r for r in results["raw"][name]["parallel"]["results"] if r["batch_size"] == batch)
         rows.append({"target": f"{name} served at c=64 >= 0.9 x its raw limit in the same layout "
                                "(one single-threaded process per core)",
-                     "measured": f"{ratio(got, raw['sentences_per_s'])} (raw at batch {raw['batch_size']})",
+                     "measured": f"{ratio(got, raw['sentences_per_s'])} (raw at batch {raw['batch_size']}; "
+                                 f"{got / at_batch['sentences_per_s']:.2f} of raw at the served batch size, {batch})",
                      "met": got >= 0.9 * raw["sentences_per_s"]})
     rows.append({"target": f"shipped served vs the naive FastAPI app at c={c} (not a target)",
                  "measured": ratio(ship["load"][c]["throughput_rps"], base[c]["throughput_rps"]), "met": None})
