@@ -5,7 +5,9 @@ surrogates included) and any Content-Type. The pure functions must either accept
 request (texts that are real, non-empty UTF-8 text within the limits) or refuse it with a
 4xx RequestError; nothing else may escape. The handler, on a tiny model, must answer every
 request of a batch that mixes such requests with good ones, and the good ones exactly as
-when they are sent alone.
+when they are sent alone; and whatever becomes of such requests, no text of theirs and no
+key reaches a log record, at any level (tests/integration/test_logs.py checks the files
+of a real TorchServe and gateway).
 
 CI runs a bounded number of examples; run longer by hand with
 `HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests -k fuzz`.
@@ -14,6 +16,7 @@ CI runs a bounded number of examples; run longer by hand with
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -176,3 +179,62 @@ def test_fuzz_handler_answers_good_requests_whatever_is_batched_with_them(tiny_h
             # hostile bytes are the client's fault, never a 5xx
             assert 400 <= status < 500, body
             assert (body.get("code") == status and body["type"] and body["message"]) or set(body) == {"error"}
+
+
+# the same kinds of bodies, each carrying a marked text where a parser, a tokenizer or an
+# error message would meet it: the mark must reach no log record, whatever becomes of it
+MARK = "zebra-umbrella-confidential"
+MARKED = ANY_TEXT.map(lambda t: t + MARK)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+MARKED_BODIES = st.one_of(
+    MARKED.map(lambda t: json.dumps({"text": t}).encode()),
+    st.tuples(MARKED, JSON_VALUES).map(lambda p: json.dumps({"text": [p[0], p[1]]}).encode()),
+    st.tuples(MARKED, JSON_VALUES).map(lambda p: json.dumps({p[0]: p[1]}).encode()),
+    MARKED.map(lambda t: json.dumps({"text": t * 40}).encode()),
+    MARKED.map(lambda t: json.dumps({"instances": [t, 3]}).encode()),
+    MARKED.map(lambda t: json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                                                 "data": [t]}]}).encode()),
+    st.tuples(MARKED, st.binary(max_size=40)).map(lambda p: _utf8(p[0]) + p[1]),
+    st.tuples(st.binary(max_size=20), MARKED).map(lambda p: p[0] + _utf8(p[1])),
+    MARKED.map(lambda t: b"text=" + _utf8(t) + b"%ZZ"),
+    st.tuples(MARKED, st.integers(1, 20_000)).map(
+        lambda p: b'{"text": ' + json.dumps(p[0]).encode() + b', "x": ' + b"[" * p[1] + b"}"),
+)
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=0)
+        self.texts = []
+
+    def emit(self, record):
+        self.texts.append(self.format(record))  # the message and any exception with its traceback
+
+
+@given(hostile=st.lists(st.tuples(MARKED_BODIES.map(lambda b: {"body": b}), CONTENT_TYPES, HEADERS),
+                        min_size=1, max_size=4), seed=st.randoms())
+@settings(max_examples=int(os.environ.get("FUZZ_HANDLER_EXAMPLES", "60")))
+def test_fuzz_no_request_text_and_no_key_reaches_a_log(tiny_handler, hostile, seed):
+    from test_handler import run_batch
+
+    handler, context = tiny_handler
+    good = [({"body": json.dumps({"text": f"{t} {MARK}"}).encode()}, "application/json") for t in GOOD]
+    rows = good + hostile
+    seed.shuffle(rows)
+    root = logging.getLogger()
+    records, level = Records(), root.level
+    root.addHandler(records)
+    root.setLevel(logging.DEBUG)
+    try:
+        run_batch(handler, context, rows)
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+    logged = "\n".join(records.texts)
+    for piece in ("zebra", "umbrella", "confidential", "not-for-logs"):  # not-for-logs: run_batch's key
+        assert piece not in logged
