@@ -12,16 +12,14 @@ from hypothesis import strategies as st
 from sentiment_handler import SentimentHandler
 from text_classification import HandlerOptions, pad, pad_values
 
-from test_handler import make_context, run_batch
+from test_handler import initialized_handler, make_context, run_batch
 
 JSON = "application/json"
 TEXTS = ["I love it", "terrible service, never again", "meh", "a long one " * 20]
 
 
 def answers(model_dir, options):
-    context = make_context(model_dir, options)
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(model_dir, options)
     rows = [({"body": f'{{"text": "{t}"}}'.encode()}, JSON) for t in TEXTS]
     return handler, [body for _, body, _ in run_batch(handler, context, rows)]
 

@@ -11,10 +11,9 @@ import sys
 
 import pytest
 from explanations import ExplainLimits, merge_word_pieces, parse_explanation
-from sentiment_handler import SentimentHandler
 from text_classification import Limits, RequestError
 
-from test_handler import make_context, run_batch
+from test_handler import initialized_handler, run_batch
 
 JSON = "application/json"
 EXPLAIN = {"explain": "True"}
@@ -64,10 +63,7 @@ def test_explanation_refusals(body, status, kind):
 
 @pytest.fixture(scope="module")
 def handler_and_context(tiny_model_dir):
-    context = make_context(tiny_model_dir, {"explain_steps": 32, "explain_max_tokens": 24})
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler, context
+    return initialized_handler(tiny_model_dir, {"explain_steps": 32, "explain_max_tokens": 24})
 
 
 def test_attributions_add_up_to_the_prediction_minus_the_baseline(handler_and_context):
@@ -102,11 +98,8 @@ def test_captum_is_imported_only_when_an_explanation_is_asked_for(tiny_model_dir
     script = f"""
 import sys
 sys.path[:0] = ["handlers", "tests/unit", "tests"]
-from test_handler import make_context, run_batch
-from sentiment_handler import SentimentHandler
-context = make_context({str(tiny_model_dir)!r})
-handler = SentimentHandler()
-handler.initialize(context)
+from test_handler import initialized_handler, run_batch
+handler, context = initialized_handler({str(tiny_model_dir)!r})
 run_batch(handler, context, [({{"body": b"fine"}}, "text/plain")])
 before = "captum" in sys.modules
 run_batch(handler, context, [({{"body": b"fine"}}, "text/plain", {{"explain": "True"}})])
@@ -117,9 +110,7 @@ print(before, "captum" in sys.modules)
 
 
 def test_onnxruntime_explains_from_the_archives_weights(onnx_model_dir):
-    context = make_context(onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "explain_steps": 16})
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "explain_steps": 16})
     (status, answer, _), = run_batch(handler, context, [({"body": b"I love it"}, "text/plain", EXPLAIN)])
     assert status == 200 and [w["word"] for w in answer["explanation"]["words"]] == ["I", "love", "it"]
     assert type(handler.explainer.model).__name__ == "BertForSequenceClassification"

@@ -147,13 +147,9 @@ GOOD = ["I love this", "This is terrible", "ok I guess"]
 
 @pytest.fixture(scope="module")
 def tiny_handler(tiny_model_dir):
-    from test_handler import make_context
-    from sentiment_handler import SentimentHandler
+    from test_handler import initialized_handler
 
-    context = make_context(tiny_model_dir, {"max_texts_per_request": 4, "max_text_chars": 200})
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler, context
+    return initialized_handler(tiny_model_dir, {"max_texts_per_request": 4, "max_text_chars": 200})
 
 
 HEADERS = st.one_of(st.just({}), PROTOCOLS.map(lambda p: {"sentiment-protocol": p}), st.just({"explain": "True"}),

@@ -30,6 +30,14 @@ def make_context(model_dir, handler_options=None):
                    metrics=metrics, model_yaml_config=model_yaml)
 
 
+def initialized_handler(model_dir, handler_options=None):
+    """A SentimentHandler initialized on `model_dir` as a worker would, and its context."""
+    context = make_context(model_dir, handler_options)
+    handler = SentimentHandler()
+    handler.initialize(context)
+    return handler, context
+
+
 def run_batch(handler, context, requests):
     """requests: [(row, content_type[, other headers])] -> [(status, parsed body, content type)]"""
     context.request_ids = {i: f"req-{i}" for i in range(len(requests))}
@@ -48,10 +56,7 @@ def run_batch(handler, context, requests):
 
 @pytest.fixture(scope="module")
 def handler_and_context(tiny_model_dir):
-    context = make_context(tiny_model_dir)
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler, context
+    return initialized_handler(tiny_model_dir)
 
 
 def test_initialize_reads_labels_and_clamps_max_length(handler_and_context):
@@ -167,9 +172,7 @@ def test_no_user_text_or_token_in_logs(handler_and_context, caplog):
 
 
 def test_labels_option_overrides_checkpoint_labels(tiny_model_dir):
-    context = make_context(tiny_model_dir, {"labels": ["bad", "good"], "torch_threads": 1})
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(tiny_model_dir, {"labels": ["bad", "good"], "torch_threads": 1})
     assert handler.labels == ["bad", "good"]
     assert torch.get_num_threads() == 1
     (status, body, _), = run_batch(handler, context, [({"body": b"fine"}, "text/plain")])
@@ -188,9 +191,7 @@ def test_bad_quantize_value_is_refused(tiny_model_dir):
 
 @pytest.mark.parametrize("micro_batch_size", [0, 2, 8])
 def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_dir, micro_batch_size):
-    context = make_context(tiny_model_dir, {"micro_batch_size": micro_batch_size})
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(tiny_model_dir, {"micro_batch_size": micro_batch_size})
     texts = ["a fairly long sentence about nothing in particular at all", "short",
              "medium length text here", "x", "another long one, with commas, and more words in it"]
     alone = [run_batch(handler, context, [({"body": t.encode()}, "text/plain")])[0][1] for t in texts]
@@ -205,9 +206,7 @@ def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_di
 def test_simulated_latency_slows_each_batch(tiny_model_dir):
     import time
 
-    context = make_context(tiny_model_dir, {"simulated_latency_ms": 300})
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(tiny_model_dir, {"simulated_latency_ms": 300})
     started = time.perf_counter()
     (status, _, _), = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
     assert status == 200 and time.perf_counter() - started >= 0.3
@@ -217,9 +216,7 @@ def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, t
     overrides = tmp_path / "handler.yaml"
     overrides.write_text("max_texts_per_request: 2\nlabels: [bad, good]\n")
     monkeypatch.setenv("SENTIMENT_HANDLER_OPTIONS", str(overrides))
-    context = make_context(tiny_model_dir, {"max_texts_per_request": 32})
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(tiny_model_dir, {"max_texts_per_request": 32})
     assert handler.options.max_texts_per_request == 2 and handler.labels == ["bad", "good"]
     (status, body, _), = run_batch(handler, context, [({"body": b'{"text": ["a", "b", "c"]}'}, JSON)])
     assert status == 413 and body["type"] == "TooManyTexts"

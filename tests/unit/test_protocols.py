@@ -131,12 +131,9 @@ def test_errors_in_each_protocols_shape():
 
 
 def test_one_batch_of_three_protocols_through_the_handler(tiny_model_dir):
-    from test_handler import make_context, run_batch
-    from sentiment_handler import SentimentHandler
+    from test_handler import initialized_handler, run_batch
 
-    context = make_context(tiny_model_dir)
-    handler = SentimentHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(tiny_model_dir)
     alone = run_batch(handler, context, [({"body": b'{"text": "I love it"}'}, JSON)])[0][1]
     answers = run_batch(handler, context, [
         ({"body": b'{"instances": ["I love it", {"text": "I love it"}]}'}, JSON, {"sentiment-protocol": "kserve-v1"}),
