@@ -82,8 +82,8 @@ class CountMetricLines(logging.Filter):
 
 
 def measure_one(directory: Path, texts: list[str]) -> dict:
-    """In this process: load `directory` as a worker would and time Service.predict."""
-    sys.path.insert(0, str(directory))
+    """In this process (started with `directory` on PYTHONPATH, as TorchServe starts a worker):
+    load `directory` as a worker would and time Service.predict."""
     os.chdir(directory)
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
     from ts.model_loader import ModelLoaderFactory
@@ -133,7 +133,7 @@ def measure_revisions(revisions: list[str], model_dir: Path, texts: list[str], r
                 done = subprocess.run([sys.executable, "-m", "bench.handler_cost", "--child", str(dirs[rev]),
                                        "--texts", str(texts_file)],
                                       cwd=ROOT, check=True, capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                      env={**os.environ, "PYTHONPATH": os.pathsep.join([str(dirs[rev]), str(ROOT)])})
                 runs[rev].append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {rev: {size: {key: statistics.median(r[size][key] for r in results) for key in results[0][size]}
                   for size in results[0]}
