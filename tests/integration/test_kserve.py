@@ -152,6 +152,7 @@ def test_a_burst_mixing_protocols_is_batched_together_with_no_5xx(server, gatewa
         if kind == "bad":
             assert answer.status_code == what[3], (what, answer.text[:200])
             continue
+        assert answer.status_code == 200, (protocol, answer.status_code, answer.text[:200])
         body = answer.json()
         got = (body if protocol == "native" else body["predictions"][0] if protocol == "v1"
                else {"label": body["outputs"][0]["data"][0], "score": body["outputs"][1]["data"][0]})
