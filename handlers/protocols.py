@@ -100,17 +100,51 @@ def _parse_v1(value: Any, limits: Limits) -> ParsedRequest:
     return ParsedRequest(tuple(texts), True)
 
 
-def _flatten(data: Any) -> list:
-    """The OIP lets tensor data be nested in rows (row-major) or flat."""
+MAX_SHAPE_DIMS = 8  # dimensions of the "text" tensor's shape (it is [n], [n, 1] or [1, n] in practice)
+
+
+def _shape(value: Any, limits: Limits) -> int:
+    """The number of elements the "shape" `value` holds, or RequestError: checked dimension by
+    dimension before anything is multiplied, so that a shape of a few huge integers (a
+    number of 4,000 digits is valid JSON) is refused without the cost of their product."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SHAPE_DIMS:
+        raise RequestError(400, "InvalidInput", f'"shape" must be a list of 1 to {MAX_SHAPE_DIMS} dimensions')
+    for d in value:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise RequestError(400, "InvalidInput", '"shape" must be a list of dimensions (integers, 0 or more)')
+    if any(d > limits.max_texts_per_request for d in value):
+        raise RequestError(413, "TooManyTexts", f'a dimension of "shape" is over the limit of '
+                                                f'{limits.max_texts_per_request} texts')
+    n = math.prod(value)  # at most max_texts_per_request ** MAX_SHAPE_DIMS: small integers
+    if n > limits.max_texts_per_request:
+        raise RequestError(413, "TooManyTexts",
+                           f'"shape" holds {n} elements; the limit is {limits.max_texts_per_request}')
+    return n
+
+
+def _flatten(data: Any, n: int, limits: Limits) -> list:
+    """The elements of tensor data, nested in rows (row-major) or flat, when they are `n`;
+    else RequestError. The walk stops at the first element past `n`, at a nesting deeper
+    than a shape can have, or after as many lists as data of an allowed shape can hold,
+    so its work is bounded by the limits, not by what the client sent."""
     if not isinstance(data, list):
-        return [data]
+        data = [data]
+    max_lists = (MAX_SHAPE_DIMS + 1) * max(1, limits.max_texts_per_request)
+    mismatch = RequestError(400, "InvalidInput", f'"shape" holds {n} elements but "data" has more')
     out: list = []
+    lists = 0
     stack = [iter(data)]
-    while stack:  # no recursion: depth is whatever the client sent
+    while stack:  # no recursion: depth is whatever the client sent, up to the bound
         for item in stack[-1]:
             if isinstance(item, list):
+                lists += 1
+                if len(stack) >= MAX_SHAPE_DIMS or lists > max_lists:
+                    raise RequestError(400, "InvalidInput", f'"data" nests deeper or wider than a shape of at most '
+                                                            f'{MAX_SHAPE_DIMS} dimensions holds')
                 stack.append(iter(item))
                 break
+            if len(out) == n:
+                raise mismatch
             out.append(item)
         else:
             stack.pop()
@@ -132,26 +166,23 @@ def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
         raise RequestError(400, "InvalidInput", 'the input tensor must be named "text"')
     if tensor.get("datatype") != "BYTES":
         raise RequestError(400, "InvalidInput", 'the "text" tensor\'s datatype must be "BYTES"')
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                            and d >= 0 for d in shape):
-        raise RequestError(400, "InvalidInput", '"shape" must be a list of dimensions (integers, 0 or more)')
-    data = _flatten(tensor.get("data"))
-    if math.prod(shape) != len(data):
-        raise RequestError(400, "InvalidInput",
-                           f'"shape" holds {math.prod(shape)} elements but "data" has {len(data)}')
-    _count(len(data), limits, 'the "text" tensor')
+    n = _shape(tensor.get("shape"), limits)
+    data = _flatten(tensor.get("data"), n, limits)
+    if len(data) != n:
+        raise RequestError(400, "InvalidInput", f'"shape" holds {n} elements but "data" has {len(data)}')
+    _count(n, limits, 'the "text" tensor')
     texts = tuple(check_text(t, f'"data"[{i}]', limits) for i, t in enumerate(data))
     outputs = body.get("outputs")
     if outputs is None:
         names = V2_OUTPUTS
     else:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-            raise RequestError(400, "InvalidInput", '"outputs" must be a list of {"name": ...}')
+        # each output once at most: the answer holds a tensor per name asked for
+        if not isinstance(outputs, list) or not 1 <= len(outputs) <= len(V2_OUTPUTS) \
+                or not all(isinstance(o, dict) for o in outputs):
+            raise RequestError(400, "InvalidInput", '"outputs" must be a list of {"name": ...}, each output once')
         names = tuple(o.get("name") for o in outputs)
-        wrong = [n for n in names if n not in V2_OUTPUTS]
-        if wrong or not names:
-            raise RequestError(400, "InvalidInput", f'the outputs are {", ".join(V2_OUTPUTS)}')
+        if not all(isinstance(name, str) and name in V2_OUTPUTS for name in names) or len(set(names)) != len(names):
+            raise RequestError(400, "InvalidInput", f'the outputs are {", ".join(V2_OUTPUTS)}, each asked for once')
     return ParsedRequest(texts, True), Envelope(OIP_V2, request_id, names)
 
 

@@ -4,6 +4,8 @@ shape, answers; and one batch mixing all three protocols in the handler (tiny mo
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 from protocols import KSERVE_V1, NATIVE, OIP_V2, Envelope, Model, parse, protocol_of, render
@@ -96,11 +98,111 @@ def test_v2_refusals(body, status, kind):
     assert (error.status, error.kind) == (status, kind)
 
 
-def test_deep_v2_data_is_flattened_without_recursion():
+def test_deep_v2_data_is_refused_without_recursion():
     body = (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ' + b"[" * 900 + b'"a"'
             + b"]" * 900 + b"}]}")
-    request, _ = parse({"body": body}, LIMITS, JSON, OIP_V2)
-    assert request.texts == ("a",)
+    error = refused(body, OIP_V2)
+    assert (error.status, error.kind) == (400, "InvalidInput")
+    # data nested by rows as deep as a shape may have dimensions is read
+    request, _ = parse({"body": v2([[[["a"]]], [[["b"]]]], shape=[2, 1, 1, 1])}, LIMITS, JSON, OIP_V2)
+    assert request.texts == ("a", "b")
+
+
+HUGE = int("9" * 4000)  # valid JSON, and Python parses it: 4,000 digits is under its 4,300
+
+
+@pytest.mark.parametrize("shape, status, kind", [
+    ([HUGE] * 200, 400, "InvalidInput"),  # ~800 KB: seconds of math.prod before, then a 500
+    ([1] * 9, 400, "InvalidInput"),  # more dimensions than a shape may have
+    ([HUGE], 413, "TooManyTexts"),
+    ([1, 1, HUGE], 413, "TooManyTexts"),
+    ([0, HUGE], 413, "TooManyTexts"),  # holds no element, and still no product of it is taken
+    ([-HUGE], 400, "InvalidInput"),
+    ([2, 2], 413, "TooManyTexts"),  # each dimension within the limit, their product not
+    ([4], 413, "TooManyTexts"),
+    ([1.0], 400, "InvalidInput"),
+    ([False], 400, "InvalidInput"),
+    ([], 400, "InvalidInput"),
+    ([[1]], 400, "InvalidInput"),
+    ("1", 400, "InvalidInput"),
+    (None, 400, "InvalidInput"),
+])
+def test_v2_shapes_are_checked_dimension_by_dimension_before_any_product(shape, status, kind, monkeypatch):
+    import protocols
+
+    products = []
+
+    def prod(values):
+        products.append(list(values))
+        return math.prod(values)
+
+    monkeypatch.setattr(protocols, "math", SimpleNamespace(prod=prod))
+    error = refused(json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape,
+                                            "data": ["a"]}]}).encode(), OIP_V2)
+    assert (error.status, error.kind) == (status, kind)
+    # a product is taken of a few dimensions within the limit only, never of what the client sent
+    assert all(len(p) <= protocols.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p)
+               for p in products)
+    assert "999" not in error.message  # no request text (nor its numbers) in an error
+
+
+class CountingList(list):
+    """A JSON list (as TorchServe hands over a body it parsed) that counts what is read of it."""
+
+    read = 0
+
+    def __iter__(self):
+        for item in super().__iter__():
+            CountingList.read += 1
+            yield item
+
+
+def counting(value):
+    if isinstance(value, list):
+        return CountingList(counting(v) for v in value)
+    if isinstance(value, dict):
+        return {k: counting(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("data, most", [
+    (["a"] * 100_000, LIMITS.max_texts_per_request + 1),  # leaves past the shape's element count
+    ([[]] * 100_000, None),  # empty rows: as many lists as data of an allowed shape has, and one more
+    ([["a"] * 100_000], LIMITS.max_texts_per_request + 2),
+])
+def test_v2_data_is_read_only_as_far_as_the_shape_allows(data, most):
+    import protocols
+
+    most = most or (protocols.MAX_SHAPE_DIMS + 1) * LIMITS.max_texts_per_request + 1
+    CountingList.read = 0
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [LIMITS.max_texts_per_request],
+                        "data": counting(data)}]}
+    with pytest.raises(RequestError) as info:
+        parse({"body": body}, LIMITS, JSON, OIP_V2)
+    assert (info.value.status, info.value.kind) == (400, "InvalidInput")
+    assert CountingList.read <= most
+
+
+def test_v1_instances_over_the_limit_are_refused_before_any_is_read():
+    CountingList.read = 0
+    body = {"instances": counting([{"text": "a", "x": 1}] * 100_000)}
+    with pytest.raises(RequestError) as info:
+        parse({"body": body}, LIMITS, JSON, KSERVE_V1)
+    assert (info.value.status, info.value.kind) == (413, "TooManyTexts")
+    assert CountingList.read == 0
+
+
+@pytest.mark.parametrize("outputs", [
+    [{"name": "label"}] * 2,
+    [{"name": "label"}] * 100_000,  # each would be a tensor of the answer
+    [{"name": "label"}, {"name": "score"}, {"name": "scores"}, {"name": "label"}],
+    [{"name": ["label"]}],
+    [{"name": {"label": 1}}],
+    [],
+])
+def test_v2_outputs_are_asked_for_once_each(outputs):
+    error = refused(v2(["a"], outputs=outputs), OIP_V2)
+    assert (error.status, error.kind) == (400, "InvalidInput")
 
 
 PREDICTIONS = [{"label": "positive", "score": 0.9, "scores": {"negative": 0.1, "positive": 0.9}},
