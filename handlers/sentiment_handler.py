@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import backends
 from ts.metrics.dimension import Dimension
@@ -57,6 +58,33 @@ def deployment_overrides() -> dict:
     if not isinstance(overrides, dict):
         raise ValueError(f"{OVERRIDES_ENV}: {path} must hold a mapping of handler options")
     return overrides
+
+
+@dataclass
+class Tally:
+    """What answering requests of a batch adds to the handler metrics (metrics.yaml,
+    docs/metrics.md). A batch is answered in one attempt, or, when that fails, request by
+    request (`run_isolated`): each attempt counts into a tally of its own, and `handle`
+    emits once per batch the counts of the attempts whose answers were sent (a failed
+    attempt's requests are answered, and counted, by their retries) and the seconds of
+    every attempt (time the worker spent on the batch)."""
+
+    texts: int = 0  # texts of the requests answered with predictions
+    errors: list[str] = field(default_factory=list)  # the error type of each request answered with an error
+    explain_seconds: list[float] = field(default_factory=list)  # per explanation answered
+    preprocess_seconds: float | None = None
+    inference_seconds: float | None = None
+
+    def add_seconds(self, other: "Tally") -> None:
+        for name in ("preprocess_seconds", "inference_seconds"):
+            if getattr(other, name) is not None:
+                setattr(self, name, (getattr(self, name) or 0.0) + getattr(other, name))
+
+    def add(self, other: "Tally") -> None:
+        self.texts += other.texts
+        self.errors += other.errors
+        self.explain_seconds += other.explain_seconds
+        self.add_seconds(other)
 
 
 class SentimentHandler(BaseHandler):
@@ -138,32 +166,69 @@ class SentimentHandler(BaseHandler):
         bug. Nothing escapes to TorchServe, which would fail the whole batch.
         """
         self.context = context
-        answers = run_isolated(list(range(len(data))), lambda rows: self._answer(data, rows))
+        explain = {i for i in range(len(data)) if context.get_request_header(i, "explain") == "True"}
+        tally = Tally()
+
+        def attempt(rows: list[int]) -> list[str]:
+            mine = Tally()
+            try:
+                answers = self._answer(data, rows, explain, mine)
+                if len(answers) != len(rows):
+                    raise RuntimeError(f"{len(answers)} answers for {len(rows)} requests")
+            except Exception:
+                tally.add_seconds(mine)  # its requests are retried, and counted, one by one
+                raise
+            tally.add(mine)
+            return answers
+
+        answers = run_isolated(list(range(len(data))), attempt)
         out = []
         for idx, answer in enumerate(answers):
             if isinstance(answer, Exception):
                 _log_failure("answering", answer)
                 envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
-                status, answer = render(envelope, internal_error("answering"), self.labels, self.served_model)
+                error = internal_error("answering")
+                tally.errors.append(error.kind)
+                status, answer = render(envelope, error, self.labels, self.served_model)
                 self.context.set_response_content_type(idx, "application/json")
                 self.context.set_response_status(status, "", idx)
             out.append(answer)
+        try:
+            self._emit_batch(tally, len(data) - len(explain))
+        except Exception as e:  # the answers stand without their metrics
+            _log_failure("counting the metrics of", e)
         return out
 
-    def _answer(self, data, rows: list[int]) -> list[str]:
-        """The JSON bodies of the requests `rows` of the batch (statuses set in the context):
-        its predictions in one pass, then its explanations one by one."""
-        explain = [i for i in rows if self.context.get_request_header(i, "explain") == "True"]
+    def _emit_batch(self, tally: Tally, predictions: int) -> None:
+        """The handler metrics of one batch, each once (docs/metrics.md): its size and texts
+        and seconds per batch, an error count per request answered with an error."""
+        if predictions:
+            self._emit("SentimentBatchSize", predictions, MetricTypes.HISTOGRAM)
+            self._emit("SentimentTexts", tally.texts, MetricTypes.COUNTER)
+        if tally.preprocess_seconds is not None:
+            self._emit("SentimentPreprocessSeconds", tally.preprocess_seconds, MetricTypes.HISTOGRAM)
+        if tally.inference_seconds is not None:
+            self._emit("SentimentInferenceSeconds", tally.inference_seconds, MetricTypes.HISTOGRAM)
+        for seconds in tally.explain_seconds:
+            self._emit("SentimentExplainSeconds", seconds, MetricTypes.HISTOGRAM)
+        for kind in tally.errors:
+            self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=kind)
+
+    def _answer(self, data, rows: list[int], explain: set[int], tally: Tally) -> list[str]:
+        """The JSON bodies of the requests `rows` of the batch (statuses set in the context,
+        metrics counted in `tally`): its predictions in one pass, then its explanations one
+        by one."""
         predict = [i for i in rows if i not in explain]
         answers = {}
         if predict:
-            batch = self.preprocess([data[i] for i in predict], predict)
+            batch = self.preprocess([data[i] for i in predict], predict, tally)
             answers.update(zip(predict, self.postprocess(self.inference(batch), predict)))
-        for i in explain:
-            answers[i] = self._explain(data[i], i)
+        for i in rows:
+            if i in explain:
+                answers[i] = self._explain(data[i], i, tally)
         return [answers[i] for i in rows]
 
-    def _explain(self, row, idx: int) -> str:
+    def _explain(self, row, idx: int, tally: Tally) -> str:
         """One explanation request: word attributions per text (handlers/explanations.py)."""
         started = time.perf_counter()
         try:
@@ -171,14 +236,14 @@ class SentimentHandler(BaseHandler):
             explainer = self._explainer()
             results = [explainer.explain(text, steps, self.explain_limits.max_tokens) for text in request.texts]
             status, body = 200, json.dumps(results if request.is_list else results[0])
-            self._emit("SentimentExplainSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
+            tally.explain_seconds.append(time.perf_counter() - started)
         except Exception as e:
             if isinstance(e, RequestError):
                 error = e
             else:  # a bug met on this request: it alone gets a 500
                 _log_failure("explaining", e)
                 error = internal_error("explaining")
-            self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=error.kind)
+            tally.errors.append(error.kind)
             status, body = error.status, json.dumps(error.body())
         self.context.set_response_content_type(idx, "application/json")
         self.context.set_response_status(status, "", idx)
@@ -210,21 +275,19 @@ class SentimentHandler(BaseHandler):
             _log_failure("parsing", e)
             error = internal_error("parsing")
         logger.info("request %d of the batch refused: %s (%d)", idx, error.kind, error.status)
-        self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=error.kind)
-        return error, envelope
+        return error, envelope  # counted as an error where its answer is written (postprocess)
 
-    def preprocess(self, data, indices=None):
+    def preprocess(self, data, indices=None, tally=None):
         """Parse each request and tokenize the batch's texts: (Batch, per-text encodings,
-        per-request envelopes)."""
+        per-request envelopes, the Tally its metrics are counted in)."""
         started = time.perf_counter()
+        tally = Tally() if tally is None else tally
         indices = list(range(len(data))) if indices is None else indices
         parsed = [self._parse(row, idx) for row, idx in zip(data, indices)]
         batch = flatten([request for request, _ in parsed])
-        self._emit("SentimentBatchSize", len(data), MetricTypes.HISTOGRAM)
-        self._emit("SentimentTexts", len(batch.texts), MetricTypes.COUNTER)
         encodings = run_isolated(batch.texts, self._tokenize) if batch.texts else []
-        self._emit("SentimentPreprocessSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
-        return batch, encodings, [envelope for _, envelope in parsed]
+        tally.preprocess_seconds = time.perf_counter() - started
+        return batch, encodings, [envelope for _, envelope in parsed], tally
 
     def _tokenize(self, texts) -> list[dict]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
@@ -237,7 +300,7 @@ class SentimentHandler(BaseHandler):
     def inference(self, data, *args, **kwargs):
         """Forward passes over length-sorted micro-batches of the texts that tokenized;
         one probability list (or the RequestError of a failed step) per text."""
-        batch, encodings, envelopes = data
+        batch, encodings, envelopes, tally = data
         probabilities: list = [None] * len(batch.texts)
         for i, encoding in enumerate(encodings):
             if isinstance(encoding, Exception):
@@ -245,7 +308,7 @@ class SentimentHandler(BaseHandler):
                 probabilities[i] = internal_error("tokenizing")
         ok = [i for i, e in enumerate(encodings) if not isinstance(e, Exception)]
         if not ok:
-            return batch, probabilities, envelopes
+            return batch, probabilities, envelopes, tally
         started = time.perf_counter()
         lengths = [len(encodings[i]["input_ids"]) for i in ok]
         for group in micro_batches(lengths, self.options.micro_batch_size):
@@ -258,15 +321,19 @@ class SentimentHandler(BaseHandler):
                 probabilities[i] = result
         if self.options.simulated_latency_ms:
             time.sleep(self.options.simulated_latency_ms / 1000)
-        self._emit("SentimentInferenceSeconds", time.perf_counter() - started, MetricTypes.HISTOGRAM)
-        return batch, probabilities, envelopes
+        tally.inference_seconds = time.perf_counter() - started
+        return batch, probabilities, envelopes, tally
 
     def postprocess(self, data, indices=None):
-        batch, probabilities, envelopes = data
+        batch, probabilities, envelopes, tally = data
         indices = list(range(len(batch.requests))) if indices is None else indices
         out = []
         for idx, request, envelope, outcome in zip(indices, batch.requests, envelopes,
                                                    outcomes(batch, probabilities, self.labels)):
+            if isinstance(outcome, RequestError):
+                tally.errors.append(outcome.kind)
+            else:
+                tally.texts += len(outcome)
             is_list = not isinstance(request, RequestError) and request.is_list
             status, body = render(envelope, outcome, self.labels, self.served_model, is_list)
             self.context.set_response_content_type(idx, "application/json")
