@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+from kserve import (V1beta1AutoScalingSpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1MetricsSpec,
+                    V1beta1MetricTarget, V1beta1PredictorSpec, V1beta1ResourceMetricSource)
 from kubernetes import client as k8s
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "kubernetes" / "base" / "deployment.yaml"
@@ -31,15 +32,27 @@ def pod_spec() -> k8s.V1PodSpec:
             container["name"] = "kserve-container"
     # KServe routes to the first container: the gateway
     template["containers"].sort(key=lambda c: c["name"] != "kserve-container")
+    # spread the predictor's pods by the label KServe gives every pod of this service
+    for constraint in template.get("topologySpreadConstraints", []):
+        constraint["labelSelector"] = {"matchLabels": {"serving.kserve.io/inferenceservice": "sentiment"}}
     return k8s.ApiClient()._ApiClient__deserialize(template, "V1PodSpec")
 
 
 def inference_service() -> V1beta1InferenceService:
     pod = pod_spec()
     predictor = V1beta1PredictorSpec(
+        # KServe (0.15+) builds the HPA from these: minReplicas, maxReplicas and the
+        # autoScaling block. Its HPA reconciler passes on Resource metrics (cpu, memory)
+        # only, with its default behavior: the queue signal and the scale-up/down policies
+        # of deploy/kubernetes/base/hpa.yaml need the plain Deployment (docs/kserve.md).
         min_replicas=2,
         max_replicas=10,
+        auto_scaling=V1beta1AutoScalingSpec(metrics=[V1beta1MetricsSpec(
+            type="Resource",
+            resource=V1beta1ResourceMetricSource(
+                name="cpu", target=V1beta1MetricTarget(type="Utilization", average_utilization=70)))]),
         containers=pod.containers,
+        topology_spread_constraints=pod.topology_spread_constraints,
         volumes=pod.volumes,
         security_context=pod.security_context,
         termination_grace_period_seconds=pod.termination_grace_period_seconds,
@@ -53,11 +66,9 @@ def inference_service() -> V1beta1InferenceService:
             name="sentiment",
             labels={"app.kubernetes.io/name": "sentiment"},
             annotations={
-                # a plain Deployment (no Knative): two containers, emptyDir, probes on the gateway
+                # a plain Deployment (no Knative): two containers, emptyDir, probes per container
                 "serving.kserve.io/deploymentMode": "RawDeployment",
                 "serving.kserve.io/autoscalerClass": "hpa",
-                "serving.kserve.io/metric": "cpu",
-                "serving.kserve.io/targetUtilizationPercentage": "70",
             },
         ),
         spec=V1beta1InferenceServiceSpec(predictor=predictor),
