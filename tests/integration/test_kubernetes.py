@@ -1,8 +1,11 @@
 """The Kubernetes manifests, checked offline: every object of every kustomization passes
 kubernetes-validate --strict for the oldest and the newest Kubernetes this supports (a
 kind it has no schema for is a failure, not a warning), the Prometheus Operator's objects
-pass schemas written from its API reference, and the alert rules pass promtool's check and
-unit tests. (The Deployment's pod runs for real in test_container.py.)"""
+pass schemas written from its API reference, the alert rules pass promtool's check and
+unit tests, and the properties a pod's life depends on hold: the HPA alone sets the
+replica count, one pod at a time is disrupted, pods spread over nodes and zones, each
+container has its own probes, and ephemeral storage is requested for what the emptyDirs
+may hold. (The Deployment's pod runs for real in test_container.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from server.paths import ROOT
 KUSTOMIZATIONS = ["deploy/kubernetes/base", "deploy/kubernetes/overlays/example",
                   "deploy/kubernetes/overlays/local", "monitoring"]
 VERSIONS = ["1.25.0", "1.37.0"]  # the oldest and newest kubernetes-validate ships: both supported
-CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json"}
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json",
+               "PodMonitor": "podmonitor.json"}
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -83,7 +87,7 @@ def test_operator_objects_match_the_schemas_written_from_its_api_reference(rende
             schema = json.loads((SCHEMAS / CRD_SCHEMAS[doc["kind"]]).read_text())
             jsonschema.validate(doc, schema)
             found[doc["kind"]] = doc
-    assert set(found) == set(CRD_SCHEMAS)
+    assert set(found) == set(CRD_SCHEMAS) - {"PodMonitor"}  # the PodMonitor is KServe's (deploy/kserve)
     broken = json.loads(json.dumps(found["ServiceMonitor"]))
     broken["spec"]["endpoints"][0]["intervall"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
@@ -92,6 +96,137 @@ def test_operator_objects_match_the_schemas_written_from_its_api_reference(rende
     broken["spec"]["groups"][0]["rules"][0]["for"] = "5m"  # a recording rule has no `for`
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, json.loads((SCHEMAS / "prometheusrule.json").read_text()))
+
+
+def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job_sentiment():
+    monitor = yaml.safe_load((ROOT / "deploy" / "kserve" / "podmonitor.yaml").read_text())
+    jsonschema.validate(monitor, json.loads((SCHEMAS / "podmonitor.json").read_text()))
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    assert monitor["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    torchserve = next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "torchserve")
+    assert endpoint["port"] in {p["name"] for p in torchserve["ports"]}
+    assert isvc["spec"]["predictor"]["containers"][0]["name"] == "kserve-container"  # its ports alone are a Service's
+    assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment"} in endpoint["relabelings"]
+    broken = json.loads(json.dumps(monitor))
+    broken["spec"]["podMetricsEndpoints"][0]["targetPort"] = 8082  # a ServiceMonitor's field
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads((SCHEMAS / "podmonitor.json").read_text()))
+
+
+def _objects(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _pod(docs):
+    return _objects(docs, "Deployment")[0]["spec"]["template"]["spec"]
+
+
+def _containers(pod):
+    return {c["name"]: c for c in pod["containers"]}
+
+
+@pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/example"])
+def test_the_hpa_alone_sets_the_replica_count(rendered, path):
+    docs = rendered[path]
+    deployment, = _objects(docs, "Deployment")
+    hpa, = _objects(docs, "HorizontalPodAutoscaler")
+    assert "replicas" not in deployment["spec"], "a replicas field beside an HPA resets it on every apply"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    up, down = hpa["spec"]["behavior"]["scaleUp"], hpa["spec"]["behavior"]["scaleDown"]
+    assert {p["type"] for p in up["policies"]} >= {"Percent"} and up.get("selectPolicy", "Max") == "Max"
+    assert 60 <= down["stabilizationWindowSeconds"] <= 900
+    assert any(p["type"] == "Pods" and p["value"] >= 1 for p in down["policies"]), "a percentage alone can round to 0"
+
+
+def test_the_hpa_queue_target_is_the_measured_one():
+    """The queue target is read off bench/results/queue_signal.json: the signal at the
+    measured share of saturation, below anything the signal only reaches past saturation."""
+    hpa = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "base" / "hpa.yaml").read_text())
+    pods = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]
+    assert pods["metric"]["name"] == "sentiment_queued_requests"
+    target = float(pods["target"]["averageValue"])
+    measured = json.loads((ROOT / "bench" / "results" / "queue_signal.json").read_text())
+    suggested = measured["suggested_target"]
+    assert 0.7 <= suggested["fraction"] <= 0.8
+    assert target == pytest.approx(suggested["queued_requests"], rel=0.25, abs=0.1)
+    assert target < max(s["queued_requests"] for s in measured["steps"]), "a target the signal never reaches"
+
+
+def test_disruptions_take_one_pod_at_a_time(rendered):
+    pdb, = _objects(rendered["deploy/kubernetes/overlays/example"], "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment"}}}
+    deployment, = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_pods_spread_over_nodes_and_zones(rendered):
+    pod = _pod(rendered["deploy/kubernetes/overlays/example"])
+    labels = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]  # this revision's pods only
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"  # a cordoned node is no empty domain
+
+
+HEALTH = ["python", "-m", "server.health"]
+
+
+def _probe_bound(probe) -> int:
+    """Seconds from a hang to the last failed probe, at worst: a probe may start just
+    before the hang, then failureThreshold probes, periodSeconds apart, each timing out."""
+    return probe["periodSeconds"] * probe["failureThreshold"] + probe.get("timeoutSeconds", 1)
+
+
+@pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/local"])
+def test_each_container_has_its_own_probes(rendered, path):
+    containers = _containers(_pod(rendered[path]))
+    gateway, torchserve = containers["gateway"], containers["torchserve"]
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert "startupProbe" not in gateway, "nginx starts at once; the model's load is TorchServe's startup probe"
+    assert "exec" not in gateway["livenessProbe"] and "readinessProbe" not in torchserve
+    for name in ("livenessProbe", "startupProbe"):
+        assert torchserve[name]["exec"]["command"] == HEALTH, name
+    liveness, startup = torchserve["livenessProbe"], torchserve["startupProbe"]
+    # a hung TorchServe: its probes fail for 25-35 s, then it has 10 s to stop
+    assert 25 <= _probe_bound(liveness) - liveness["periodSeconds"] and _probe_bound(liveness) <= 40
+    assert _probe_bound(liveness) + liveness["terminationGracePeriodSeconds"] <= 45
+    assert liveness["timeoutSeconds"] >= 3, "a python start on a loaded node takes seconds"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "a slow model load is not a hang"
+
+
+@pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/local"])
+def test_ephemeral_storage_is_requested_for_what_the_volumes_may_hold(rendered, path):
+    pod = _pod(rendered[path])
+    containers = _containers(pod)
+    limits = {}
+    for name, container in containers.items():
+        resources = container["resources"]
+        assert "ephemeral-storage" in resources["requests"], name
+        limits[name] = _bytes(resources["limits"]["ephemeral-storage"])
+        assert _bytes(resources["requests"]["ephemeral-storage"]) <= limits[name]
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+    assert all("sizeLimit" in e and e.get("medium") != "Memory" for e in empty_dirs.values())
+    # each emptyDir is charged to the container that writes it (the workdir is TorchServe's)
+    charged = {"torchserve": ["torchserve", "torchserve-tmp"], "gateway": ["gateway-tmp"]}
+    assert sorted(sum(charged.values(), [])) == sorted(empty_dirs)
+    for name, volumes in charged.items():
+        assert sum(_bytes(empty_dirs[v]["sizeLimit"]) for v in volumes) < limits[name], name
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return int(float(quantity[: -len(unit)]) * factor)
+    return int(quantity)
 
 
 def test_the_service_monitor_selects_the_service_and_its_metrics_port(rendered):
@@ -126,10 +261,64 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(rules_dir):
 
 def test_promtool_unit_tests_fail_when_an_alert_changes(rules_dir):
     rules = (rules_dir / "rules.yaml").read_text()
-    (rules_dir / "rules.yaml").write_text(rules.replace("sentiment:errors:ratio_rate5m > 0.01",
-                                                        "sentiment:errors:ratio_rate5m > 0.2"))
+    (rules_dir / "rules.yaml").write_text(rules.replace("(14.4 * 0.005)", "(14.4 * 0.006)"))
     tested = promtool("test", "rules", "rules-test.yaml", cwd=rules_dir)
-    assert tested.returncode != 0 and "SentimentErrorRatioHigh" in tested.stdout + tested.stderr
+    assert tested.returncode != 0 and "SentimentErrorBudgetBurn" in tested.stdout + tested.stderr
+
+
+SLO_ALERTS = {"SentimentErrorBudgetBurn", "SentimentLatencyBudgetBurn"}
+PER_POD = {"SentimentPodNotReady", "SentimentWorkerRestarts", "SentimentQueueFull", "SentimentInferenceSlow"}
+
+
+def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
+    rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    names = {a["alert"] for a in alerts}
+    assert names == SLO_ALERTS | PER_POD | {"SentimentMetricsAbsent", "SentimentHPAAtMaxReplicas"}
+    for alert in alerts:
+        assert alert["annotations"]["runbook"].startswith("docs/kubernetes.md#")
+        if alert["alert"] in PER_POD | {"SentimentHPAAtMaxReplicas"}:
+            assert alert["labels"]["severity"] == "warning", alert["alert"]
+    # each SLO: two pages (fast burn) and two tickets (slow burn), every window pair
+    for name in SLO_ALERTS:
+        tiers = {(a["labels"]["long_window"], a["labels"]["short_window"]): a["labels"]["severity"]
+                 for a in alerts if a["alert"] == name}
+        assert tiers == {("1h", "5m"): "critical", ("6h", "30m"): "critical",
+                         ("1d", "2h"): "warning", ("3d", "6h"): "warning"}, name
+    assert any(a["expr"] == 'absent(up{job="sentiment"})' for a in alerts)
+    tests = yaml.safe_load((ROOT / "monitoring" / "rules-test.yaml").read_text())["tests"]
+    tested = {t["alertname"] for group in tests for t in group.get("alert_rule_test", []) if t["exp_alerts"]}
+    assert tested == names, f"alerts never seen firing in rules-test.yaml: {names - tested}"
+
+
+def test_the_rules_tests_pass_only_with_each_threshold(rules_dir):
+    """Each threshold moved a little makes promtool's unit tests fail: the series beside it
+    are close enough on both sides to tell. (Only the tests of the alert concerned run.)"""
+    rules = (rules_dir / "rules.yaml").read_text()
+    tests = yaml.safe_load((rules_dir / "rules-test.yaml").read_text())
+    moved = {  # up: the series just above stops firing; down: the one just below starts
+        "(14.4 * 0.005)": ("(14.4 * 0.0048)", "SentimentErrorBudgetBurn"),
+        "(6 * 0.005)": ("(6 * 0.0054)", "SentimentErrorBudgetBurn"),
+        "(3 * 0.005)": ("(3 * 0.0056)", "SentimentErrorBudgetBurn"),
+        "(1 * 0.005)": ("(1 * 0.0058)", "SentimentErrorBudgetBurn"),
+        "(14.4 * 0.01)": ("(14.4 * 0.0118)", "SentimentLatencyBudgetBurn"),
+        "(6 * 0.01)": ("(6 * 0.0116)", "SentimentLatencyBudgetBurn"),
+        "(3 * 0.01)": ("(3 * 0.0115)", "SentimentLatencyBudgetBurn"),
+        "(1 * 0.01)": ("(1 * 0.0126)", "SentimentLatencyBudgetBurn"),
+        "> bool 0.25": ("> bool 0.235", "SentimentLatencyBudgetBurn"),
+        "p99_rate5m > 0.5": ("p99_rate5m > 0.45", "SentimentInferenceSlow"),
+        "ratio_rate2m) > 0.01": ("ratio_rate2m) > 0.008", "SentimentQueueFull"),
+        "changes15m > 0": ("changes15m > 1", "SentimentWorkerRestarts"),
+        ">= kube_horizontalpodautoscaler_spec_max_replicas": ("> kube_horizontalpodautoscaler_spec_max_replicas",
+                                                               "SentimentHPAAtMaxReplicas"),
+    }
+    for old, (new, alert) in moved.items():
+        assert rules.count(old) >= 1, old
+        groups = [g for g in tests["tests"] if any(t["alertname"] == alert for t in g.get("alert_rule_test", []))]
+        (rules_dir / "moved-test.yaml").write_text(yaml.safe_dump({**tests, "tests": groups}))
+        (rules_dir / "rules.yaml").write_text(rules.replace(old, new))
+        tested = promtool("test", "rules", "moved-test.yaml", cwd=rules_dir)
+        assert tested.returncode != 0 and alert in tested.stdout + tested.stderr, f"{old} -> {new} passed"
 
 
 KSERVE_SDK = ROOT / "build" / "kserve-sdk" / "bin" / "python"
@@ -165,10 +354,28 @@ def test_the_inference_service_is_a_correct_manifest(tmp_path, version):
     assert predictor["containers"][0]["name"] == "kserve-container"
     assert "gateway" in predictor["containers"][0]["args"]
     # its pod parts, as a Pod, against the Kubernetes schemas
-    pod_fields = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas")}
+    pod_fields = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas", "autoScaling")}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sentiment"}, "spec": pod_fields}
     target = tmp_path / "pod.yaml"
     target.write_text(yaml.safe_dump(pod))
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(target)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout + result.stderr
+
+
+def test_the_inference_service_scales_with_the_fields_kserve_reads():
+    """KServe 0.15+ builds its HPA from spec.predictor minReplicas, maxReplicas and the
+    autoScaling block (Resource metrics only); serving.kserve.io/metric is no annotation
+    of KServe's, and the predictor's pod keeps the Deployment's probes and spread."""
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations == {"serving.kserve.io/deploymentMode": "RawDeployment", "serving.kserve.io/autoscalerClass": "hpa"}
+    predictor = isvc["spec"]["predictor"]
+    assert 2 <= predictor["minReplicas"] < predictor["maxReplicas"]
+    assert predictor["autoScaling"] == {"metrics": [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}
+    containers = _containers(predictor)
+    assert containers["torchserve"]["livenessProbe"]["exec"]["command"] == HEALTH
+    assert containers["kserve-container"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {c["topologyKey"] for c in predictor["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
