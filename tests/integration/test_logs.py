@@ -49,12 +49,17 @@ def gateway(server, tmp_path_factory):
         yield gw
 
 
+def log_texts(workdir) -> dict[str, str]:
+    """{file name: text} of every log file under a server's or a gateway's directory."""
+    return {str(p): p.read_text(errors="replace") for p in workdir.rglob("*")
+            if p.is_file() and p.suffix in (".log", ".out")}
+
+
 def all_log_text(server, gateway) -> str:
     time.sleep(1.5)  # log appenders flush
-    files = [p for p in server.workdir.rglob("*") if p.is_file() and p.suffix in (".log", ".out")]
-    files += [p for p in gateway.workdir.rglob("*.log")] + [gateway.workdir / "logs" / "nginx.out"]
-    assert any(p.name == "access_log.log" for p in files) and any(p.name == "access.log" for p in files)
-    return "".join(p.read_text(errors="replace") for p in files if p.is_file())
+    files = log_texts(server.workdir)
+    assert any(name.endswith("/access_log.log") for name in files)
+    return "".join(files.values()) + "".join(log_texts(gateway.workdir).values())
 
 
 def test_no_request_text_and_no_key_in_any_log(server, gateway):
@@ -90,6 +95,71 @@ def test_no_request_text_and_no_key_in_any_log(server, gateway):
 
     logs = all_log_text(server, gateway)
     assert "POST /predictions/sentiment" in logs, "no access log line was written"
+    # the gateway's access log, whichever file it writes it to
+    assert "POST" in "".join(log_texts(gateway.workdir).values()), "the gateway logged no request"
     assert MARK not in logs, logs[max(0, logs.find(MARK) - 300): logs.find(MARK) + 100]
     for name, value in {**server.keys, **{f"gateway {k}": v for k, v in CLIENTS.items()}}.items():
         assert value not in logs, f"the {name} key is in the logs"
+
+
+def multi_line(n: int) -> list[str]:
+    """A marked text of several lines: each line carries the mark, with a number of its own."""
+    return [f"{marked(n)} line {k}" for k in range(1, 5)]
+
+
+def multi_line_bodies():
+    """(body, Content-Type, headers) pairs that carry a marked text over several lines, the
+    ways a client can send it straight to TorchServe: good and malformed JSON, plain text,
+    forms that Netty decodes and that it cannot (it quotes what it cannot decode in its
+    exception: a url-encoded form up to its first line break, a multipart part's charset
+    whole, carriage returns and NELs included, which log4j2's regex $ took for line ends),
+    a multipart body cut short, and the JSON-only protocols."""
+    def lines(n, sep="\n"):
+        return sep.join(multi_line(n))
+
+    def part_with_charset(charset: str) -> bytes:
+        return ("--b\r\nContent-Disposition: form-data; name=\"text\"\r\nContent-Type: text/plain; charset="
+                + charset + "\r\n\r\nI love this\r\n--b--\r\n").encode("latin-1")
+
+    return [
+        (json.dumps({"text": lines(40, "\n")}).encode(), "application/json", {}),
+        (("{\"text\": \"" + lines(41) + "\"}").encode(), "application/json", {}),  # raw newlines: not JSON
+        (("{\"text\": [\"" + lines(42, "\r\n") + "\", 7").encode(), "application/json", {}),
+        (lines(43).encode(), "text/plain", {}),
+        (lines(44, "\r\n").encode() + b"\xff\xfe", "text/plain", {}),
+        (("text=" + lines(45) + "%ZZ").encode(), "application/x-www-form-urlencoded", {}),
+        (("text=" + lines(46, "\r\n") + "%").encode(), "application/x-www-form-urlencoded", {}),
+        (("text=%ZZ" + lines(47)).encode(), "application/x-www-form-urlencoded", {}),
+        ((lines(48) + "=%ZZ").encode(), "application/x-www-form-urlencoded", {}),
+        (("comment=" + lines(49)).encode(), "application/x-www-form-urlencoded", {}),
+        (("text=" + lines(50)).encode(), "application/x-www-form-urlencoded", {}),
+        (("--b\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n" + lines(51, "\r\n")).encode(),
+         "multipart/form-data; boundary=b", {}),
+        (part_with_charset(lines(54, "\r")), "multipart/form-data; boundary=b", {}),
+        (part_with_charset(lines(55, "\x85")), "multipart/form-data; boundary=b", {}),
+        (part_with_charset(lines(56, "\x0b")), "multipart/form-data; boundary=b", {}),
+        (json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": [lines(52)]}]}).encode(),
+         "application/json", {"sentiment-protocol": "oip-v2"}),
+        (("{\"instances\": [\"" + lines(53) + "\"]}").encode(), "application/json", {"sentiment-protocol": "kserve-v1"}),
+    ]
+
+
+def test_no_line_of_a_multi_line_text_in_any_log(server, gateway):
+    """A request body of several lines sent straight to TorchServe (port 8080): no line of
+    it reaches a log, not even when an exception's message quotes it (log4j2.xml masks the
+    whole message, not only its first line)."""
+    url = server.url("inference", "/predictions/sentiment")
+    auth = {"Authorization": f"Bearer {server.keys['inference']}"}
+    statuses = []
+    for body, content_type, headers in multi_line_bodies():
+        response = requests.post(url, data=body, headers={**auth, "Content-Type": content_type, **headers},
+                                 timeout=60)
+        statuses.append(response.status_code)
+    assert 200 in statuses and any(400 <= s < 500 for s in statuses), statuses  # both answers were met
+
+    logs = all_log_text(server, gateway)
+    for n in range(40, 57):
+        for line in multi_line(n):
+            assert line not in logs, logs[max(0, logs.find(line) - 300): logs.find(line) + 100]
+    assert MARK not in logs, logs[max(0, logs.find(MARK) - 300): logs.find(MARK) + 100]
+
