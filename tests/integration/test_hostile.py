@@ -76,7 +76,7 @@ def test_hostile_requests_never_cost_a_good_request_its_answer(server, good_text
     alone = {t: good(t).json() for t in good_texts}
     workers_before = server.client.worker_pids("sentiment")
     rng = random.Random(20261126)
-    lost, misanswered, hostile_statuses = [], [], {}
+    lost, misanswered, hostile_statuses, explain_answers = [], [], {}, {}
     for round_ in range(ROUNDS):
         texts = rng.sample(good_texts, GOOD_PER_ROUND)
         bad = hostile_requests(rng)
@@ -101,6 +101,8 @@ def test_hostile_requests_never_cost_a_good_request_its_answer(server, good_text
                     continue
                 name = what[0]
                 hostile_statuses.setdefault(name, set()).add(response.status_code)
+                if name in ("explain header on a prediction", "an explanation"):
+                    explain_answers.setdefault(name, []).append(response.json())
                 if name == "malformed form":
                     # TorchServe's frontend refuses it before batching (the gateway never passes it on)
                     if response.status_code not in (400, 500):
@@ -115,5 +117,12 @@ def test_hostile_requests_never_cost_a_good_request_its_answer(server, good_text
         assert hostile_statuses[name] == {400}, (name, hostile_statuses[name])
     assert hostile_statuses["an explanation"] == {200}  # served in the same batches, alone
     assert hostile_statuses["an explanation, lone surrogate"] == {400}
-    # TorchServe sets the explain flag from the path, not from a client's header
+    # TorchServe sets the explain flag from the path, not from a client's header: a prediction
+    # answered, shaped as the good requests' answers, not an explanation (which has more)
     assert hostile_statuses["explain header on a prediction"] == {200}
+    prediction = {key: type(value) for key, value in next(iter(alone.values())).items()}
+    assert set(prediction) == {"label", "score", "scores"}
+    for answer in explain_answers["explain header on a prediction"]:
+        assert {key: type(value) for key, value in answer.items()} == prediction, answer
+    for answer in explain_answers["an explanation"]:
+        assert "explanation" in answer and {key: type(answer[key]) for key in prediction} == prediction
