@@ -48,16 +48,19 @@ bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	@$(call need,wrk,wrk)
 	$(PY) -m bench.run
 
-# $(call need,COMMAND,DEBIAN PACKAGES): install the packages with apt-get when COMMAND is missing.
-define need
-command -v $(1) >/dev/null 2>&1 || { \
+# $(call need,COMMAND,DEBIAN PACKAGES): install the packages with apt-get when COMMAND is missing;
+# $(call need_file,FILE,DEBIAN PACKAGES): the same for a file that no command stands for.
+need = $(call install_unless,command -v $(1) >/dev/null 2>&1,$(1),$(2))
+need_file = $(call install_unless,test -e $(1),$(1),$(2))
+define install_unless
+$(1) || { \
   if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
-  else echo "$(1) is missing and installing it needs root: apt-get install $(2)" >&2; exit 1; fi; \
-  command -v apt-get >/dev/null || { echo "$(1) is missing: install $(2) (Debian's names) by hand" >&2; exit 1; }; \
-  echo "installing $(2) (for $(1))"; \
+  else echo "$(2) is missing and installing it needs root: apt-get install $(3)" >&2; exit 1; fi; \
+  command -v apt-get >/dev/null || { echo "$(2) is missing: install $(3) (Debian's names) by hand" >&2; exit 1; }; \
+  echo "installing $(3) (for $(2))"; \
   export DEBIAN_FRONTEND=noninteractive; \
-  $$sudo apt-get install -y -q --no-install-recommends $(2) \
-    || { $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $(2); }; }
+  $$sudo apt-get install -y -q --no-install-recommends $(3) \
+    || { $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $(3); }; }
 endef
 
 system-serve:
@@ -65,6 +68,8 @@ system-serve:
 
 system-test: system-serve system-image
 	@$(call need,nginx,nginx-light)
+	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
+	@$(call need,haproxy,haproxy)
 	@$(call need,prometheus,prometheus)
 	@command -v kubectl >/dev/null || { echo "kubectl is missing: install kubectl 1.21+ (Debian has none that new); the tests render deploy/ with kubectl kustomize" >&2; exit 1; }
 

@@ -1,17 +1,23 @@
 """Run the nginx gateway in front of TorchServe nodes.
 
     python -m gateway --node DIR [--node DIR ...] (--client NAME=KEY ... | --clients-file FILE)
+                      [--jwt-secret-file FILE [--jwt-audience AUD] [--jwt-issuer ISS]]
                       [--port 8000] [--listen 127.0.0.1] [--drain-delay 0] [--drained-marker FILE]
 
 Each --node is a directory a TorchServe was started from (config.properties and
 key_file.json inside, as `make serve` leaves the repo root, or the volume the TorchServe
-container shares); each client key is what clients send as `Authorization: Bearer KEY`,
-given on the command line or, better (no keys in the process list), in a file of
-NAME=KEY lines (a mounted Secret). Waits for the nodes' key files, then runs nginx until
-Ctrl-C or SIGTERM.
+container shares); each client key is what clients send as `Authorization: Bearer KEY`
+(16-512 characters of RFC 6750's token alphabet), given on the command line or, better
+(no keys in the process list), in a file of NAME=KEY lines (a mounted Secret). With
+--jwt-secret-file, JSON Web Tokens signed HS256 with that secret are taken too, each
+limited as a client of its own by its subject. Waits for the nodes' key files, then runs
+nginx until Ctrl-C or SIGTERM; nginx's access log (JSON lines) goes to standard output.
 
-Keys: when a node's key_file.json changes (a rotation), the gateway re-reads it and
-reloads nginx gracefully; SIGHUP does the same at once.
+Keys: the clients file, the JWT secret and each node's key_file.json are read on every
+request, so a changed client key or a TorchServe key rotation counts at once with no
+reload (a rotation through sentiment-keys or the TorchServe supervisor holds requests
+for the switch: none is lost, docs/security.md). SIGHUP re-renders nginx's config and
+reloads it gracefully.
 
 SIGTERM drains: /readyz answers 503 at once (load balancers stop sending), new requests
 are still served for --drain-delay seconds (while they notice), then nginx stops
@@ -28,26 +34,23 @@ import threading
 import time
 from pathlib import Path
 
-from clients.torchserve import KEY_FILE
-from gateway.nginx import Gateway, GatewaySettings, Node
+from gateway.nginx import Gateway, GatewaySettings, JwtSettings, Node, check_clients, read_clients_file
+from server import events
 from server.paths import ROOT
 
 
-def read_clients_file(path: Path) -> dict[str, str]:
-    clients = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, key = line.partition("=")
-            clients[name.strip()] = key.strip()
-    return clients
+def log(message: str) -> None:
+    events.log("gateway", message)
 
 
 def wait_for_nodes(dirs: list[Path], timeout: float, stopping: threading.Event) -> list[Node]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return [Node.from_dir(d) for d in dirs]
+            nodes = [Node.from_dir(d) for d in dirs]
+            for node in nodes:
+                node.key()  # its key file is written
+            return nodes
         except (FileNotFoundError, KeyError, ValueError):  # a node not started yet, a file half written
             if time.monotonic() > deadline or stopping.is_set():
                 raise
@@ -59,7 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node", action="append", type=Path, required=True,
                    help="directory a TorchServe node runs in (config.properties, key_file.json)")
     p.add_argument("--client", action="append", default=[], help="NAME=KEY of a gateway client")
-    p.add_argument("--clients-file", type=Path, help="a file of NAME=KEY lines")
+    p.add_argument("--clients-file", type=Path, help="a file of NAME=KEY lines, read on every request")
+    p.add_argument("--jwt-secret-file", type=Path, help="accept HS256 JSON Web Tokens signed with this secret")
+    p.add_argument("--jwt-audience", default="", help="the aud a token must name")
+    p.add_argument("--jwt-issuer", default="", help="the iss a token must name")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--rate", type=int, default=50, help="requests/s per client")
@@ -74,11 +80,20 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    clients = dict(c.split("=", 1) for c in args.client)
-    if args.clients_file is not None:
-        clients.update(read_clients_file(args.clients_file))
-    if not clients:
-        parser().error("no client keys: give --client NAME=KEY or --clients-file")
+    if args.clients_file is not None and args.client:
+        parser().error("give --client or --clients-file, not both")
+    try:
+        if args.clients_file is not None:
+            clients: dict[str, str] | Path = args.clients_file.resolve()
+            has_clients = bool(check_clients(read_clients_file(args.clients_file)))
+        else:
+            clients = check_clients(dict(c.split("=", 1) for c in args.client))
+            has_clients = bool(clients)
+    except (OSError, ValueError) as e:
+        parser().error(str(e))
+    if not has_clients and args.jwt_secret_file is None:
+        parser().error("no client keys: give --client NAME=KEY, --clients-file or --jwt-secret-file")
+    jwt = JwtSettings(args.jwt_secret_file, args.jwt_audience, args.jwt_issuer) if args.jwt_secret_file else None
     if args.drained_marker is not None:
         args.drained_marker.unlink(missing_ok=True)
 
@@ -88,28 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
 
     nodes = wait_for_nodes(args.node, args.wait_for_nodes, stopping)
-    settings = GatewaySettings(args.port, clients, args.rate, args.burst, listen=args.listen)
-    gateway = Gateway(args.workdir, settings).start(nodes)
-    print(f"gateway on {gateway.url()} in front of {len(nodes)} node(s)", file=sys.stderr, flush=True)
+    settings = GatewaySettings(args.port, clients, args.rate, args.burst, listen=args.listen, jwt=jwt)
+    gateway = Gateway(args.workdir, settings, output=None).start(nodes)
+    log(f"gateway on {gateway.url()} in front of {len(nodes)} node(s)")
 
-    def key_files_stamp() -> list[float]:
-        return [(d / KEY_FILE).stat().st_mtime for d in args.node]
-
-    stamp = key_files_stamp()
     try:
         while not stopping.wait(0.5):
             if gateway.proc.poll() is not None:
-                print(f"nginx exited with {gateway.proc.returncode}", file=sys.stderr)
+                log(f"nginx exited with {gateway.proc.returncode}")
                 return 1
-            now = key_files_stamp()
-            if now != stamp or reload_now.is_set():
-                time.sleep(0.2)  # let TorchServe finish writing the file
-                gateway.reload(wait_for_nodes(args.node, 30, stopping))
-                stamp, _ = key_files_stamp(), reload_now.clear()
-                print("node keys changed: nginx reloaded", file=sys.stderr, flush=True)
+            if reload_now.is_set():
+                reload_now.clear()
+                gateway.reload(nodes)
+                log("SIGHUP: nginx reloaded")
         gateway.set_draining()
-        print(f"SIGTERM: draining ({args.drain_delay:g}s, then the requests in flight)", file=sys.stderr,
-              flush=True)
+        log(f"SIGTERM: draining ({args.drain_delay:g}s, then the requests in flight)")
         time.sleep(args.drain_delay)
     finally:
         gateway.stop()

@@ -7,6 +7,7 @@ is about the bytes on the wire."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
@@ -20,7 +21,7 @@ from helpers import gateway_in_front, metric, metric_samples
 from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 
-CLIENTS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
+CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
 CLIENT_TIMEOUT, IDLE_TIMEOUT, CONN_PER_KEY = 2, 3, 4
 
 
@@ -91,8 +92,10 @@ def test_only_the_apis_methods_and_paths(front):
                              timeout=30)
         assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed", method
         assert r.headers["Allow"] == "POST"
+    # (paths with dot segments or encodings, which an HTTP library would rewrite before
+    # sending, go over raw sockets in test_gateway_paths.py)
     for path in ("/", "/api-description", "/ping", "/models", "/metrics", "/predictions/other-model",
-                 "/predictions/sentiment/1.0/extra", "/explanations/other-model", "/predictions/../ping"):
+                 "/predictions/sentiment/1.0/extra", "/explanations/other-model"):
         for method in ("GET", "POST", "OPTIONS"):
             r = requests.request(method, gateway.url(path), headers=auth, timeout=30)
             assert r.status_code == 404 and r.json()["type"] == "NotFound", (method, path)
@@ -233,6 +236,51 @@ def test_open_requests_are_capped_per_key_and_other_keys_go_on(front):
             sock.close()
     time.sleep(0.3)
     assert ask(gateway, key=CLIENTS["bob"]).status_code == 200
+
+
+def test_the_total_cap_counts_every_request_whoever_sends_it(server, tmp_path):
+    """conn_total requests in progress, from as many keys as the test has, and the next one
+    is refused while those are answered once their bodies arrive."""
+    total = 3
+    keys = {f"client{i}": f"client{i}-key-" + "k" * 40 for i in range(total + 1)}
+    with gateway_in_front(server, tmp_path / "gateway", keys, conn_total=total) as gateway:
+        held = []
+        full = [request_bytes(b'{"text": "I love this"}', key=key) for key in keys.values()]
+        try:
+            for request in full[:total]:
+                sock = connect(gateway)
+                sock.sendall(request[:-4])
+                held.append(sock)
+            time.sleep(0.3)
+            over = ask(gateway, key=list(keys.values())[total])
+            assert over.status_code == 429 and over.json()["type"] == "TooManyRequests"
+            assert over.headers["Retry-After"] == "1"
+            for sock, request in zip(held, full):
+                sock.sendall(request[-4:])
+                assert read_response(sock, bytearray())[0] == 200
+        finally:
+            for sock in held:
+                sock.close()
+        assert ask(gateway, key=list(keys.values())[total]).status_code == 200
+
+
+def test_client_keys_of_any_length_from_16_to_512(server, tmp_path):
+    """What users make keys with: `openssl rand -hex 32` (64), base64 of 192 bytes (256),
+    and the longest allowed; each is served; a key of 15 is refused when the gateway starts."""
+    from gateway.nginx import check_clients
+
+    keys = {"hex": "0123456789abcdef" * 4, "b64": base64.b64encode(bytes(range(61, 251))).decode(),
+            "longest": "Z" * 512}
+    assert [len(k) for k in keys.values()] == [64, 256, 512] and keys["b64"].endswith("==")
+    with gateway_in_front(server, tmp_path / "gateway", keys) as gateway:
+        for name, key in keys.items():
+            r = ask(gateway, key=key)
+            assert r.status_code == 200, (name, len(key), r.text[:200])
+        assert ask(gateway, key=keys["longest"][:-1]).status_code == 401
+    with pytest.raises(ValueError):
+        check_clients({"short": "k" * 15})
+    with pytest.raises(ValueError):
+        check_clients({"quote": "k" * 20 + '"'})
 
 
 def test_a_slow_connection_flood_leaves_good_requests_answered(front):
