@@ -176,5 +176,7 @@ def test_health_and_metadata(gateway):
     assert metadata.json()["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert [o["name"] for o in metadata.json()["outputs"]] == ["label", "score", "scores"]
     assert requests.post(gateway.url("/v2/health/ready"), timeout=10).status_code == 405
+    server_metadata = requests.get(gateway.url("/v2"), timeout=10)  # no client key either
+    assert server_metadata.status_code == 200 and set(server_metadata.json()) == {"name", "version", "extensions"}
     assert post(gateway, "/v2/models/sentiment/infer", v2(["x"]), auth={}).status_code == 401
     assert requests.get(gateway.url("/v2/models/sentiment/infer"), headers=AUTH, timeout=10).status_code == 405
