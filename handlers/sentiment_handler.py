@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 
 import backends
 from ts.metrics.dimension import Dimension
@@ -28,6 +27,7 @@ from text_classification import (
     HandlerOptions,
     ParsedRequest,
     RequestError,
+    Tally,
     flatten,
     internal_error,
     label_names,
@@ -58,33 +58,6 @@ def deployment_overrides() -> dict:
     if not isinstance(overrides, dict):
         raise ValueError(f"{OVERRIDES_ENV}: {path} must hold a mapping of handler options")
     return overrides
-
-
-@dataclass
-class Tally:
-    """What answering requests of a batch adds to the handler metrics (metrics.yaml,
-    docs/metrics.md). A batch is answered in one attempt, or, when that fails, request by
-    request (`run_isolated`): each attempt counts into a tally of its own, and `handle`
-    emits once per batch the counts of the attempts whose answers were sent (a failed
-    attempt's requests are answered, and counted, by their retries) and the seconds of
-    every attempt (time the worker spent on the batch)."""
-
-    texts: int = 0  # texts of the requests answered with predictions
-    errors: list[str] = field(default_factory=list)  # the error type of each request answered with an error
-    explain_seconds: list[float] = field(default_factory=list)  # per explanation answered
-    preprocess_seconds: float | None = None
-    inference_seconds: float | None = None
-
-    def add_seconds(self, other: "Tally") -> None:
-        for name in ("preprocess_seconds", "inference_seconds"):
-            if getattr(other, name) is not None:
-                setattr(self, name, (getattr(self, name) or 0.0) + getattr(other, name))
-
-    def add(self, other: "Tally") -> None:
-        self.texts += other.texts
-        self.errors += other.errors
-        self.explain_seconds += other.explain_seconds
-        self.add_seconds(other)
 
 
 class SentimentHandler(BaseHandler):

@@ -390,6 +390,34 @@ def internal_error(step: str) -> RequestError:
     return RequestError(500, "InternalServerError", f"the service failed while {step} this request")
 
 
+@dataclass
+class Tally:
+    """What answering requests of a batch adds to the handler metrics (metrics.yaml,
+    docs/metrics.md). A batch is answered in one attempt, or, when that fails, request by
+    request (`run_isolated`): each attempt counts into a tally of its own, and the handler
+    emits once per batch the counts of the attempts whose answers were sent (a failed
+    attempt's requests are answered, and counted, by their retries) and the seconds of
+    every attempt (time the worker spent on the batch). Kept here rather than in
+    sentiment_handler.py: TorchServe loads a handler module only if it defines one class."""
+
+    texts: int = 0  # texts of the requests answered with predictions
+    errors: list[str] = field(default_factory=list)  # the error type of each request answered with an error
+    explain_seconds: list[float] = field(default_factory=list)  # per explanation answered
+    preprocess_seconds: float | None = None
+    inference_seconds: float | None = None
+
+    def add_seconds(self, other: "Tally") -> None:
+        for name in ("preprocess_seconds", "inference_seconds"):
+            if getattr(other, name) is not None:
+                setattr(self, name, (getattr(self, name) or 0.0) + getattr(other, name))
+
+    def add(self, other: "Tally") -> None:
+        self.texts += other.texts
+        self.errors += other.errors
+        self.explain_seconds += other.explain_seconds
+        self.add_seconds(other)
+
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 

@@ -223,3 +223,13 @@ def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, t
     overrides.write_text("- not a mapping\n")
     with pytest.raises(ValueError, match="mapping"):
         SentimentHandler().initialize(make_context(tiny_model_dir))
+
+
+def test_torchserve_finds_the_handler_class_in_its_module():
+    """TorchServe's loader takes the one class a handler module defines, and refuses a
+    module that defines more (the worker then dies at every start, no request served)."""
+    import sentiment_handler
+    from ts.model_loader import TsModelLoader
+
+    handle, initialize = TsModelLoader()._get_class_entry_point(sentiment_handler)
+    assert handle.__self__.__class__ is SentimentHandler and initialize.__self__ is handle.__self__
