@@ -2,15 +2,16 @@
 
     .venv/bin/python container/stack.py up [--replicas 2] [--port 8000]        (make stack)
     .venv/bin/python container/stack.py stop-replica 1     (SIGTERM to one replica: it drains)
+    .venv/bin/python container/stack.py start-replica 1    (and back, until it is ready)
     .venv/bin/python container/stack.py down                (make stack-down)
 
 Each replica is the Kubernetes Deployment's pod, rendered from
 deploy/kubernetes/overlays/local with `kubectl kustomize` and run by `podman kube play`
 (podman runs one pod per Deployment, so each replica is played under its own name): the
 TorchServe container and the gateway container, with the gateway's port and TorchServe's
-metrics port published on 127.0.0.1. In front of the replicas, nginx on the host plays
-the part of the Kubernetes Service: it balances over the replicas' gateways and sends a
-request whose replica refuses the connection to the next one. Prometheus on the host
+metrics port published on 127.0.0.1. In front of the replicas, HAProxy on the host plays
+the part of the Kubernetes Service: it balances over the replicas whose /readyz passes
+and, like a Service, never sends a request a second time. Prometheus on the host
 scrapes every replica's metrics port. A fresh client key is written to
 build/stack/<name>/clients (the local overlay's ConfigMap carries it: podman 4.3's kube
 play fails on Secret volumes).
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from server import events
 from testbed.prometheus import LocalPrometheus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +48,7 @@ GRACE_S = 95  # podman stop -t: above the pod's terminationGracePeriodSeconds (9
 
 
 def log(message: str) -> None:
-    print(f"[stack {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    events.log("stack", message)
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -67,7 +69,8 @@ def render_overlay(image: str | None) -> list[dict]:
     return docs
 
 
-def replica_docs(docs: list[dict], pod: str, gateway_port: int, metrics_port: int, clients: str) -> list[dict]:
+def replica_docs(docs: list[dict], pod: str, gateway_port: int, metrics_port: int, clients: str,
+                 rate: int | None = None) -> list[dict]:
     """The overlay's objects for one replica: its Deployment renamed, with host ports, and
     its volumes and ConfigMaps named after it: kube play turns each emptyDir into a podman
     volume of the volume's name and each ConfigMap into one of the ConfigMap's name, which
@@ -88,6 +91,10 @@ def replica_docs(docs: list[dict], pod: str, gateway_port: int, metrics_port: in
                 if "configMap" in volume:
                     volume["configMap"]["name"] = f"{pod}-{volume['configMap']['name']}"
             for container in spec["containers"]:
+                args = container.get("args", [])
+                if rate is not None and "--rate" in args:  # one client key carrying a whole load test
+                    args[args.index("--rate") + 1] = str(rate)
+                    args[args.index("--burst") + 1] = str(2 * rate)
                 for mount in container.get("volumeMounts", []):
                     mount["name"] = f"{pod}-{mount['name']}"
                 for port in container.get("ports", []):
@@ -110,54 +117,50 @@ def wait_ready(url: str, timeout: float) -> float:
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
-FRONT_CONF = """# the stand-in for a Kubernetes Service: nginx balancing over the replicas' gateways
-{user}worker_processes 1;
-pid nginx.pid;
-error_log logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    log_format front '$remote_addr "$request_method $uri" $status rt=$request_time upstream=$upstream_addr us=$upstream_status';
-    access_log logs/access.log front;
-    # bodies pass through (the gateways hold the limit), buffered so that a refused
-    # request can go to the next replica
-    client_max_body_size 16m;
-    client_body_buffer_size 2m;
-    client_body_temp_path tmp/body;
-    proxy_temp_path tmp/proxy;
-    fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi;
-    scgi_temp_path tmp/scgi;
-    upstream replicas {{
+# The stand-in for a Kubernetes Service: HAProxy (Debian's), which, as a Service does,
+# sends to the replicas whose readiness passes and never sends a request twice: no
+# retries, no redispatch. A replica is out after two failed /readyz checks a second apart
+# and back after two good ones (a Service follows the pods' readinessProbe the same way).
+FRONT_CONF = """global
+    maxconn 4096
+    pidfile {workdir}/haproxy.pid
+    log stderr format raw local0 warning
+
+defaults
+    mode http
+    log global
+    option httplog
+    option http-keep-alive
+    retries 0
+    timeout connect 2s
+    timeout client 75s
+    timeout server 75s
+    timeout http-keep-alive 30s
+
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 2
 {servers}
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://replicas;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 75s;
-            # a replica that refuses the connection (it is stopping) or closes it: the next one
-            proxy_next_upstream error timeout non_idempotent;
-            proxy_next_upstream_tries 2;
-        }}
-    }}
-}}
 """
 
 
 def start_front(workdir: Path, port: int, replica_ports: list[int]) -> int:
-    for sub in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;" for p in replica_ports)
-    (workdir / "nginx.conf").write_text(FRONT_CONF.format(
-        user="user root;\n" if os.geteuid() == 0 else "", servers=servers, port=port))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    subprocess.run([nginx, "-p", str(workdir), "-e", "logs/error.log", "-c", str(workdir / "nginx.conf")],
-                   check=True, capture_output=True)
-    return int((workdir / "nginx.pid").read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    servers = "\n".join(f"    server replica{i} 127.0.0.1:{p} check" for i, p in enumerate(replica_ports, 1))
+    config = workdir / "haproxy.cfg"
+    config.write_text(FRONT_CONF.format(workdir=workdir.resolve(), servers=servers, port=port))
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    subprocess.run([haproxy, "-c", "-q", "-f", str(config)], check=True, capture_output=True)
+    log_file = open(workdir / "haproxy.log", "ab")
+    subprocess.run([haproxy, "-D", "-f", str(config)], check=True, stdout=log_file, stderr=log_file)
+    log_file.close()
+    return int((workdir / "haproxy.pid").read_text())
 
 
 def up(args) -> dict:
@@ -180,7 +183,7 @@ def up(args) -> dict:
             gateway_port, metrics_port = args.replica_port_base + i, args.metrics_port_base + i
             manifest = state_dir / f"replica-{i}.yaml"
             manifest.write_text(yaml.safe_dump_all(replica_docs(docs, pod, gateway_port, metrics_port,
-                                                                f"local={key}\n")))
+                                                                f"local={key}\n", args.rate)))
             played = podman("kube", "play", str(manifest)).stdout.split()
             pod_id = played[played.index("Pod:") + 1]
             pod_name = podman("pod", "inspect", "--format", "{{.Name}}", pod_id).stdout.strip()
@@ -235,11 +238,21 @@ def stop_replica(args) -> dict:
             "exit_codes": container_exit_codes(replica["pod"])}
 
 
+def start_replica(args) -> dict:
+    """A stopped replica started again, as a Deployment replaces a pod: until its /readyz passes."""
+    state = load_state(args)
+    replica = state["replicas"][str(args.replica)]
+    started = time.monotonic()
+    podman("pod", "start", replica["pod"], timeout=120)
+    wait_ready(replica["gateway"] + "/readyz", args.timeout)
+    return {"pod": replica["pod"], "ready_in_s": round(time.monotonic() - started, 1)}
+
+
 def down(args) -> dict:
     state = load_state(args)
     for name, pid in state.get("pids", {}).items():
         try:
-            os.kill(pid, signal.SIGQUIT if name == "front" else signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     for replica in state["replicas"].values():
@@ -267,12 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--metrics-port-base", type=int, default=18080, help="replica i's metrics: base + i")
     u.add_argument("--prometheus-port", type=int, default=9090)
     u.add_argument("--image", help="the serving image (default: the local overlay's)")
+    u.add_argument("--rate", type=int, help="the gateways' requests/s per client key (default: the manifest's)")
     u.add_argument("--timeout", type=float, default=300)
     s = sub.add_parser("stop-replica")
     s.add_argument("replica", type=int)
+    r = sub.add_parser("start-replica")
+    r.add_argument("replica", type=int)
+    r.add_argument("--timeout", type=float, default=300)
     sub.add_parser("down")
     args = p.parse_args(argv)
-    result = {"up": up, "stop-replica": stop_replica, "down": down}[args.command](args)
+    result = {"up": up, "stop-replica": stop_replica, "start-replica": start_replica, "down": down}[args.command](args)
     print(json.dumps(result, indent=2))
     return 0
 

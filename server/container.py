@@ -30,11 +30,11 @@ from pathlib import Path
 
 from clients.keys import rotate
 from clients.torchserve import KEY_FILE, TorchServeClient, read_properties
-from server import launch
+from server import events, launch
 
 
-def log(message: str) -> None:
-    print(f"[container {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def log(message: str, **fields: object) -> None:
+    events.log("supervisor", message, **fields)
 
 
 def parser() -> argparse.ArgumentParser:

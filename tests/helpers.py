@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 from clients.metrics import total as metric
 from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
 
-__all__ = ["ONE_WORKER_MODELS", "gateway_in_front", "metric", "metric_samples", "predict", "tiny_archive"]
+__all__ = ["ONE_WORKER_MODELS", "SteadyLoad", "gateway_in_front", "metric", "metric_samples", "predict", "tiny_archive"]
 
 # config.properties' models= for a lighter server: the default model with one worker
 ONE_WORKER_MODELS = json.dumps({"sentiment": {"1.0": {
@@ -67,3 +68,41 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
         yield gateway
     finally:
         gateway.stop()
+
+
+class SteadyLoad:
+    """Keep-alive clients sending one request after another until stopped; every answer
+    that is not a 200 prediction is counted as failed, with its status."""
+
+    def __init__(self, gateway, keys, clients_per_key=4):
+        self.gateway, self.stop_event = gateway, threading.Event()
+        self.ok, self.failed = 0, []
+        self._lock = threading.Lock()
+        self.keys = list(keys)
+        self.threads = [threading.Thread(target=self._run, args=(k,)) for k in self.keys for _ in range(clients_per_key)]
+
+    def _run(self, key):
+        with requests.Session() as s:
+            while not self.stop_event.is_set():
+                try:
+                    r = s.post(self.gateway.url("/predictions/sentiment"), json={"text": "I love this"},
+                               headers={"Authorization": f"Bearer {key()}"}, timeout=60)
+                    good = r.status_code == 200 and r.json().get("label") == "positive"
+                    result = None if good else (r.status_code, r.text[:120])
+                except requests.RequestException as e:
+                    result = ("error", type(e).__name__)
+                with self._lock:
+                    if result is None:
+                        self.ok += 1
+                    else:
+                        self.failed.append(result)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=90)

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from server.paths import ROOT
-from helpers import ONE_WORKER_MODELS, gateway_in_front, metric, metric_samples
+from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, metric, metric_samples
 from clients.torchserve import KEY_FILE
 from gateway.nginx import Node, node_socket
 from testbed.local_server import LocalTorchServe
@@ -197,44 +196,6 @@ def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
     assert statuses.count(429) >= 5, statuses
     assert alice_statuses == [200] * 5
     assert {a.json()["type"] for a in answers if a.status_code == 429} == {"TooManyRequests"}
-
-
-class SteadyLoad:
-    """Keep-alive clients sending one request after another until stopped; every answer
-    that is not a 200 prediction is counted as failed, with its status."""
-
-    def __init__(self, gateway, keys, clients_per_key=4):
-        self.gateway, self.stop_event = gateway, threading.Event()
-        self.ok, self.failed = 0, []
-        self._lock = threading.Lock()
-        self.keys = list(keys)
-        self.threads = [threading.Thread(target=self._run, args=(k,)) for k in self.keys for _ in range(clients_per_key)]
-
-    def _run(self, key):
-        with requests.Session() as s:
-            while not self.stop_event.is_set():
-                try:
-                    r = s.post(self.gateway.url("/predictions/sentiment"), json={"text": "I love this"},
-                               headers={"Authorization": f"Bearer {key()}"}, timeout=60)
-                    good = r.status_code == 200 and r.json().get("label") == "positive"
-                    result = None if good else (r.status_code, r.text[:120])
-                except requests.RequestException as e:
-                    result = ("error", type(e).__name__)
-                with self._lock:
-                    if result is None:
-                        self.ok += 1
-                    else:
-                        self.failed.append(result)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=90)
 
 
 def rotate_inference_key(node):

@@ -351,3 +351,24 @@ def test_a_nodes_own_503_is_passed_on_and_the_node_stays_in_rotation(one_slow_no
     after = metric(metric_samples(slow), "ts_inference_requests_total")
     assert paced == [200] * 10, paced
     assert after - before >= 3, f"the slow node got {after - before} of 10 requests: it was taken out"
+
+
+def test_a_busy_node_stays_ready(one_slow_node):
+    """Readiness says whether a node can serve, not how busy it is: while the slow node's
+    queue is full (its own 503s) and its answers are slow, the gateway's poller keeps it
+    ready, so a Service would not move its load onto the others."""
+    gateway, (_, slow) = one_slow_node
+    from gateway.nginx import Node, ReadinessPoller
+
+    poller = ReadinessPoller(gateway.workdir / "busy-check", [Node.from_dir(slow.workdir)], "sentiment",
+                             interval=3600)
+    (gateway.workdir / "busy-check" / "static").mkdir(parents=True)
+    verdicts = []
+    stop = time.monotonic() + 8
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        flood = [pool.submit(lambda: [ask(gateway).status_code for _ in range(6)]) for _ in range(20)]
+        while time.monotonic() < stop:
+            verdicts.append(poller.poll_once())
+        statuses = [s for f in flood for s in f.result()]
+    assert 503 in statuses, "the slow node's queue never filled: the test did not load it"
+    assert verdicts and all(verdicts), f"{verdicts.count(False)} of {len(verdicts)} polls said not ready"
