@@ -14,10 +14,10 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+import torch
+from fastapi import FastAPI
+from pydantic import BaseModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 MODEL_DIR = os.environ["MODEL_DIR"]
 MAX_LENGTH = int(os.environ.get("MAX_LENGTH", "128"))
@@ -39,4 +39,4 @@ async def predict(item: Item) -> dict:
     with torch.inference_mode():
         probs = torch.softmax(model(**enc).logits, dim=-1)[0].tolist()
     best = max(range(len(labels)), key=probs.__getitem__)
-    return {"label": labels[best], "score": probs[best], "scores": dict(zip(labels, probs))}
+    return {"label": labels[best], "score": probs[best], "scores": dict(zip(labels, probs, strict=True))}

@@ -30,8 +30,15 @@ class _GrpcClient:
         pass
 
 
-def run_grpc_load(target: str, inference_key: str, payloads: list[object], concurrency: int,
-                  duration: float = 15.0, warmup: float = 3.0, version: str = "") -> LoadResult:
+def run_grpc_load(
+    target: str,
+    inference_key: str,
+    payloads: list[object],
+    concurrency: int,
+    duration: float = 15.0,
+    warmup: float = 3.0,
+    version: str = "",
+) -> LoadResult:
     # the sync client builds the request messages and the metadata; aio sends them
     sync = SentimentGrpcClient(target, inference_key)
     requests = itertools.cycle([sync.request(p, version=version) for p in payloads])
@@ -42,8 +49,7 @@ def run_grpc_load(target: str, inference_key: str, payloads: list[object], concu
     async def main():
         async with grpc.aio.insecure_channel(target) as channel:
             stub = stub_class(channel)
-            return await closed_loop(lambda: _GrpcClient(stub, requests, metadata),
-                                     concurrency, duration, warmup)
+            return await closed_loop(lambda: _GrpcClient(stub, requests, metadata), concurrency, duration, warmup)
 
     latencies, statuses = asyncio.run(main())
     return summarize(latencies, statuses, concurrency, duration, ok_statuses=lambda s: s == "OK")

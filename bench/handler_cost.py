@@ -32,8 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = (1, 16)
 REQUESTS = 3200  # per batch size and round
 # what the worker sends with a request from a typical client (TorchServe passes every header on)
-HEADERS = {"host": "127.0.0.1:8080", "user-agent": "python-requests/2.32", "accept": "*/*",
-           "content-type": "application/json", "authorization": "Bearer withheld"}
+HEADERS = {
+    "host": "127.0.0.1:8080",
+    "user-agent": "python-requests/2.32",
+    "accept": "*/*",
+    "content-type": "application/json",
+    "authorization": "Bearer withheld",
+}
 # the handler options the revisions run with: the shipped micro-batching, PyTorch loaded
 # (every revision has it) and then replaced by the constant
 OPTIONS = {"backend": "torch", "quantize": "none", "micro_batch_size": 1, "torch_threads": 1}
@@ -48,28 +53,45 @@ def revision_dir(rev: str, model_dir: Path, into: Path) -> Path:
             shutil.copy(f, into / f.name)
         shutil.copy(ROOT / "metrics.yaml", into / "metrics.yaml")
     else:
-        names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:handlers"],
-                               check=True, capture_output=True, text=True).stdout.split()
+        names = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:handlers"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         for name in [f"handlers/{n}" for n in names if n.endswith(".py")] + ["metrics.yaml"]:
-            source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"],
-                                    check=True, capture_output=True).stdout
+            source = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{rev}:{name}"], check=True, capture_output=True
+            ).stdout
             (into / Path(name).name).write_bytes(source)
     for f in model_dir.iterdir():
         if f.suffix in (".json", ".safetensors"):
             (into / f.name).symlink_to(f)
     (into / "model-config.yaml").write_text(json.dumps({"handler": {**OPTIONS, "warmup_batches": 1}}))
     (into / "MAR-INF").mkdir()
-    (into / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({"runtime": "python", "model": {
-        "modelName": "sentiment", "handler": "sentiment_handler.py", "modelVersion": "1.0",
-        "configFile": "model-config.yaml"}}))
+    (into / "MAR-INF" / "MANIFEST.json").write_text(
+        json.dumps(
+            {
+                "runtime": "python",
+                "model": {
+                    "modelName": "sentiment",
+                    "handler": "sentiment_handler.py",
+                    "modelVersion": "1.0",
+                    "configFile": "model-config.yaml",
+                },
+            }
+        )
+    )
     return into
 
 
 def request(i: int, body: bytes) -> dict:
     """One request as TorchServe's frontend hands it to the worker."""
-    return {"requestId": f"bench-{i}".encode(),
-            "parameters": [{"name": "body", "value": body, "contentType": "application/json"}],
-            "headers": [{"name": k.encode(), "value": v.encode()} for k, v in HEADERS.items()]}
+    return {
+        "requestId": f"bench-{i}".encode(),
+        "parameters": [{"name": "body", "value": body, "contentType": "application/json"}],
+        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in HEADERS.items()],
+    }
 
 
 class CountMetricLines(logging.Filter):
@@ -98,15 +120,17 @@ def measure_one(directory: Path, texts: list[str]) -> dict:
     cache = MetricsCacheYamlImpl(config_file_path=str(directory / "metrics.yaml"))
     cache.initialize_cache()
     service = ModelLoaderFactory.get_model_loader().load(
-        "sentiment", str(directory), "sentiment_handler.py", None, max(BATCH_SIZES), None, True, cache)
+        "sentiment", str(directory), "sentiment_handler.py", None, max(BATCH_SIZES), None, True, cache
+    )
     service.set_cl_socket(None)
     handler = service._entry_point.__self__
     handler.backend = NoopHandler.NoModel(str(directory))
     bodies = [json.dumps({"text": t}).encode() for t in texts]
     out = {}
     for size in BATCH_SIZES:
-        batches = [[request(i + j, bodies[(i + j) % len(bodies)]) for j in range(size)]
-                   for i in range(0, REQUESTS, size)]
+        batches = [
+            [request(i + j, bodies[(i + j) % len(bodies)]) for j in range(size)] for i in range(0, REQUESTS, size)
+        ]
         for batch in batches[:10]:  # warm
             service.predict(batch)
         counter.lines = 0
@@ -115,8 +139,10 @@ def measure_one(directory: Path, texts: list[str]) -> dict:
             service.predict(batch)
         seconds = time.process_time() - started
         n = len(batches) * size
-        out[str(size)] = {"cpu_us_per_request": round(seconds / n * 1e6, 1),
-                          "metric_lines_per_request": round(counter.lines / n, 2)}
+        out[str(size)] = {
+            "cpu_us_per_request": round(seconds / n * 1e6, 1),
+            "metric_lines_per_request": round(counter.lines / n, 2),
+        }
     return out
 
 
@@ -130,14 +156,22 @@ def measure_revisions(revisions: list[str], model_dir: Path, texts: list[str], r
         dirs = {rev: revision_dir(rev, model_dir, Path(tmp) / f"rev-{i}") for i, rev in enumerate(revisions)}
         for _ in range(rounds):
             for rev in revisions:
-                done = subprocess.run([sys.executable, "-m", "bench.handler_cost", "--child", str(dirs[rev]),
-                                       "--texts", str(texts_file)],
-                                      cwd=ROOT, check=True, capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONPATH": os.pathsep.join([str(dirs[rev]), str(ROOT)])})
+                done = subprocess.run(
+                    [sys.executable, "-m", "bench.handler_cost", "--child", str(dirs[rev]), "--texts", str(texts_file)],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(dirs[rev]), str(ROOT)])},
+                )
                 runs[rev].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {rev: {size: {key: statistics.median(r[size][key] for r in results) for key in results[0][size]}
-                  for size in results[0]}
-            for rev, results in runs.items()}
+    return {
+        rev: {
+            size: {key: statistics.median(r[size][key] for r in results) for key in results[0][size]}
+            for size in results[0]
+        }
+        for rev, results in runs.items()
+    }
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import litserve as ls  # noqa: E402
+import litserve as ls
 
 
 class SentimentAPI(ls.LitAPI):
@@ -50,7 +50,7 @@ class SentimentAPI(ls.LitAPI):
 
     def encode_response(self, probs):
         best = max(range(len(self.labels)), key=probs.__getitem__)
-        return {"label": self.labels[best], "score": probs[best], "scores": dict(zip(self.labels, probs))}
+        return {"label": self.labels[best], "score": probs[best], "scores": dict(zip(self.labels, probs, strict=True))}
 
 
 def main() -> None:
@@ -63,8 +63,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--max-length", type=int, default=128)
     args = p.parse_args()
-    api = SentimentAPI(args.model, args.threads, args.max_length, max_batch_size=args.batch,
-                       batch_timeout=args.timeout_ms / 1000, api_path="/predict")
+    api = SentimentAPI(
+        args.model,
+        args.threads,
+        args.max_length,
+        max_batch_size=args.batch,
+        batch_timeout=args.timeout_ms / 1000,
+        api_path="/predict",
+    )
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=60)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 

@@ -132,8 +132,13 @@ async def closed_loop(make_client, concurrency: int, duration: float, warmup: fl
     return latencies, statuses
 
 
-def summarize(latencies: list[float], statuses: dict[str, int], concurrency: int,
-              duration: float, ok_statuses=lambda s: s.startswith("2")) -> LoadResult:
+def summarize(
+    latencies: list[float],
+    statuses: dict[str, int],
+    concurrency: int,
+    duration: float,
+    ok_statuses=lambda s: s.startswith("2"),
+) -> LoadResult:
     ok = sum(n for s, n in statuses.items() if ok_statuses(s))
     total = sum(statuses.values())
     ordered = sorted(latencies)
@@ -160,8 +165,7 @@ def run_load(
     warmup: float = 3.0,
 ) -> LoadResult:
     requests = itertools.cycle(build_requests(url, bodies, headers))
-    latencies, statuses = asyncio.run(
-        closed_loop(lambda: _HttpClient(url, requests), concurrency, duration, warmup))
+    latencies, statuses = asyncio.run(closed_loop(lambda: _HttpClient(url, requests), concurrency, duration, warmup))
     return summarize(latencies, statuses, concurrency, duration)
 
 
@@ -174,6 +178,12 @@ if __name__ == "__main__":  # a quick manual check: python -m bench.loadgen URL 
 
     url, key = sys.argv[1], sys.argv[2]
     c = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    result = run_load(url, json_bodies(["I love it", "This is bad"]),
-                      {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, c, 5, 1)
+    result = run_load(
+        url,
+        json_bodies(["I love it", "This is bad"]),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        c,
+        5,
+        1,
+    )
     print(json.dumps(result.as_dict(), indent=2))

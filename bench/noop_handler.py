@@ -15,7 +15,9 @@ class NoopHandler(SentimentHandler):
     class NoModel:
         """A backend that answers every text with the same probabilities, at no cost."""
 
-        tensor_type = "np"  # what handlers/ asked of a backend before text_classification.pad (bench/handler_cost.py loads those revisions)
+        # what handlers/ asked of a backend before text_classification.pad (bench/handler_cost.py
+        # loads those revisions)
+        tensor_type = "np"
         device = "cpu"
         threads = 1
 

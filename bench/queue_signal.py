@@ -45,8 +45,9 @@ from training.tweets import split_tweets
 
 STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 SIGNAL = "sum(increase(ts_queue_latency_microseconds[{w}s])) / {w} / 1e6"
-TS_MEAN_LATENCY_MS = ("sum(increase(ts_inference_latency_microseconds[{w}s])) / "
-                      "sum(increase(ts_inference_requests_total[{w}s])) / 1e3")
+TS_MEAN_LATENCY_MS = (
+    "sum(increase(ts_inference_latency_microseconds[{w}s])) / sum(increase(ts_inference_requests_total[{w}s])) / 1e3"
+)
 MEAN_BATCH = "sum(increase(SentimentBatchSize_sum[{w}s])) / sum(increase(SentimentBatchSize_count[{w}s]))"
 
 
@@ -68,15 +69,25 @@ def suggest_target(steps: list[dict], fraction: float) -> dict:
     interpolated between the steps below and above that throughput."""
     saturation = max(s["throughput_rps"] for s in steps)
     goal = fraction * saturation
-    for below, above in zip(steps, steps[1:]):
+    for below, above in zip(steps, steps[1:], strict=True):
         if below["throughput_rps"] < goal <= above["throughput_rps"]:
             share = (goal - below["throughput_rps"]) / (above["throughput_rps"] - below["throughput_rps"])
             signal = below["queued_requests"] + share * (above["queued_requests"] - below["queued_requests"])
-            return {"fraction": fraction, "saturation_rps": saturation, "throughput_rps": goal,
-                    "queued_requests": signal, "between_concurrency": [below["concurrency"], above["concurrency"]]}
+            return {
+                "fraction": fraction,
+                "saturation_rps": saturation,
+                "throughput_rps": goal,
+                "queued_requests": signal,
+                "between_concurrency": [below["concurrency"], above["concurrency"]],
+            }
     first = steps[0]
-    return {"fraction": fraction, "saturation_rps": saturation, "throughput_rps": first["throughput_rps"],
-            "queued_requests": first["queued_requests"], "between_concurrency": [first["concurrency"]] * 2}
+    return {
+        "fraction": fraction,
+        "saturation_rps": saturation,
+        "throughput_rps": first["throughput_rps"],
+        "queued_requests": first["queued_requests"],
+        "between_concurrency": [first["concurrency"]] * 2,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -98,18 +109,23 @@ def plot(result: dict, path: Path) -> None:
     twin.set_ylabel("queued requests / p99 in 100 ms", color="tab:red")
     left.set_title("One pod (2 workers, batch 16) against load")
     lines = left.get_lines() + twin.get_lines()
-    left.legend(lines, [l.get_label() for l in lines], loc="upper left", fontsize=8)
+    left.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
 
     target = result["suggested_target"]
     right.plot([s["throughput_rps"] for s in steps], [s["queued_requests"] for s in steps], "s-", color="tab:red")
     for s in steps:
-        right.annotate(f"c={s['concurrency']}", (s["throughput_rps"], s["queued_requests"]), fontsize=7,
-                       textcoords="offset points", xytext=(3, 3))
+        right.annotate(
+            f"c={s['concurrency']}",
+            (s["throughput_rps"], s["queued_requests"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
     right.axvline(target["saturation_rps"], color="tab:blue", ls=":", label="saturation (best step)")
-    right.axvline(target["throughput_rps"], color="tab:green", ls="--",
-                  label=f"{target['fraction']:.0%} of saturation")
-    right.axhline(target["queued_requests"], color="tab:green", ls="-.",
-                  label=f"signal there: {target['queued_requests']:.2f}")
+    right.axvline(target["throughput_rps"], color="tab:green", ls="--", label=f"{target['fraction']:.0%} of saturation")
+    right.axhline(
+        target["queued_requests"], color="tab:green", ls="-.", label=f"signal there: {target['queued_requests']:.2f}"
+    )
     right.set_xlabel("throughput (2xx/s)")
     right.set_ylabel("queued requests (HPA signal)")
     right.set_yscale("symlog", linthresh=1)
@@ -127,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds per step before measuring")
     parser.add_argument("--fraction", type=float, default=0.75, help="share of saturation for the target")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--store", type=Path, default=MODEL_STORE,
-                        help="model store holding sentiment.mar (default: the shipped one, model_store/)")
-    parser.add_argument("--archive-note", default="model_store/sentiment.mar", help="what the archive is, for the results")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=MODEL_STORE,
+        help="model store holding sentiment.mar (default: the shipped one, model_store/)",
+    )
+    parser.add_argument(
+        "--archive-note", default="model_store/sentiment.mar", help="what the archive is, for the results"
+    )
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.steps.split(",")]
     archive = args.store / "sentiment.mar"
@@ -163,22 +185,32 @@ def main(argv: list[str] | None = None) -> int:
                     "mean_batch": query_at(prom, MEAN_BATCH.format(w=w), window_end),
                 }
                 steps.append(step)
-                log(f"c={c:3d}: {step['throughput_rps']:6.1f} 2xx/s, p50 {step['p50_ms']:6.1f} ms, "
+                log(
+                    f"c={c:3d}: {step['throughput_rps']:6.1f} 2xx/s, p50 {step['p50_ms']:6.1f} ms, "
                     f"p99 {step['p99_ms']:6.1f} ms, queued {step['queued_requests']:6.2f}, "
-                    f"mean batch {step['mean_batch']:4.1f}, errors {step['errors']}")
+                    f"mean batch {step['mean_batch']:4.1f}, errors {step['errors']}"
+                )
             time.sleep(65)
             after = query_at(prom, "sentiment:queued_requests:rate1m", time.time())
     result = {
         "what": "one TorchServe pod's queue signal (sentiment_queued_requests, the HPA's Pods metric) against "
-                "closed-loop load; queued_requests is rate(ts_queue_latency_microseconds)/1e6 over each "
-                "step's measured window",
-        "machine": {"cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "note": "2 cores shared with the load generator and with other work on the machine"},
+        "closed-loop load; queued_requests is rate(ts_queue_latency_microseconds)/1e6 over each "
+        "step's measured window",
+        "machine": {
+            "cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "note": "2 cores shared with the load generator and with other work on the machine",
+        },
         "server": f"{args.archive_note} with config.properties: 2 workers x 1 thread, batchSize 16, "
-                  "maxBatchDelay 2 ms, job_queue_size 256 (the Kubernetes ConfigMap's settings)",
-        "load": {"kind": "closed loop", "texts": "held-out tweets, one per request, JSON body",
-                 "warmup_s": args.warmup, "measured_s": args.duration, "prometheus_scrape": "1s"},
+        "maxBatchDelay 2 ms, job_queue_size 256 (the Kubernetes ConfigMap's settings)",
+        "load": {
+            "kind": "closed loop",
+            "texts": "held-out tweets, one per request, JSON body",
+            "warmup_s": args.warmup,
+            "measured_s": args.duration,
+            "prometheus_scrape": "1s",
+        },
         "idle_queued_requests": idle,
         "queued_requests_65s_after_rate1m": after,
         "steps": steps,
@@ -190,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "queue_signal.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / "queue_signal.png")
     target = result["suggested_target"]
-    log(f"saturation {target['saturation_rps']:.1f} 2xx/s; at {target['fraction']:.0%} of it "
+    log(
+        f"saturation {target['saturation_rps']:.1f} 2xx/s; at {target['fraction']:.0%} of it "
         f"({target['throughput_rps']:.1f}/s) the signal is {target['queued_requests']:.2f}; "
-        f"wrote {args.out / 'queue_signal.json'}")
+        f"wrote {args.out / 'queue_signal.json'}"
+    )
     return 0
 
 

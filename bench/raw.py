@@ -25,14 +25,15 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from server.paths import MODEL_CONFIG  # noqa: E402
+from server.paths import MODEL_CONFIG
 
 
 def main() -> int:
     import yaml
+    from transformers import AutoTokenizer
+
     from backends import load
     from text_classification import HandlerOptions, micro_batches, pad, pad_values
-    from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -86,16 +87,30 @@ def main() -> int:
                 sentences += batch_size
                 i += 1
             elapsed = time.perf_counter() - started
-            results[way].append({
-                "batch_size": batch_size,
-                "sentences_per_s": sentences / elapsed,
-                "batch_p50_ms": statistics.median(latencies) * 1000,
-                "batches": len(latencies),
-            })
-            print(f"raw {args.backend} {args.quantize} {way} batch {batch_size}: {sentences / elapsed:.1f} sentences/s, "
-                  f"p50 {statistics.median(latencies) * 1000:.1f} ms", file=sys.stderr)
-    json.dump({"backend": args.backend, "quantize": args.quantize, "threads": args.threads, "max_length": max_length,
-               "micro_batch_size": micro_size, "results": results}, sys.stdout)
+            results[way].append(
+                {
+                    "batch_size": batch_size,
+                    "sentences_per_s": sentences / elapsed,
+                    "batch_p50_ms": statistics.median(latencies) * 1000,
+                    "batches": len(latencies),
+                }
+            )
+            print(
+                f"raw {args.backend} {args.quantize} {way} batch {batch_size}: {sentences / elapsed:.1f} sentences/s, "
+                f"p50 {statistics.median(latencies) * 1000:.1f} ms",
+                file=sys.stderr,
+            )
+    json.dump(
+        {
+            "backend": args.backend,
+            "quantize": args.quantize,
+            "threads": args.threads,
+            "max_length": max_length,
+            "micro_batch_size": micro_size,
+            "results": results,
+        },
+        sys.stdout,
+    )
     return 0
 
 

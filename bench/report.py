@@ -41,58 +41,89 @@ def targets(results: dict) -> list[dict]:
     lit = results["litserve"]["load"]
     base = results["baseline"]
     rows = [
-        {"target": f"shipped ({shipped}) at c={c} >= 2.5 x LitServe's best ({results['litserve']['best']})",
-         "measured": ratio(ship["load"][c]["throughput_rps"], lit[c]["throughput_rps"]),
-         "met": ship["load"][c]["throughput_rps"] >= 2.5 * lit[c]["throughput_rps"]},
-        {"target": f"shipped accuracy within 1 point of {s['reference']}",
-         "measured": f"{ship['heldout_accuracy']:.4f} vs {ref['heldout_accuracy']:.4f} "
-                     f"({(ship['heldout_accuracy'] - ref['heldout_accuracy']) * 100:+.2f} points)",
-         "met": abs(ship["heldout_accuracy"] - ref["heldout_accuracy"]) <= 0.01},
-        {"target": "shipped p50 at c=1 no slower than the naive FastAPI app's p50 at c=1",
-         "measured": f"{ship['load']['1']['p50_ms']:.1f} ms vs {base['1']['p50_ms']:.1f} ms",
-         "met": ship["load"]["1"]["p50_ms"] <= base["1"]["p50_ms"]},
+        {
+            "target": f"shipped ({shipped}) at c={c} >= 2.5 x LitServe's best ({results['litserve']['best']})",
+            "measured": ratio(ship["load"][c]["throughput_rps"], lit[c]["throughput_rps"]),
+            "met": ship["load"][c]["throughput_rps"] >= 2.5 * lit[c]["throughput_rps"],
+        },
+        {
+            "target": f"shipped accuracy within 1 point of {s['reference']}",
+            "measured": f"{ship['heldout_accuracy']:.4f} vs {ref['heldout_accuracy']:.4f} "
+            f"({(ship['heldout_accuracy'] - ref['heldout_accuracy']) * 100:+.2f} points)",
+            "met": abs(ship["heldout_accuracy"] - ref["heldout_accuracy"]) <= 0.01,
+        },
+        {
+            "target": "shipped p50 at c=1 no slower than the naive FastAPI app's p50 at c=1",
+            "measured": f"{ship['load']['1']['p50_ms']:.1f} ms vs {base['1']['p50_ms']:.1f} ms",
+            "met": ship["load"]["1"]["p50_ms"] <= base["1"]["p50_ms"],
+        },
     ]
     for name, side in served.items():
         raw = raw_parallel_best(results, name)
         got = side["load"]["64"]["throughput_rps"]
         batch = results["settings"]["shipped"]["batchSize"]
         at_batch = next(r for r in results["raw"][name]["parallel"]["results"] if r["batch_size"] == batch)
-        rows.append({"target": f"{name} served at c=64 >= 0.9 x its raw limit in the same layout "
-                               "(one single-threaded process per core)",
-                     "measured": f"{ratio(got, raw['sentences_per_s'])} (raw at batch {raw['batch_size']}; "
-                                 f"{got / at_batch['sentences_per_s']:.2f} of raw at the served batch size, {batch})",
-                     "met": got >= 0.9 * raw["sentences_per_s"]})
-    rows.append({"target": f"shipped served vs the naive FastAPI app at c={c} (not a target)",
-                 "measured": ratio(ship["load"][c]["throughput_rps"], base[c]["throughput_rps"]), "met": None})
+        rows.append(
+            {
+                "target": f"{name} served at c=64 >= 0.9 x its raw limit in the same layout "
+                "(one single-threaded process per core)",
+                "measured": f"{ratio(got, raw['sentences_per_s'])} (raw at batch {raw['batch_size']}; "
+                f"{got / at_batch['sentences_per_s']:.2f} of raw at the served batch size, {batch})",
+                "met": got >= 0.9 * raw["sentences_per_s"],
+            }
+        )
+    rows.append(
+        {
+            "target": f"shipped served vs the naive FastAPI app at c={c} (not a target)",
+            "measured": ratio(ship["load"][c]["throughput_rps"], base[c]["throughput_rps"]),
+            "met": None,
+        }
+    )
     for name, check in results["wrk_check"].items():
-        rows.append({"target": f"bench's load generator and wrk agree within 10% on {name} at c={c}",
-                     "measured": f"{check['loadgen']['throughput_rps']:.1f} vs {check['wrk']['throughput_rps']:.1f} "
-                                 f"req/s (ratio {check['ratio']:.2f})",
-                     "met": abs(check["ratio"] - 1) <= 0.10})
+        rows.append(
+            {
+                "target": f"bench's load generator and wrk agree within 10% on {name} at c={c}",
+                "measured": f"{check['loadgen']['throughput_rps']:.1f} vs {check['wrk']['throughput_rps']:.1f} "
+                f"req/s (ratio {check['ratio']:.2f})",
+                "met": abs(check["ratio"] - 1) <= 0.10,
+            }
+        )
     if "soak" in results:
         soak = results["soak"]
-        rows.append({
-            "target": f"soak ({soak['minutes']:g} min at c={soak['concurrency']}): worker memory growth "
-                      f"< {soak['growth_limit'] * 100:.0f}%, no errors",
-            "measured": f"{soak['rss_growth'] * 100:+.1f}%, {soak['errors']} errors in {soak['requests']} "
-                        f"requests, {soak['worker_restarts']} worker restarts",
-            "met": soak["rss_growth"] < soak["growth_limit"] and soak["errors"] == 0,
-        })
+        rows.append(
+            {
+                "target": f"soak ({soak['minutes']:g} min at c={soak['concurrency']}): worker memory growth "
+                f"< {soak['growth_limit'] * 100:.0f}%, no errors",
+                "measured": f"{soak['rss_growth'] * 100:+.1f}%, {soak['errors']} errors in {soak['requests']} "
+                f"requests, {soak['worker_restarts']} worker restarts",
+                "met": soak["rss_growth"] < soak["growth_limit"] and soak["errors"] == 0,
+            }
+        )
     return rows
 
 
 def _load_row(name: str, r: dict) -> str:
     batch = f"{r['mean_batch_size']:.1f}" if r.get("mean_batch_size") else "-"
     cores = r.get("cores_used")
-    cores = (f"{cores.get('frontend', 0):.2f} / {cores.get('workers', 0):.2f} / {cores['load generator']:.2f} / "
-             f"{cores.get('machine', float('nan')):.2f}") if cores else "-"
-    return (f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['errors']} | {batch} | {cores} |")
+    cores = (
+        (
+            f"{cores.get('frontend', 0):.2f} / {cores.get('workers', 0):.2f} / {cores['load generator']:.2f} / "
+            f"{cores.get('machine', float('nan')):.2f}"
+        )
+        if cores
+        else "-"
+    )
+    return (
+        f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+        f"{r['p99_ms']:.1f} | {r['errors']} | {batch} | {cores} |"
+    )
 
 
-LOAD_HEADER = ("| | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
-               "cores: server (frontend) / server (workers) / load generator / whole machine |\n"
-               "|---|---|---|---|---|---|---|---|")
+LOAD_HEADER = (
+    "| | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
+    "cores: server (frontend) / server (workers) / load generator / whole machine |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 def _table(title_col: str, rows: dict) -> list[str]:
@@ -130,97 +161,168 @@ def markdown(results: dict) -> str:
         met = "-" if row["met"] is None else "yes" if row["met"] else "**no**"
         out.append(f"| {row['target']} | {row['measured']} | {met} |")
 
-    out += ["", "![systems against concurrency](concurrency.png)", "",
-            f"## Systems at concurrency {c}", "", LOAD_HEADER.replace("| |", "| system |", 1)]
+    out += [
+        "",
+        "![systems against concurrency](concurrency.png)",
+        "",
+        f"## Systems at concurrency {c}",
+        "",
+        LOAD_HEADER.replace("| |", "| system |", 1),
+    ]
     systems = {f"TorchServe, {name}": side["load"][c] for name, side in results["served"].items()}
     systems["TorchServe floor (no model)"] = results["floor"][c]
     systems[f"LitServe ({results['litserve']['best']})"] = results["litserve"]["load"][c]
     systems["naive FastAPI"] = results["baseline"][c]
     out += [_load_row(k, r) for k, r in systems.items()]
 
-    out += ["", "## Backends and precision, served side by side", "",
-            "| variant | archive MiB | worker RSS MiB (all workers) | held-out accuracy | label agreement with "
-            f"{s['reference']} | c=1 p50 ms | c={c} requests/s | c=64 requests/s |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Backends and precision, served side by side",
+        "",
+        "| variant | archive MiB | worker RSS MiB (all workers) | held-out accuracy | label agreement with "
+        f"{s['reference']} | c=1 p50 ms | c={c} requests/s | c=64 requests/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, side in results["served"].items():
         load = side["load"]
-        out.append(f"| {name} | {side['archive_mib']} | {side['worker_rss_mib']:.0f} | {side['heldout_accuracy']:.4f} "
-                   f"| {side['label_agreement']:.4f} | {load['1']['p50_ms']:.1f} | {load[c]['throughput_rps']:.1f} | "
-                   f"{load['64']['throughput_rps']:.1f} |")
+        out.append(
+            f"| {name} | {side['archive_mib']} | {side['worker_rss_mib']:.0f} | {side['heldout_accuracy']:.4f} "
+            f"| {side['label_agreement']:.4f} | {load['1']['p50_ms']:.1f} | {load[c]['throughput_rps']:.1f} | "
+            f"{load['64']['throughput_rps']:.1f} |"
+        )
     for name, side in results["served"].items():
         out += ["", f"**{name}** (version {side['version']})", ""] + _table("concurrency", side["load"])
 
-    out += ["", "## Raw limit: each model in-process, no server", "",
-            "*plain*: the batch padded to its longest text, one forward pass; *micro*: what the handler does, "
-            "length-sorted forward passes of at most the variant's micro-batch size (in brackets) of texts; "
-            "*per core*: one single-threaded process per core, micro-batched, their throughputs added. "
-            "Sentences/s (batch p50 ms).", "",
-            "| variant | batch | plain | micro | per core |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Raw limit: each model in-process, no server",
+        "",
+        "*plain*: the batch padded to its longest text, one forward pass; *micro*: what the handler does, "
+        "length-sorted forward passes of at most the variant's micro-batch size (in brackets) of texts; "
+        "*per core*: one single-threaded process per core, micro-batched, their throughputs added. "
+        "Sentences/s (batch p50 ms).",
+        "",
+        "| variant | batch | plain | micro | per core |",
+        "|---|---|---|---|---|",
+    ]
     for name, raw in results["raw"].items():
         for i, row in enumerate(raw["results"]["plain"]):
             cells = [raw["results"]["plain"][i], raw["results"]["micro"][i], raw["parallel"]["results"][i]]
-            out.append(f"| {name} ({raw['micro_batch_size']}) | {row['batch_size']} | " +
-                       " | ".join(f"{r['sentences_per_s']:.1f} ({r['batch_p50_ms']:.1f})" for r in cells) + " |")
+            out.append(
+                f"| {name} ({raw['micro_batch_size']}) | {row['batch_size']} | "
+                + " | ".join(f"{r['sentences_per_s']:.1f} ({r['batch_p50_ms']:.1f})" for r in cells)
+                + " |"
+            )
 
-    out += ["", "## TorchServe's floor: the shipped handler with no model", "",
-            "The same parsing, tokenizing, metrics and answers, the forward pass replaced by a constant: what "
-            "TorchServe and the handler cost by themselves.", ""] + _table("concurrency", results["floor"])
+    out += [
+        "",
+        "## TorchServe's floor: the shipped handler with no model",
+        "",
+        "The same parsing, tokenizing, metrics and answers, the forward pass replaced by a constant: what "
+        "TorchServe and the handler cost by themselves.",
+        "",
+    ] + _table("concurrency", results["floor"])
 
     if "handler_cost" in results:
-        out += ["", "## Handler cost per request, by change", "",
-                "What a worker does per request but the forward pass (bench/handler_cost.py): the handler of "
-                "each git revision loaded in-process through TorchServe's own model loader, metrics cache and "
-                "`Service.predict`, the model replaced by a constant; CPU microseconds per request and metric "
-                "lines written per request, batches of 1 and 16 held-out tweets, median of 3 alternating rounds.",
-                "", "| change | revision | batch 1: CPU µs/request | metric lines | batch 16: CPU µs/request "
-                "| metric lines |", "|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "## Handler cost per request, by change",
+            "",
+            "What a worker does per request but the forward pass (bench/handler_cost.py): the handler of "
+            "each git revision loaded in-process through TorchServe's own model loader, metrics cache and "
+            "`Service.predict`, the model replaced by a constant; CPU microseconds per request and metric "
+            "lines written per request, batches of 1 and 16 held-out tweets, median of 3 alternating rounds.",
+            "",
+            "| change | revision | batch 1: CPU µs/request | metric lines | batch 16: CPU µs/request | metric lines |",
+            "|---|---|---|---|---|---|",
+        ]
         for label, row in results["handler_cost"].items():
-            out.append(f"| {label} | {row['revision']} | {row['1']['cpu_us_per_request']:.0f} | "
-                       f"{row['1']['metric_lines_per_request']:.2f} | {row['16']['cpu_us_per_request']:.0f} | "
-                       f"{row['16']['metric_lines_per_request']:.2f} |")
+            out.append(
+                f"| {label} | {row['revision']} | {row['1']['cpu_us_per_request']:.0f} | "
+                f"{row['1']['metric_lines_per_request']:.2f} | {row['16']['cpu_us_per_request']:.0f} | "
+                f"{row['16']['metric_lines_per_request']:.2f} |"
+            )
 
     out += ["", f"## Workers x threads per worker ({s['shipped_variant']})", "", LOAD_HEADER]
     out += [_load_row(f"{k}, c={cc[1:]}", r) for k, rs in results["workers_sweep"].items() for cc, r in rs.items()]
 
-    out += ["", f"## LitServe: its batching at c={c}", "", *_table("setting", {
-        k: v[c] for k, v in results["litserve"]["sweep"].items()}),
-        "", f"**best: {results['litserve']['best']}**", "", *_table("concurrency", results["litserve"]["load"])]
+    out += [
+        "",
+        f"## LitServe: its batching at c={c}",
+        "",
+        *_table("setting", {k: v[c] for k, v in results["litserve"]["sweep"].items()}),
+        "",
+        f"**best: {results['litserve']['best']}**",
+        "",
+        *_table("concurrency", results["litserve"]["load"]),
+    ]
 
-    out += ["", "## Naive baseline: FastAPI, model inline, no batching (PyTorch fp32)", "",
-            *_table("concurrency", results["baseline"])]
+    out += [
+        "",
+        "## Naive baseline: FastAPI, model inline, no batching (PyTorch fp32)",
+        "",
+        *_table("concurrency", results["baseline"]),
+    ]
 
-    out += ["", f"## bench/loadgen.py against wrk at c={c}", "",
-            "| system | loadgen requests/s | wrk requests/s | ratio | loadgen p50 ms | wrk p50 ms |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"## bench/loadgen.py against wrk at c={c}",
+        "",
+        "| system | loadgen requests/s | wrk requests/s | ratio | loadgen p50 ms | wrk p50 ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, check in results["wrk_check"].items():
-        out.append(f"| {name} | {check['loadgen']['throughput_rps']:.1f} | {check['wrk']['throughput_rps']:.1f} | "
-                   f"{check['ratio']:.2f} | {check['loadgen']['p50_ms']:.1f} | {check['wrk']['p50_ms']:.1f} |")
+        out.append(
+            f"| {name} | {check['loadgen']['throughput_rps']:.1f} | {check['wrk']['throughput_rps']:.1f} | "
+            f"{check['ratio']:.2f} | {check['loadgen']['p50_ms']:.1f} | {check['wrk']['p50_ms']:.1f} |"
+        )
 
-    out += ["", f"## REST vs gRPC ({s['shipped_variant']}, same server, one after the other)", "",
-            *_table("API", results["rest_vs_grpc"])]
+    out += [
+        "",
+        f"## REST vs gRPC ({s['shipped_variant']}, same server, one after the other)",
+        "",
+        *_table("API", results["rest_vs_grpc"]),
+    ]
 
-    out += ["", f"## TorchServe batch size ({s['shipped_variant']}, concurrency {s['batch_sweep_concurrency']}, "
-            f"delay {shipped['maxBatchDelay']} ms)", "",
-            "![latency and throughput against batch size](batch_size_tradeoff.png)", "",
-            *_table("batch size", results["batch_sweep"])]
+    out += [
+        "",
+        f"## TorchServe batch size ({s['shipped_variant']}, concurrency {s['batch_sweep_concurrency']}, "
+        f"delay {shipped['maxBatchDelay']} ms)",
+        "",
+        "![latency and throughput against batch size](batch_size_tradeoff.png)",
+        "",
+        *_table("batch size", results["batch_sweep"]),
+    ]
 
     dc = s["delay_sweep_concurrency"]
-    out += ["", f"## Max batch delay ({s['shipped_variant']}, batch {shipped['batchSize']}, concurrency 1 and {dc})",
-            "", f"| delay ms | c=1 p50 ms | c={dc} requests/s | c={dc} p50 ms | c={dc} p99 ms | c={dc} mean batch |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"## Max batch delay ({s['shipped_variant']}, batch {shipped['batchSize']}, concurrency 1 and {dc})",
+        "",
+        f"| delay ms | c=1 p50 ms | c={dc} requests/s | c={dc} p50 ms | c={dc} p99 ms | c={dc} mean batch |",
+        "|---|---|---|---|---|---|",
+    ]
     for d, r in results["delay_sweep"].items():
         loaded = r[f"c{dc}"]
-        out.append(f"| {d} | {r['c1']['p50_ms']:.1f} | {loaded['throughput_rps']:.1f} | {loaded['p50_ms']:.1f} | "
-                   f"{loaded['p99_ms']:.1f} | {loaded['mean_batch_size']:.1f} |")
+        out.append(
+            f"| {d} | {r['c1']['p50_ms']:.1f} | {loaded['throughput_rps']:.1f} | {loaded['p50_ms']:.1f} | "
+            f"{loaded['p99_ms']:.1f} | {loaded['mean_batch_size']:.1f} |"
+        )
 
     if "soak" in results:
         soak = results["soak"]
         before, after = soak["rss_before_mib"], soak["rss_after_mib"]
-        out += ["", f"## Soak: {soak['minutes']:g} min at concurrency {soak['concurrency']}, as shipped", "",
-                f"{soak['requests']} requests ({soak['requests_per_s']} req/s), one in ten malformed on "
-                f"purpose; status counts {soak['status_counts']}; errors (neither 200 nor the expected "
-                f"400): {soak['errors']}; worker restarts: {soak['worker_restarts']}.", "",
-                "| worker pid | RSS after warm-up MiB | RSS after soak MiB |", "|---|---|---|"]
+        out += [
+            "",
+            f"## Soak: {soak['minutes']:g} min at concurrency {soak['concurrency']}, as shipped",
+            "",
+            f"{soak['requests']} requests ({soak['requests_per_s']} req/s), one in ten malformed on "
+            f"purpose; status counts {soak['status_counts']}; errors (neither 200 nor the expected "
+            f"400): {soak['errors']}; worker restarts: {soak['worker_restarts']}.",
+            "",
+            "| worker pid | RSS after warm-up MiB | RSS after soak MiB |",
+            "|---|---|---|",
+        ]
         out += [f"| {pid} | {before[pid]:.0f} | {after.get(pid, float('nan')):.0f} |" for pid in before]
         out += ["", f"Total growth: {soak['rss_growth'] * 100:+.2f}%."]
     out.append("")
@@ -239,9 +341,18 @@ def charts(results: dict, out: Path) -> None:
     sizes = [int(b) for b in sweep]
     raw = {r["batch_size"]: r for r in results["raw"][shipped]["results"]["micro"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(sizes, [sweep[str(b)]["throughput_rps"] for b in sizes], "o-",
-              label=f"TorchServe, concurrency {s['batch_sweep_concurrency']}")
-    left.plot(sizes, [raw[b]["sentences_per_s"] for b in sizes if b in raw], "s--", label="raw model in-process (micro-batched)")
+    left.plot(
+        sizes,
+        [sweep[str(b)]["throughput_rps"] for b in sizes],
+        "o-",
+        label=f"TorchServe, concurrency {s['batch_sweep_concurrency']}",
+    )
+    left.plot(
+        sizes,
+        [raw[b]["sentences_per_s"] for b in sizes if b in raw],
+        "s--",
+        label="raw model in-process (micro-batched)",
+    )
     left.set(xlabel="batch size", ylabel="sentences / s", title="Throughput", xscale="log", xticks=sizes)
     left.set_xticklabels(sizes)
     left.set_ylim(bottom=0)
@@ -253,8 +364,9 @@ def charts(results: dict, out: Path) -> None:
     right.set_xticklabels(sizes)
     right.set_ylim(bottom=0)
     right.legend()
-    fig.suptitle(f"{shipped} MiniLM sentiment on {results['machine']['usable_cores']} cores: "
-                 "the batch size trade-off (measured)")
+    fig.suptitle(
+        f"{shipped} MiniLM sentiment on {results['machine']['usable_cores']} cores: the batch size trade-off (measured)"
+    )
     fig.tight_layout()
     fig.savefig(out / "batch_size_tradeoff.png", dpi=110)
     plt.close(fig)

@@ -132,21 +132,50 @@ def shipped_model_settings() -> dict:
 
 def archive(store: Path, filename: str, version: str, options: dict[str, object]) -> Path:
     out = store / filename
-    subprocess.run([str(ARCHIVE_SCRIPT), "--model", str(MODEL_DIR), "--version", version,
-                    *[a for k, v in options.items() for a in ("--option", f"{k}={v}")], "--out", str(out)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(ARCHIVE_SCRIPT),
+            "--model",
+            str(MODEL_DIR),
+            "--version",
+            version,
+            *[a for k, v in options.items() for a in ("--option", f"{k}={v}")],
+            "--out",
+            str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
 def noop_archive(store: Path) -> None:
     """The floor: TorchServe and the shipped handler with bench/noop_handler.py in front."""
-    files = [ROOT / "handlers" / f for f in ("sentiment_handler.py", "text_classification.py", "protocols.py",
-                                             "backends.py", "explanations.py")]
+    files = [
+        ROOT / "handlers" / f
+        for f in ("sentiment_handler.py", "text_classification.py", "protocols.py", "backends.py", "explanations.py")
+    ]
     files += [MODEL_DIR / f for f in ("config.json", "tokenizer.json", "tokenizer_config.json")]
-    subprocess.run([shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver"),
-                    "--model-name", "sentiment", "--version", "1.0", "--handler", str(ROOT / "bench" / "noop_handler.py"),
-                    "--extra-files", ",".join(map(str, files)), "--config-file", str(MODEL_CONFIG),
-                    "--export-path", str(store), "--force"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            shutil.which("torch-model-archiver") or str(Path(sys.executable).parent / "torch-model-archiver"),
+            "--model-name",
+            "sentiment",
+            "--version",
+            "1.0",
+            "--handler",
+            str(ROOT / "bench" / "noop_handler.py"),
+            "--extra-files",
+            ",".join(map(str, files)),
+            "--config-file",
+            str(MODEL_CONFIG),
+            "--export-path",
+            str(store),
+            "--force",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     (store / "sentiment.mar").rename(store / "noop.mar")
 
 
@@ -167,28 +196,42 @@ def build_archives(store: Path) -> dict[str, dict]:
 
 
 @contextmanager
-def serving(store: Path, workdir: Path, versions: dict[str, str], batch_size: int, delay_ms: int,
-            workers: int, bodies: list[bytes]):
+def serving(
+    store: Path,
+    workdir: Path,
+    versions: dict[str, str],
+    batch_size: int,
+    delay_ms: int,
+    workers: int,
+    bodies: list[bytes],
+):
     """TorchServe with the shipped config, serving `versions` ({version: mar file}), warmed up."""
     entries = {
         version: {
-            "defaultVersion": i == 0, "marName": mar, "minWorkers": workers, "maxWorkers": workers,
-            "batchSize": batch_size, "maxBatchDelay": delay_ms,
+            "defaultVersion": i == 0,
+            "marName": mar,
+            "minWorkers": workers,
+            "maxWorkers": workers,
+            "batchSize": batch_size,
+            "maxBatchDelay": delay_ms,
         }
         for i, (version, mar) in enumerate(versions.items())
     }
     server = LocalTorchServe(
         model_store=store,
         workdir=workdir,
-        overrides={"load_models": ",".join(versions.values()),
-                   "models": json.dumps({"sentiment": entries})},
+        overrides={"load_models": ",".join(versions.values()), "models": json.dumps({"sentiment": entries})},
     )
     with server:
         for version in versions:  # beyond the handler's own warm-up: the frontend's paths
-            run_load(server.url("inference", f"/predictions/sentiment/{version}"), bodies,
-                     {"Authorization": f"Bearer {server.keys['inference']}",
-                      "Content-Type": "application/json"},
-                     concurrency=8, duration=2.0, warmup=0.0)
+            run_load(
+                server.url("inference", f"/predictions/sentiment/{version}"),
+                bodies,
+                {"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"},
+                concurrency=8,
+                duration=2.0,
+                warmup=0.0,
+            )
         yield server
 
 
@@ -228,15 +271,24 @@ def measured(url: str, bodies: list[bytes], headers: dict, concurrency: int, arg
         result["mean_batch_size"] = (after[1] - before[1]) / batches if batches else None
     result["cores_used"] = {k: round((cpu_after[k] - cpu_before[k]) / wall, 2) for k in cpu_after}
     batch = f"  mean batch {result['mean_batch_size']:.1f}" if result.get("mean_batch_size") else ""
-    log(f"  c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}{batch}")
+    log(
+        f"  c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}{batch}"
+    )
     return result
 
 
 def drive(server: LocalTorchServe, bodies: list[bytes], concurrency: int, args, version: str = "") -> dict:
     path = "/predictions/sentiment" + (f"/{version}" if version else "")
-    return measured(server.url("inference", path), bodies, ts_headers(server), concurrency, args,
-                    [psutil.Process(server.proc.pid)], server)
+    return measured(
+        server.url("inference", path),
+        bodies,
+        ts_headers(server),
+        concurrency,
+        args,
+        [psutil.Process(server.proc.pid)],
+        server,
+    )
 
 
 def ts_headers(server: LocalTorchServe) -> dict:
@@ -246,11 +298,19 @@ def ts_headers(server: LocalTorchServe) -> dict:
 def drive_grpc(server: LocalTorchServe, texts: list[str], concurrency: int, args, version: str) -> dict:
     from bench.grpc_load import run_grpc_load
 
-    result = run_grpc_load(f"127.0.0.1:{server.ports['grpc_inference']}", server.keys["inference"],
-                           [{"text": t} for t in texts], concurrency, args.duration, args.warmup,
-                           version=version).as_dict()
-    log(f"  gRPC c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}")
+    result = run_grpc_load(
+        f"127.0.0.1:{server.ports['grpc_inference']}",
+        server.keys["inference"],
+        [{"text": t} for t in texts],
+        concurrency,
+        args.duration,
+        args.warmup,
+        version=version,
+    ).as_dict()
+    log(
+        f"  gRPC c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}"
+    )
     return result
 
 
@@ -262,8 +322,9 @@ def served_labels(server: LocalTorchServe, version: str, heldout) -> list[str]:
     labels = []
     for start in range(0, len(heldout), 32):
         chunk = heldout[start : start + 32]
-        status, answer = server.client.predict({"text": [t.text for t in chunk]},
-                                               model=f"sentiment/{version}", timeout=120)
+        status, answer = server.client.predict(
+            {"text": [t.text for t in chunk]}, model=f"sentiment/{version}", timeout=120
+        )
         assert status == 200, answer
         labels += [a["label"] for a in answer]
     return labels
@@ -276,8 +337,18 @@ def raw_model_dir(work: Path, variant: str) -> Path:
         return MODEL_DIR
     folder = work / f"raw-{variant}"
     shutil.copytree(MODEL_DIR, folder, dirs_exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "handlers" / "export_onnx.py"), str(MODEL_DIR), str(folder),
-                    "--quantize", options["quantize"]], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "handlers" / "export_onnx.py"),
+            str(MODEL_DIR),
+            str(folder),
+            "--quantize",
+            options["quantize"],
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return folder
 
 
@@ -286,26 +357,57 @@ def raw_limit(texts_file: Path, variant: str, model_dir: Path, args) -> dict:
     core with one thread each (micro-batched), their throughputs added up."""
     options = VARIANTS[variant]
     log(f"raw in-process model, {variant}")
-    command = [sys.executable, "-m", "bench.raw", "--model", str(model_dir), "--texts", str(texts_file),
-               "--backend", options["backend"], "--quantize", options["quantize"],
-               "--micro-batch-size", str(options["micro_batch_size"]), "--duration", str(args.raw_duration)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.raw",
+        "--model",
+        str(model_dir),
+        "--texts",
+        str(texts_file),
+        "--backend",
+        options["backend"],
+        "--quantize",
+        options["quantize"],
+        "--micro-batch-size",
+        str(options["micro_batch_size"]),
+        "--duration",
+        str(args.raw_duration),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "handlers"))  # the handler's backend code, as in an archive
     single = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     result = json.loads(single.stdout)
     cores = len(os.sched_getaffinity(0))
     log(f"raw: {cores} processes x 1 thread, {variant}")
-    procs = [subprocess.Popen(command + ["--threads", "1", "--ways", "micro"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env) for _ in range(cores)]
+    procs = [
+        subprocess.Popen(
+            command + ["--threads", "1", "--ways", "micro"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(cores)
+    ]
     outputs = [json.loads(p.communicate()[0]) for p in procs]
-    result["parallel"] = {"processes": cores, "threads": 1, "results": [
-        {"batch_size": rows[0]["batch_size"],
-         "sentences_per_s": sum(r["sentences_per_s"] for r in rows),
-         "batch_p50_ms": max(r["batch_p50_ms"] for r in rows)}
-        for rows in zip(*(o["results"]["micro"] for o in outputs))
-    ]}
+    result["parallel"] = {
+        "processes": cores,
+        "threads": 1,
+        "results": [
+            {
+                "batch_size": rows[0]["batch_size"],
+                "sentences_per_s": sum(r["sentences_per_s"] for r in rows),
+                "batch_p50_ms": max(r["batch_p50_ms"] for r in rows),
+            }
+            for rows in zip(*(o["results"]["micro"] for o in outputs), strict=True)
+        ],
+    }
     best = max(r["sentences_per_s"] for way in result["results"].values() for r in way)
-    log(f"  best {best:.1f} sentences/s in one process; "
-        f"{max(r['sentences_per_s'] for r in result['parallel']['results']):.1f} in {cores}")
+    log(
+        f"  best {best:.1f} sentences/s in one process; "
+        f"{max(r['sentences_per_s'] for r in result['parallel']['results']):.1f} in {cores}"
+    )
     return result
 
 
@@ -313,9 +415,11 @@ def raw_limit(texts_file: Path, variant: str, model_dir: Path, args) -> dict:
 def http_app(command: list[str], port: int, workdir: Path, name: str, env=None):
     """A server process of the benchmark's own (its process group), up on `port`."""
     with open(workdir / f"{name}.log", "wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
+
         def alive() -> None:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}: see {workdir / f'{name}.log'}")
@@ -339,14 +443,43 @@ def app_load(port: int, bodies: list[bytes], proc, args, concurrencies=CONCURREN
 
 
 def baseline_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
 def litserve_command(port: int, batch: int, timeout_ms: int, workers: int, threads: int) -> list[str]:
-    return [sys.executable, "-m", "bench.litserve_app", "--model", str(MODEL_DIR), "--port", str(port),
-            "--batch", str(batch), "--timeout-ms", str(timeout_ms), "--workers", str(workers),
-            "--threads", str(threads), "--max-length", str(shipped_handler_options()["max_length"])]
+    return [
+        sys.executable,
+        "-m",
+        "bench.litserve_app",
+        "--model",
+        str(MODEL_DIR),
+        "--port",
+        str(port),
+        "--batch",
+        str(batch),
+        "--timeout-ms",
+        str(timeout_ms),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--max-length",
+        str(shipped_handler_options()["max_length"]),
+    ]
 
 
 def litserve_label(setting) -> str:
@@ -360,8 +493,10 @@ def compare_with_wrk(name: str, url: str, bodies: list[bytes], headers: dict, ar
     ours = run_load(url, bodies, headers, c, args.duration, args.warmup).as_dict()
     theirs = run_wrk(url, bodies, c, args.duration, header)
     ratio = ours["throughput_rps"] / theirs["throughput_rps"]
-    log(f"  {name}: loadgen {ours['throughput_rps']:.1f} req/s, wrk {theirs['throughput_rps']:.1f} req/s "
-        f"(ratio {ratio:.2f}); p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms")
+    log(
+        f"  {name}: loadgen {ours['throughput_rps']:.1f} req/s, wrk {theirs['throughput_rps']:.1f} req/s "
+        f"(ratio {ratio:.2f}); p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms"
+    )
     return {"loadgen": ours, "wrk": theirs, "ratio": round(ratio, 3)}
 
 
@@ -390,17 +525,28 @@ def main(argv: list[str] | None = None) -> int:
     shipped_name = shipped_variant()
     shipped = shipped_model_settings()
     batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
-    results = {"machine": machine(), "settings": {
-        "duration_s": args.duration, "warmup_s": args.warmup, "raw_duration_s": args.raw_duration,
-        "texts": f"{len(texts)} held-out tweets, one per request, JSON body",
-        "shipped": shipped, "shipped_variant": shipped_name, "shipped_handler": shipped_handler_options(),
-        "variants": VARIANTS, "reference": REFERENCE,
-        "concurrencies": list(CONCURRENCIES), "target_concurrency": TARGET_CONCURRENCY,
-        "batch_sizes": list(BATCH_SIZES), "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
-        "delays_ms": list(DELAYS_MS), "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
-        "litserve_sweep": [litserve_label(s) for s in LITSERVE_SWEEP],
-        "soak_minutes": args.soak_minutes,
-    }}
+    results = {
+        "machine": machine(),
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "raw_duration_s": args.raw_duration,
+            "texts": f"{len(texts)} held-out tweets, one per request, JSON body",
+            "shipped": shipped,
+            "shipped_variant": shipped_name,
+            "shipped_handler": shipped_handler_options(),
+            "variants": VARIANTS,
+            "reference": REFERENCE,
+            "concurrencies": list(CONCURRENCIES),
+            "target_concurrency": TARGET_CONCURRENCY,
+            "batch_sizes": list(BATCH_SIZES),
+            "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
+            "delays_ms": list(DELAYS_MS),
+            "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
+            "litserve_sweep": [litserve_label(s) for s in LITSERVE_SWEEP],
+            "soak_minutes": args.soak_minutes,
+        },
+    }
     log("the handler's own cost per request at each cut (bench/handler_cost.py)")
     costs = measure_revisions([rev for _, rev in HANDLER_REVISIONS], MODEL_DIR, texts)
     results["handler_cost"] = {label: {"revision": rev, **costs[rev]} for label, rev in HANDLER_REVISIONS}
@@ -416,40 +562,50 @@ def main(argv: list[str] | None = None) -> int:
     log(f"TorchServe's floor: the shipped handler without a model ({workers} workers, batch {batch}, {delay} ms)")
     with serving(store, server_dir(), {"1.0": "noop.mar"}, batch, delay, workers, bodies) as server:
         results["floor"] = {str(c): drive(server, bodies, c, args) for c in (1, TARGET_CONCURRENCY)}
-        floor_wrk = compare_with_wrk("floor", server.url("inference", "/predictions/sentiment"), bodies,
-                                     ts_headers(server), args,
-                                     ("Authorization", f"Bearer {server.keys['inference']}"))
+        floor_wrk = compare_with_wrk(
+            "floor",
+            server.url("inference", "/predictions/sentiment"),
+            bodies,
+            ts_headers(server),
+            args,
+            ("Authorization", f"Bearer {server.keys['inference']}"),
+        )
 
-    log("every backend x precision served side by side "
-        f"({workers} workers x {shipped_handler_options()['torch_threads']} thread, batch {batch}, {delay} ms)")
+    log(
+        "every backend x precision served side by side "
+        f"({workers} workers x {shipped_handler_options()['torch_threads']} thread, batch {batch}, {delay} ms)"
+    )
     versions = {a["version"]: a["file"] for a in archives.values()}
     with serving(store, server_dir(), versions, batch, delay, workers, bodies) as server:
         side = {}
         for name, built in archives.items():
             log(f" {name} ({built['version']})")
-            side[name] = {**built, "load": {str(c): drive(server, bodies, c, args, built["version"])
-                                            for c in CONCURRENCIES},
-                          "worker_rss_mib": round(worker_rss_mib(server, built["version"]), 1)}
+            side[name] = {
+                **built,
+                "load": {str(c): drive(server, bodies, c, args, built["version"]) for c in CONCURRENCIES},
+                "worker_rss_mib": round(worker_rss_mib(server, built["version"]), 1),
+            }
         gold = [LABELS[t.label] for t in heldout]
         labels = {name: served_labels(server, side[name]["version"], heldout) for name in side}
         for name in side:
-            side[name]["heldout_accuracy"] = sum(a == b for a, b in zip(labels[name], gold)) / len(gold)
-            side[name]["label_agreement"] = sum(a == b for a, b in zip(labels[name], labels[REFERENCE])) / len(gold)
-            log(f" {name}: accuracy {side[name]['heldout_accuracy']:.4f}, agreement with {REFERENCE} "
+            side[name]["heldout_accuracy"] = sum(a == b for a, b in zip(labels[name], gold, strict=True)) / len(gold)
+            side[name]["label_agreement"] = sum(
+                a == b for a, b in zip(labels[name], labels[REFERENCE], strict=True)
+            ) / len(gold)
+            log(
+                f" {name}: accuracy {side[name]['heldout_accuracy']:.4f}, agreement with {REFERENCE} "
                 f"{side[name]['label_agreement']:.4f}, worker RSS {side[name]['worker_rss_mib']:.0f} MiB, "
-                f"archive {side[name]['archive_mib']} MiB")
+                f"archive {side[name]['archive_mib']} MiB"
+            )
         results["served"] = side
 
-    log(f"layouts of the shipped variant ({shipped_name}): workers x threads at concurrency 1 and "
-        f"{TARGET_CONCURRENCY}")
+    log(f"layouts of the shipped variant ({shipped_name}): workers x threads at concurrency 1 and {TARGET_CONCURRENCY}")
     results["workers_sweep"] = {}
     for w, threads in ((1, 2), (2, 1)):
-        with serving(store, server_dir(), {"1.0": f"shipped-{threads}thread.mar"}, batch, delay, w,
-                     bodies) as server:
+        with serving(store, server_dir(), {"1.0": f"shipped-{threads}thread.mar"}, batch, delay, w, bodies) as server:
             label = f"{w} worker(s) x {threads} thread(s)"
             log(f" {label}")
-            results["workers_sweep"][label] = {f"c{c}": drive(server, bodies, c, args)
-                                               for c in (1, TARGET_CONCURRENCY)}
+            results["workers_sweep"][label] = {f"c{c}": drive(server, bodies, c, args) for c in (1, TARGET_CONCURRENCY)}
 
     shipped_mar = f"shipped-{shipped_handler_options()['torch_threads']}thread.mar"
     log(f"batch size sweep at concurrency {BATCH_SWEEP_CONCURRENCY} (delay {delay} ms)")
@@ -475,9 +631,16 @@ def main(argv: list[str] | None = None) -> int:
             "rest": drive(server, bodies, TARGET_CONCURRENCY, args),
             "grpc": drive_grpc(server, texts, TARGET_CONCURRENCY, args, "1.0"),
         }
-        wrk_checks = {"TorchServe, shipped": compare_with_wrk(
-            "TorchServe, shipped", server.url("inference", "/predictions/sentiment"), bodies, ts_headers(server),
-            args, ("Authorization", f"Bearer {server.keys['inference']}"))}
+        wrk_checks = {
+            "TorchServe, shipped": compare_with_wrk(
+                "TorchServe, shipped",
+                server.url("inference", "/predictions/sentiment"),
+                bodies,
+                ts_headers(server),
+                args,
+                ("Authorization", f"Bearer {server.keys['inference']}"),
+            )
+        }
     wrk_checks["TorchServe floor"] = floor_wrk
 
     log("naive baseline: FastAPI, model called inline, no batching")
@@ -485,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, MODEL_DIR=str(MODEL_DIR))
     with http_app(baseline_command(port), port, work, "baseline", env) as proc:
         results["baseline"] = app_load(port, bodies, proc, args)
-        wrk_checks["naive FastAPI"] = compare_with_wrk("naive FastAPI", f"http://127.0.0.1:{port}/predict", bodies,
-                                                       {"Content-Type": "application/json"}, args)
+        wrk_checks["naive FastAPI"] = compare_with_wrk(
+            "naive FastAPI", f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
+        )
 
     log(f"LitServe: its batching at concurrency {TARGET_CONCURRENCY}, then its best at every concurrency")
     sweep = {}
@@ -495,14 +659,20 @@ def main(argv: list[str] | None = None) -> int:
         with http_app(litserve_command(port, *setting), port, work, "litserve") as proc:
             log(f" {litserve_label(setting)}")
             sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
-    best_setting = max(LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
+    best_setting = max(
+        LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"]
+    )
     port = free_port()
     with http_app(litserve_command(port, *best_setting), port, work, "litserve") as proc:
         log(f" best: {litserve_label(best_setting)}")
-        results["litserve"] = {"sweep": sweep, "best": litserve_label(best_setting),
-                               "load": app_load(port, bodies, proc, args)}
-        wrk_checks["LitServe"] = compare_with_wrk("LitServe", f"http://127.0.0.1:{port}/predict", bodies,
-                                                  {"Content-Type": "application/json"}, args)
+        results["litserve"] = {
+            "sweep": sweep,
+            "best": litserve_label(best_setting),
+            "load": app_load(port, bodies, proc, args),
+        }
+        wrk_checks["LitServe"] = compare_with_wrk(
+            "LitServe", f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
+        )
     results["wrk_check"] = wrk_checks
 
     log(f"soak: {args.soak_minutes} min at concurrency {TARGET_CONCURRENCY}, as shipped")

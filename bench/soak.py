@@ -55,8 +55,11 @@ def soak(store: Path, minutes: float, concurrency: int, workdir: Path, log=print
                 statuses[status] = statuses.get(status, 0) + n
             seconds += step
             samples.append({"t_s": round(seconds), "rss_mib": workers_rss_mib(server)})
-            log(f"soak: {seconds:5.0f} s  {result.throughput_rps:6.1f} req/s  rss "
-                + ", ".join(f"{v:.0f}" for v in samples[-1]["rss_mib"].values()) + " MiB")
+            log(
+                f"soak: {seconds:5.0f} s  {result.throughput_rps:6.1f} req/s  rss "
+                + ", ".join(f"{v:.0f}" for v in samples[-1]["rss_mib"].values())
+                + " MiB"
+            )
         after = workers_rss_mib(server)
         restarted = sorted(set(pids_before) ^ set(server.client.worker_pids("sentiment")))
 
@@ -86,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=MODEL_STORE)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as work:
-        result = soak(args.store, args.minutes, args.concurrency, Path(work),
-                      log=lambda message: print(message, file=sys.stderr, flush=True))
+        result = soak(
+            args.store,
+            args.minutes,
+            args.concurrency,
+            Path(work),
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+        )
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     ok = result["errors"] == 0 and result["rss_growth"] < GROWTH_LIMIT
     return 0 if ok else 1

@@ -34,8 +34,8 @@ def _pieces(text: str, words: list[dict]):
     at = 0
     for word in words:
         if word["start"] > at:
-            yield text[at:word["start"]], None
-        yield text[word["start"]:word["end"]], word
+            yield text[at : word["start"]], None
+        yield text[word["start"] : word["end"]], word
         at = word["end"]
     if at < len(text):
         yield text[at:], None
@@ -51,8 +51,10 @@ def terminal(text: str, answer: dict) -> str:
         else:
             r, g, b = colour(word["attribution"], scale)
             out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{piece}\x1b[0m")
-    header = (f"{answer['label']} {answer['score']:.3f} (baseline {explanation['baseline_score']:.3f}, "
-              f"{explanation['steps']} steps, convergence delta {explanation['convergence_delta']:+.4f})")
+    header = (
+        f"{answer['label']} {answer['score']:.3f} (baseline {explanation['baseline_score']:.3f}, "
+        f"{explanation['steps']} steps, convergence delta {explanation['convergence_delta']:+.4f})"
+    )
     top = sorted(explanation["words"], key=lambda w: -abs(w["attribution"]))[:5]
     ranked = ", ".join(f"{w['word']} {w['attribution']:+.3f}" for w in top)
     return f"{header}\n  {''.join(out)}\n  strongest: {ranked}"
@@ -61,7 +63,7 @@ def terminal(text: str, answer: dict) -> str:
 def page(texts: list[str], answers: list[dict]) -> str:
     """One HTML file, no scripts or outside resources: each text with its words coloured."""
     rows = []
-    for text, answer in zip(texts, answers):
+    for text, answer in zip(texts, answers, strict=True):
         explanation = answer["explanation"]
         scale = max((abs(w["attribution"]) for w in explanation["words"]), default=0.0)
         spans = []
@@ -70,20 +72,25 @@ def page(texts: list[str], answers: list[dict]) -> str:
                 spans.append(html.escape(piece))
             else:
                 r, g, b = colour(word["attribution"], scale)
-                spans.append(f'<span style="background:rgb({r},{g},{b})" title="{word["attribution"]:+.4f}">'
-                             f"{html.escape(piece)}</span>")
+                spans.append(
+                    f'<span style="background:rgb({r},{g},{b})" title="{word["attribution"]:+.4f}">'
+                    f"{html.escape(piece)}</span>"
+                )
         rows.append(
             f'<section><p class="label">{html.escape(answer["label"])} {answer["score"]:.3f} '
-            f'<small>(baseline {explanation["baseline_score"]:.3f}, {explanation["steps"]} steps, '
-            f'convergence delta {explanation["convergence_delta"]:+.4f})</small></p>'
-            f'<p class="text">{"".join(spans)}</p></section>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sentiment explanations</title>"
-            "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}section{margin:1.5em 0}"
-            ".label{font-weight:bold;margin:0}.text{font-size:1.4em;line-height:1.8;margin:.3em 0}"
-            "span{padding:.1em .15em;border-radius:.2em}small{font-weight:normal;color:#555}</style></head>"
-            "<body><h1>Why the model said what it said</h1><p>Green words pushed the prediction toward its label, "
-            "red ones away from it (layer integrated gradients on the input embeddings; hover for the value)."
-            "</p>" + "".join(rows) + "</body></html>\n")
+            f"<small>(baseline {explanation['baseline_score']:.3f}, {explanation['steps']} steps, "
+            f"convergence delta {explanation['convergence_delta']:+.4f})</small></p>"
+            f'<p class="text">{"".join(spans)}</p></section>'
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Sentiment explanations</title>'
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}section{margin:1.5em 0}"
+        ".label{font-weight:bold;margin:0}.text{font-size:1.4em;line-height:1.8;margin:.3em 0}"
+        "span{padding:.1em .15em;border-radius:.2em}small{font-weight:normal;color:#555}</style></head>"
+        "<body><h1>Why the model said what it said</h1><p>Green words pushed the prediction toward its label, "
+        "red ones away from it (layer integrated gradients on the input embeddings; hover for the value)."
+        "</p>" + "".join(rows) + "</body></html>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     if not key:
         p.error("give a key: --key (or $SENTIMENT_KEY) for the gateway, --key-file for TorchServe")
     body = {"text": args.texts, **({"steps": args.steps} if args.steps else {})}
-    status, answer = http(f"{args.url}/explanations/{args.model}", "POST", json.dumps(body).encode(),
-                          {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=300)
+    status, answer = http(
+        f"{args.url}/explanations/{args.model}",
+        "POST",
+        json.dumps(body).encode(),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=300,
+    )
     if status != 200:
         print(f"the server answered {status}: {answer.decode(errors='replace')[:500]}", file=sys.stderr)
         return 1
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.html:
         args.html.write_text(page(args.texts, answers))
         print(f"wrote {args.html}", file=sys.stderr)
-    for text, one in zip(args.texts, answers):
+    for text, one in zip(args.texts, answers, strict=True):
         print(terminal(text, one))
     return 0
 

@@ -51,7 +51,7 @@ class SentimentGrpcClient:
         self._metadata = (("authorization", f"Bearer {inference_key}"),)
 
     @classmethod
-    def from_config(cls, config: Path, key_file: Path) -> "SentimentGrpcClient":
+    def from_config(cls, config: Path, key_file: Path) -> SentimentGrpcClient:
         props = read_properties(config)
         target = f"{props.get('grpc_inference_address', '127.0.0.1')}:{props.get('grpc_inference_port', '7070')}"
         return cls(target, read_keys(key_file)["inference"])
@@ -62,13 +62,13 @@ class SentimentGrpcClient:
             model_name=model, model_version=version, input={"body": json.dumps(payload).encode()}
         )
 
-    def predict(self, payload: object, model: str = "sentiment", version: str = "",
-                timeout: float = 30) -> object:
+    def predict(self, payload: object, model: str = "sentiment", version: str = "", timeout: float = 30) -> object:
         """The handler's JSON answer for {"text": ...}; GrpcError when TorchServe or the
         handler refuses (bad input: INVALID_ARGUMENT with the handler's JSON error as details)."""
         try:
-            response = self._stub.Predictions(self.request(payload, model, version),
-                                              metadata=self._metadata, timeout=timeout)
+            response = self._stub.Predictions(
+                self.request(payload, model, version), metadata=self._metadata, timeout=timeout
+            )
         except grpc.RpcError as e:
             raise GrpcError(e.code(), e.details()) from None
         answer = json.loads(response.prediction)
@@ -89,7 +89,7 @@ class SentimentGrpcClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "SentimentGrpcClient":
+    def __enter__(self) -> SentimentGrpcClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -48,10 +48,16 @@ def generate(out: Path = DEFAULT_OUT) -> Path:
             (src / target).parent.mkdir(parents=True, exist_ok=True)
             (src / target).write_bytes(jar.read(inside))
         well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
-        code = protoc.main([
-            "grpc_tools.protoc", f"-I{src}", f"-I{well_known}",
-            f"--python_out={out}", f"--grpc_python_out={out}", *PROTOS.values(),
-        ])
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{src}",
+                f"-I{well_known}",
+                f"--python_out={out}",
+                f"--grpc_python_out={out}",
+                *PROTOS.values(),
+            ]
+        )
     if code != 0:
         raise RuntimeError(f"protoc failed with exit code {code}")
     PTH_FILE.write_text(f"{out.resolve()}\n")

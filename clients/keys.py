@@ -27,6 +27,7 @@ from pathlib import Path
 
 from clients.torchserve import KEY_FILE, http, read_properties
 from server.paths import CONFIG
+
 KINDS = ("inference", "management")
 ROTATION_LOCK = "key_rotation.lock"  # gateway/nginx.py and gateway.js know this name too
 HOLD_BEFORE_S = 0.2
@@ -48,8 +49,9 @@ def rotate(management_url: str, key_file: Path, kind: str) -> str:
         os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600))
         time.sleep(HOLD_BEFORE_S)
     try:
-        status, body = http(f"{management_url}/token?type={kind}", "GET",
-                            headers={"Authorization": f"Bearer {api_key}"})
+        status, body = http(
+            f"{management_url}/token?type={kind}", "GET", headers={"Authorization": f"Bearer {api_key}"}
+        )
         if status != 200:
             raise RuntimeError(f"TorchServe answered {status}: {body.decode(errors='replace')[:300]}")
         # TorchServe has written the file by the time it answers; read it whole once

@@ -63,10 +63,15 @@ def call(client: TorchServeClient, args: argparse.Namespace) -> tuple[int, objec
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clients.manage", description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=CONFIG,
-                   help="config.properties with the management address (default: the repo's)")
-    p.add_argument("--key-file", type=Path, default=Path(KEY_FILE),
-                   help="TorchServe's key_file.json (default: ./key_file.json)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG,
+        help="config.properties with the management address (default: the repo's)",
+    )
+    p.add_argument(
+        "--key-file", type=Path, default=Path(KEY_FILE), help="TorchServe's key_file.json (default: ./key_file.json)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered models")
     d = sub.add_parser("describe", help="a model's versions, settings and workers")
@@ -106,8 +111,7 @@ def refusal(args: argparse.Namespace) -> str | None:
         if value is not None and (not NAME_PATTERN.fullmatch(value) or ".." in value):
             return f"a model {what} is letters, digits, '_', '.' and '-', not {value!r}"
     archive = getattr(args, "archive", None)
-    if archive is not None and (not NAME_PATTERN.fullmatch(archive) or ".." in archive
-                                or not archive.endswith(".mar")):
+    if archive is not None and (not NAME_PATTERN.fullmatch(archive) or ".." in archive or not archive.endswith(".mar")):
         return f"an archive is the file name of a .mar in the model store, not {archive!r}"
     for what in ("workers", "min_workers", "max_workers"):
         value = getattr(args, what, None)
@@ -121,8 +125,9 @@ def refusal(args: argparse.Namespace) -> str | None:
         if None not in (args.min_workers, args.max_workers) and args.min_workers > args.max_workers:
             return "--min-workers must not be more than --max-workers"
         if args.max_workers == 0 and not args.allow_zero:
-            return ("--workers 0 stops serving this version; pass --allow-zero if that is what you want "
-                    "(or unregister it)")
+            return (
+                "--workers 0 stops serving this version; pass --allow-zero if that is what you want (or unregister it)"
+            )
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         return f"--batch-size must be 1 or more, not {args.batch_size}"
     if getattr(args, "max_batch_delay", None) is not None and args.max_batch_delay < 0:
@@ -141,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused, TorchServe was not called: {problem}", file=sys.stderr)
         return 2
     if not args.key_file.is_file():
-        print(f"{args.key_file} not found: start TorchServe first (make serve) or pass --key-file",
-              file=sys.stderr)
+        print(f"{args.key_file} not found: start TorchServe first (make serve) or pass --key-file", file=sys.stderr)
         return 1
     client = TorchServeClient.from_config(args.config, args.key_file)
     try:

@@ -36,7 +36,10 @@ def read_keys(key_file: Path) -> dict[str, str]:
 
 
 def http(
-    url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict | None = None,
     timeout: float = 30,
 ) -> tuple[int, bytes]:
     """(status, body) of one request; HTTP errors are returned, not raised."""
@@ -62,7 +65,7 @@ class TorchServeClient:
     key_file: Path | None = None  # where to re-read rotated keys from
 
     @classmethod
-    def from_config(cls, config: Path, key_file: Path) -> "TorchServeClient":
+    def from_config(cls, config: Path, key_file: Path) -> TorchServeClient:
         props = read_properties(config)
         return cls(
             props.get("inference_address", "http://127.0.0.1:8080"),
@@ -72,8 +75,9 @@ class TorchServeClient:
             Path(key_file),
         )
 
-    def _call(self, api: str, url: str, method: str, body: bytes | None, headers: dict,
-              timeout: float) -> tuple[int, bytes]:
+    def _call(
+        self, api: str, url: str, method: str, body: bytes | None, headers: dict, timeout: float
+    ) -> tuple[int, bytes]:
         """One request with the `api` key; when TorchServe refuses the key and key_file.json
         holds another one (it was rotated), once more with the new key."""
         for attempt in range(2):
@@ -95,8 +99,14 @@ class TorchServeClient:
 
     def predict(self, payload: object, model: str = "sentiment", timeout: float = 30) -> tuple[int, object]:
         """POST a JSON payload to /predictions/<model>; (status, parsed JSON answer)."""
-        status, body = self._call("inference", f"{self.inference_url}/predictions/{model}", "POST",
-                                  json.dumps(payload).encode(), {"Content-Type": "application/json"}, timeout)
+        status, body = self._call(
+            "inference",
+            f"{self.inference_url}/predictions/{model}",
+            "POST",
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json"},
+            timeout,
+        )
         return status, json.loads(body)
 
     def ready_models(self) -> dict[str, bool]:
@@ -144,5 +154,9 @@ class TorchServeClient:
         status, described = self.management(f"/models/{model}")
         if status != 200:
             return []
-        return [int(w["pid"]) for d in described for w in d.get("workers", [])
-                if w.get("pid") and (w.get("status") == "READY" or not ready_only)]
+        return [
+            int(w["pid"])
+            for d in described
+            for w in d.get("workers", [])
+            if w.get("pid") and (w.get("status") == "READY" or not ready_only)
+        ]

@@ -69,15 +69,22 @@ def render_overlay(image: str | None) -> list[dict]:
     return docs
 
 
-def replica_docs(docs: list[dict], pod: str, gateway_port: int, metrics_port: int, clients: str,
-                 rate: int | None = None) -> list[dict]:
+def replica_docs(
+    docs: list[dict], pod: str, gateway_port: int, metrics_port: int, clients: str, rate: int | None = None
+) -> list[dict]:
     """The overlay's objects for one replica: its Deployment renamed, with host ports, and
     its volumes and ConfigMaps named after it: kube play turns each emptyDir into a podman
     volume of the volume's name and each ConfigMap into one of the ConfigMap's name, which
     replicas (and a later run) would otherwise share."""
     out = []
-    docs = docs + [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sentiment-clients"},
-                    "data": {"clients": clients}}]
+    docs = docs + [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "sentiment-clients"},
+            "data": {"clients": clients},
+        }
+    ]
     for doc in docs:
         doc = copy.deepcopy(doc)
         if doc["kind"] == "ConfigMap":
@@ -174,32 +181,45 @@ def up(args) -> dict:
     with os.fdopen(fd, "w") as f:
         f.write(f"local={key}\n")
     docs = render_overlay(args.image)
-    state = {"name": args.name, "front": f"http://127.0.0.1:{args.port}", "clients_file": str(clients_file),
-             "replicas": {}, "pids": {}}
+    state = {
+        "name": args.name,
+        "front": f"http://127.0.0.1:{args.port}",
+        "clients_file": str(clients_file),
+        "replicas": {},
+        "pids": {},
+    }
     try:
         started = time.monotonic()
         for i in range(1, args.replicas + 1):
             pod = f"{args.name}-{i}"
             gateway_port, metrics_port = args.replica_port_base + i, args.metrics_port_base + i
             manifest = state_dir / f"replica-{i}.yaml"
-            manifest.write_text(yaml.safe_dump_all(replica_docs(docs, pod, gateway_port, metrics_port,
-                                                                f"local={key}\n", args.rate)))
+            manifest.write_text(
+                yaml.safe_dump_all(replica_docs(docs, pod, gateway_port, metrics_port, f"local={key}\n", args.rate))
+            )
             played = podman("kube", "play", str(manifest)).stdout.split()
             pod_id = played[played.index("Pod:") + 1]
             pod_name = podman("pod", "inspect", "--format", "{{.Name}}", pod_id).stdout.strip()
-            state["replicas"][str(i)] = {"pod": pod_name, "manifest": str(manifest),
-                                         "gateway": f"http://127.0.0.1:{gateway_port}",
-                                         "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+            state["replicas"][str(i)] = {
+                "pod": pod_name,
+                "manifest": str(manifest),
+                "gateway": f"http://127.0.0.1:{gateway_port}",
+                "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+            }
             log(f"replica {i}: pod {pod_name}, gateway 127.0.0.1:{gateway_port}, metrics 127.0.0.1:{metrics_port}")
         for i, replica in state["replicas"].items():
             seconds = wait_ready(replica["gateway"] + "/readyz", args.timeout)
             replica["ready_after_s"] = round(time.monotonic() - started, 1)
             log(f"replica {i} ready ({seconds:.0f}s of waiting)")
-        state["pids"]["front"] = start_front(state_dir / "front", args.port,
-                                             [args.replica_port_base + i for i in range(1, args.replicas + 1)])
-        prometheus = LocalPrometheus(state_dir / "prometheus", {r["pod"]: args.metrics_port_base + int(i)
-                                                                for i, r in state["replicas"].items()},
-                                     scrape_interval="5s", port=args.prometheus_port).start()
+        state["pids"]["front"] = start_front(
+            state_dir / "front", args.port, [args.replica_port_base + i for i in range(1, args.replicas + 1)]
+        )
+        prometheus = LocalPrometheus(
+            state_dir / "prometheus",
+            {r["pod"]: args.metrics_port_base + int(i) for i, r in state["replicas"].items()},
+            scrape_interval="5s",
+            port=args.prometheus_port,
+        ).start()
         state["pids"]["prometheus"] = prometheus.proc.pid
         state["prometheus"] = prometheus.url
     finally:
@@ -234,8 +254,11 @@ def stop_replica(args) -> dict:
     replica = load_state(args)["replicas"][str(args.replica)]
     started = time.monotonic()
     stop_pod(replica["pod"])
-    return {"pod": replica["pod"], "stopped_in_s": round(time.monotonic() - started, 1),
-            "exit_codes": container_exit_codes(replica["pod"])}
+    return {
+        "pod": replica["pod"],
+        "stopped_in_s": round(time.monotonic() - started, 1),
+        "exit_codes": container_exit_codes(replica["pod"]),
+    }
 
 
 def start_replica(args) -> dict:
@@ -250,7 +273,7 @@ def start_replica(args) -> dict:
 
 def down(args) -> dict:
     state = load_state(args)
-    for name, pid in state.get("pids", {}).items():
+    for pid in state.get("pids", {}).values():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -261,8 +284,11 @@ def down(args) -> dict:
         except subprocess.CalledProcessError as e:
             log(f"stopping {replica['pod']}: {e.stderr.strip()}")
         podman("kube", "down", replica["manifest"], check=False)
-        configmaps = [d["metadata"]["name"] for d in yaml.safe_load_all(Path(replica["manifest"]).read_text())
-                      if d["kind"] == "ConfigMap"]
+        configmaps = [
+            d["metadata"]["name"]
+            for d in yaml.safe_load_all(Path(replica["manifest"]).read_text())
+            if d["kind"] == "ConfigMap"
+        ]
         podman("volume", "rm", "-f", *configmaps, check=False)
     (args.state_dir / args.name / "state.json").unlink()
     return {"down": state["name"]}

@@ -59,8 +59,13 @@ def wait_for_nodes(dirs: list[Path], timeout: float, stopping: threading.Event) 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
-    p.add_argument("--node", action="append", type=Path, required=True,
-                   help="directory a TorchServe node runs in (config.properties, key_file.json)")
+    p.add_argument(
+        "--node",
+        action="append",
+        type=Path,
+        required=True,
+        help="directory a TorchServe node runs in (config.properties, key_file.json)",
+    )
     p.add_argument("--client", action="append", default=[], help="NAME=KEY of a gateway client")
     p.add_argument("--clients-file", type=Path, help="a file of NAME=KEY lines, read on every request")
     p.add_argument("--jwt-secret-file", type=Path, help="accept HS256 JSON Web Tokens signed with this secret")
@@ -72,8 +77,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=int, default=100)
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "gateway")
     p.add_argument("--wait-for-nodes", type=float, default=300.0, help="seconds to wait for the key files")
-    p.add_argument("--drain-delay", type=float, default=0.0,
-                   help="seconds between failing /readyz and closing the port, on SIGTERM")
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="seconds between failing /readyz and closing the port, on SIGTERM",
+    )
     p.add_argument("--drained-marker", type=Path, help="file written once the gateway has drained")
     return p
 

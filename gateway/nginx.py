@@ -42,7 +42,7 @@ class Node:
     inference_port: int
 
     @classmethod
-    def from_dir(cls, directory: Path) -> "Node":
+    def from_dir(cls, directory: Path) -> Node:
         directory = Path(directory).resolve()
         props = read_properties(directory / "config.properties")
         return cls(directory, int(props["inference_address"].rsplit(":", 1)[1]))
@@ -97,8 +97,10 @@ def check_clients(clients: dict[str, str]) -> dict[str, str]:
         if not CLIENT_NAME.fullmatch(name):
             raise ValueError(f"a client name must be 1-64 letters, digits, '.', '_' or '-': {name!r}")
         if not CLIENT_KEY.fullmatch(key):
-            raise ValueError(f"client {name}: a key must be 16-512 of the RFC 6750 token characters "
-                             "(letters, digits, - . _ ~ + /, then = padding)")
+            raise ValueError(
+                f"client {name}: a key must be 16-512 of the RFC 6750 token characters "
+                "(letters, digits, - . _ ~ + /, then = padding)"
+            )
     return clients
 
 
@@ -132,9 +134,11 @@ def static_answers(model: str) -> dict[str, dict]:
             "name": model,
             "platform": "pytorch_torchserve",
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                        {"name": "score", "datatype": "FP32", "shape": [-1]},
-                        {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "score", "datatype": "FP32", "shape": [-1]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+            ],
         },
     }
 
@@ -168,7 +172,7 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
             # upstream above counts as this node failing (and retries elsewhere)
             error_page 502 504 = @node_down;"""
     blocks = []
-    for i, (node, sock) in enumerate(zip(nodes, sockets), 1):
+    for i, (node, sock) in enumerate(zip(nodes, sockets, strict=True), 1):
         directory = _check_config_string(str(node.directory), "a node directory")
         blocks.append(f"""    upstream torchserve{i} {{
         server 127.0.0.1:{node.inference_port};
@@ -194,6 +198,8 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
         }}
         location /_resume/ {{
             internal;
+            # the held request's answer comes back whole to gateway.js: room for the largest
+            subrequest_output_buffer_size {settings.max_body};
             rewrite ^/_resume(/.*)$ $1 break;
 {proxy}
             proxy_pass http://torchserve{i};
@@ -219,7 +225,9 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "LISTEN": settings.listen,
         "PORT": str(settings.port),
         "CLIENTS_FILE": _check_config_string(str(Path(clients_file).resolve()), "the clients file's path"),
-        "JWT_SECRET_FILE": _check_config_string(str(Path(jwt.secret_file).resolve()) if jwt else "", "the JWT secret's path"),
+        "JWT_SECRET_FILE": _check_config_string(
+            str(Path(jwt.secret_file).resolve()) if jwt else "", "the JWT secret's path"
+        ),
         "JWT_AUDIENCE": _check_config_string(jwt.audience if jwt else "", "the JWT audience"),
         "JWT_ISSUER": _check_config_string(jwt.issuer if jwt else "", "the JWT issuer"),
         "RATE": str(settings.rate_per_s),
@@ -278,8 +286,13 @@ class ReadinessPoller:
             return False
         base = f"http://127.0.0.1:{node.inference_port}"
         try:
-            status, _ = http(f"{base}/predictions/{self.model}", "POST", self.PROBE_BODY,
-                             {**auth, "Content-Type": "application/json"}, timeout=self.timeout)
+            status, _ = http(
+                f"{base}/predictions/{self.model}",
+                "POST",
+                self.PROBE_BODY,
+                {**auth, "Content-Type": "application/json"},
+                timeout=self.timeout,
+            )
         except OSError as e:  # refused, reset, or no answer in time
             if not isinstance(e, TimeoutError) and "timed out" not in str(e):
                 return False
@@ -294,7 +307,7 @@ class ReadinessPoller:
         return False
 
     def poll_once(self) -> bool:
-        self.state = [self._node_ready(node, was) for node, was in zip(self.nodes, self.state)]
+        self.state = [self._node_ready(node, was) for node, was in zip(self.nodes, self.state, strict=True)]
         ready = any(self.state)
         if ready and not self.ready_link.is_symlink():
             tmp = self.ready_link.with_name(READY_LINK + ".new")
@@ -372,15 +385,14 @@ class Gateway:
             raise FileNotFoundError(f"{JS_MODULE} is missing: apt-get install libnginx-mod-http-js")
         return [binary, "-p", str(self.workdir), "-e", "stderr", "-c", str(self.workdir / "nginx.conf"), *args]
 
-    def start(self, nodes: list[Node], timeout: float = 15.0) -> "Gateway":
+    def start(self, nodes: list[Node], timeout: float = 15.0) -> Gateway:
         self.write_config(nodes)
         (self.workdir / DRAINING_FILE).unlink(missing_ok=True)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")
         log = open(self.log_file, "ab") if self.log_file is not None else None
-        self.proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log, start_new_session=True)
         if log is not None:
             log.close()
 

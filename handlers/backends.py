@@ -24,7 +24,7 @@ ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def select_device(gpu_id: int | str | None, cuda_available: bool, options: HandlerOptions) -> str:
-    """"cuda:N" when TorchServe gave this worker a GPU and one is there, else "cpu"; and
+    """ "cuda:N" when TorchServe gave this worker a GPU and one is there, else "cpu"; and
     the options that only make sense on one of them are refused on the other."""
     device = f"cuda:{gpu_id}" if gpu_id is not None and cuda_available else "cpu"
     if options.half and (device == "cpu" or options.backend != "torch"):
@@ -87,8 +87,10 @@ class OnnxRuntimeBackend:
 
         path = Path(model_dir) / ONNX_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"backend: onnxruntime needs {ONNX_FILE} in the archive: "
-                                    "archive with --option backend=onnxruntime, which exports it")
+            raise FileNotFoundError(
+                f"backend: onnxruntime needs {ONNX_FILE} in the archive: "
+                "archive with --option backend=onnxruntime, which exports it"
+            )
         settings = ort.SessionOptions()
         settings.intra_op_num_threads = threads
         settings.inter_op_num_threads = 1

@@ -16,8 +16,8 @@ imported then too, never at start.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from text_classification import Limits, ParsedRequest, RequestError, json_type, parse_with_extras
 
@@ -32,8 +32,9 @@ class ExplainLimits:
     max_tokens: int = 64  # tokens per text, its special tokens included
 
 
-def parse_explanation(row: dict, limits: Limits, explain: ExplainLimits,
-                      content_type: str | None) -> tuple[ParsedRequest, int]:
+def parse_explanation(
+    row: dict, limits: Limits, explain: ExplainLimits, content_type: str | None
+) -> tuple[ParsedRequest, int]:
     """An explanation request -> its texts and integration steps, or RequestError."""
     request, extras = parse_with_extras(row, limits, content_type, ("steps",))
     steps = extras.get("steps", explain.steps)
@@ -42,24 +43,33 @@ def parse_explanation(row: dict, limits: Limits, explain: ExplainLimits,
     if steps > explain.max_steps:
         raise RequestError(413, "TooManySteps", f'"steps" is {steps}; the limit is {explain.max_steps}')
     if len(request.texts) > explain.max_texts:
-        raise RequestError(413, "TooManyTexts",
-                           f"{len(request.texts)} texts to explain; the limit is {explain.max_texts} per request")
+        raise RequestError(
+            413, "TooManyTexts", f"{len(request.texts)} texts to explain; the limit is {explain.max_texts} per request"
+        )
     return request, steps
 
 
-def merge_word_pieces(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None],
-                      token_attributions: Sequence[float]) -> list[dict]:
+def merge_word_pieces(
+    text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None], token_attributions: Sequence[float]
+) -> list[dict]:
     """Token attributions -> one entry per word of `text`: the word as written, its
     character span, the sum of its pieces' attributions. Special tokens (no word) drop out."""
     words: dict[int, dict] = {}
-    for (start, end), word, value in zip(offsets, word_ids, token_attributions):
+    for (start, end), word, value in zip(offsets, word_ids, token_attributions, strict=True):
         if word is None:
             continue
         entry = words.setdefault(word, {"start": start, "end": end, "attribution": 0.0})
         entry["start"], entry["end"] = min(entry["start"], start), max(entry["end"], end)
         entry["attribution"] += float(value)
-    return [{"word": text[w["start"]:w["end"]], "start": w["start"], "end": w["end"],
-             "attribution": round(w["attribution"], 6)} for _, w in sorted(words.items())]
+    return [
+        {
+            "word": text[w["start"] : w["end"]],
+            "start": w["start"],
+            "end": w["end"],
+            "attribution": round(w["attribution"], 6),
+        }
+        for _, w in sorted(words.items())
+    ]
 
 
 class Explainer:
@@ -83,7 +93,7 @@ class Explainer:
         self.lig = LayerIntegratedGradients(probability, self.model.get_input_embeddings())
 
     @classmethod
-    def from_checkpoint(cls, model_dir: str, tokenizer, labels, threads: int) -> "Explainer":
+    def from_checkpoint(cls, model_dir: str, tokenizer, labels, threads: int) -> Explainer:
         from transformers import AutoModelForSequenceClassification
 
         return cls(AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer, labels, threads)
@@ -93,10 +103,13 @@ class Explainer:
         encoded = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
         n_tokens = encoded["input_ids"].shape[1]
         if n_tokens > max_tokens:
-            raise RequestError(413, "TooManyTokens", f"a text to explain has {n_tokens} tokens; the limit is {max_tokens}")
+            raise RequestError(
+                413, "TooManyTokens", f"a text to explain has {n_tokens} tokens; the limit is {max_tokens}"
+            )
         input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-        special = torch.tensor(self.tokenizer.get_special_tokens_mask(input_ids[0].tolist(),
-                                                                      already_has_special_tokens=True)).bool()
+        special = torch.tensor(
+            self.tokenizer.get_special_tokens_mask(input_ids[0].tolist(), already_has_special_tokens=True)
+        ).bool()
         baseline = torch.where(special, input_ids[0], torch.tensor(self.tokenizer.pad_token_id)).unsqueeze(0)
         torch.set_num_threads(self.threads)
         with torch.no_grad():
@@ -104,10 +117,15 @@ class Explainer:
             target = int(probabilities.argmax())
             baseline_score = float(self.probability(baseline, attention_mask, target)[0])
         attributions, delta = self.lig.attribute(
-            input_ids, baselines=baseline, additional_forward_args=(attention_mask, target),
-            n_steps=steps, internal_batch_size=min(steps, 32), return_convergence_delta=True)
+            input_ids,
+            baselines=baseline,
+            additional_forward_args=(attention_mask, target),
+            n_steps=steps,
+            internal_batch_size=min(steps, 32),
+            return_convergence_delta=True,
+        )
         per_token = attributions.sum(dim=-1)[0].tolist()
-        scores = {name: round(float(p), 6) for name, p in zip(self.labels, probabilities.tolist())}
+        scores = {name: round(float(p), 6) for name, p in zip(self.labels, probabilities.tolist(), strict=True)}
         return {
             "label": self.labels[target],
             "score": scores[self.labels[target]],
@@ -118,7 +136,6 @@ class Explainer:
                 "steps": steps,
                 "baseline_score": round(baseline_score, 6),
                 "convergence_delta": round(float(delta[0]), 6),
-                "words": merge_word_pieces(text, encoded["offset_mapping"][0].tolist(), encoded.word_ids(0),
-                                           per_token),
+                "words": merge_word_pieces(text, encoded["offset_mapping"][0].tolist(), encoded.word_ids(0), per_token),
             },
         }

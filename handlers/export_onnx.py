@@ -23,8 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ONNX_FILE = "model.onnx"
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the models' forward signature
-CHECK_TEXTS = ["I love this", "This is terrible, truly the worst service I have had in years",
-               "meh", "a " * 60 + "long one"]
+CHECK_TEXTS = [
+    "I love this",
+    "This is terrible, truly the worst service I have had in years",
+    "meh",
+    "a " * 60 + "long one",
+]
 # largest difference in class probability from the PyTorch model that the check accepts
 TOLERANCE = {"none": 1e-4, "int8": 0.15}
 
@@ -54,10 +58,15 @@ def export(model_dir: Path, out_dir: Path, quantize: str = "none") -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
                 torch.onnx.export(
-                    model, (), str(fp32), kwargs={n: sample[n] for n in names},
-                    input_names=names, output_names=["logits"],
+                    model,
+                    (),
+                    str(fp32),
+                    kwargs={n: sample[n] for n in names},
+                    input_names=names,
+                    output_names=["logits"],
                     dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
-                    opset_version=17, dynamo=False,
+                    opset_version=17,
+                    dynamo=False,
                 )
         except Exception as e:
             raise ExportError(f"{type(model).__name__} does not export to ONNX: {type(e).__name__}: {e}") from e
@@ -78,10 +87,14 @@ def export(model_dir: Path, out_dir: Path, quantize: str = "none") -> Path:
     worst = float(np.abs(got - expected).max())
     if worst > TOLERANCE[quantize]:
         target.unlink()
-        raise ExportError(f"the exported graph ({quantize}) differs from the PyTorch model by {worst:.4f} "
-                          f"in a class probability (tolerance {TOLERANCE[quantize]})")
-    print(f"exported {target} ({quantize}, {target.stat().st_size / 1e6:.0f} MB), "
-          f"largest probability difference from PyTorch {worst:.2e}")
+        raise ExportError(
+            f"the exported graph ({quantize}) differs from the PyTorch model by {worst:.4f} "
+            f"in a class probability (tolerance {TOLERANCE[quantize]})"
+        )
+    print(
+        f"exported {target} ({quantize}, {target.stat().st_size / 1e6:.0f} MB), "
+        f"largest probability difference from PyTorch {worst:.2e}"
+    )
     return target
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from text_classification import (
     Limits,
@@ -52,8 +53,7 @@ class Model:
     version: str | None
 
 
-def parse(row: dict, limits: Limits, content_type: str | None,
-          protocol: str) -> tuple[ParsedRequest, Envelope]:
+def parse(row: dict, limits: Limits, content_type: str | None, protocol: str) -> tuple[ParsedRequest, Envelope]:
     """One request in `protocol` -> its texts and envelope, or RequestError."""
     if protocol == NATIVE:
         return parse_request(row, limits, content_type), Envelope()
@@ -72,8 +72,9 @@ def _object(value: Any, example: str) -> dict:
 def _unknown_fields(value: dict, known: Sequence[str], where: str) -> None:
     unknown = [k for k in value if k not in known]
     if unknown:
-        raise RequestError(400, "InvalidInput",
-                           f"{where} has {len(unknown)} unknown field(s); it takes {', '.join(known)}")
+        raise RequestError(
+            400, "InvalidInput", f"{where} has {len(unknown)} unknown field(s); it takes {', '.join(known)}"
+        )
 
 
 def _count(n: int, limits: Limits, what: str) -> None:
@@ -113,12 +114,14 @@ def _shape(value: Any, limits: Limits) -> int:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
             raise RequestError(400, "InvalidInput", '"shape" must be a list of dimensions (integers, 0 or more)')
     if any(d > limits.max_texts_per_request for d in value):
-        raise RequestError(413, "TooManyTexts", f'a dimension of "shape" is over the limit of '
-                                                f'{limits.max_texts_per_request} texts')
+        raise RequestError(
+            413, "TooManyTexts", f'a dimension of "shape" is over the limit of {limits.max_texts_per_request} texts'
+        )
     n = math.prod(value)  # at most max_texts_per_request ** MAX_SHAPE_DIMS: small integers
     if n > limits.max_texts_per_request:
-        raise RequestError(413, "TooManyTexts",
-                           f'"shape" holds {n} elements; the limit is {limits.max_texts_per_request}')
+        raise RequestError(
+            413, "TooManyTexts", f'"shape" holds {n} elements; the limit is {limits.max_texts_per_request}'
+        )
     return n
 
 
@@ -139,8 +142,11 @@ def _flatten(data: Any, n: int, limits: Limits) -> list:
             if isinstance(item, list):
                 lists += 1
                 if len(stack) >= MAX_SHAPE_DIMS or lists > max_lists:
-                    raise RequestError(400, "InvalidInput", f'"data" nests deeper or wider than a shape of at most '
-                                                            f'{MAX_SHAPE_DIMS} dimensions holds')
+                    raise RequestError(
+                        400,
+                        "InvalidInput",
+                        f'"data" nests deeper or wider than a shape of at most {MAX_SHAPE_DIMS} dimensions holds',
+                    )
                 stack.append(iter(item))
                 break
             if len(out) == n:
@@ -177,17 +183,21 @@ def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
         names = V2_OUTPUTS
     else:
         # each output once at most: the answer holds a tensor per name asked for
-        if not isinstance(outputs, list) or not 1 <= len(outputs) <= len(V2_OUTPUTS) \
-                or not all(isinstance(o, dict) for o in outputs):
+        if (
+            not isinstance(outputs, list)
+            or not 1 <= len(outputs) <= len(V2_OUTPUTS)
+            or not all(isinstance(o, dict) for o in outputs)
+        ):
             raise RequestError(400, "InvalidInput", '"outputs" must be a list of {"name": ...}, each output once')
         names = tuple(o.get("name") for o in outputs)
         if not all(isinstance(name, str) and name in V2_OUTPUTS for name in names) or len(set(names)) != len(names):
-            raise RequestError(400, "InvalidInput", f'the outputs are {", ".join(V2_OUTPUTS)}, each asked for once')
+            raise RequestError(400, "InvalidInput", f"the outputs are {', '.join(V2_OUTPUTS)}, each asked for once")
     return ParsedRequest(texts, True), Envelope(OIP_V2, request_id, names)
 
 
-def render(envelope: Envelope, outcome: list[dict] | RequestError, labels: Sequence[str],
-           model: Model, is_list: bool = True) -> tuple[int, str]:
+def render(
+    envelope: Envelope, outcome: list[dict] | RequestError, labels: Sequence[str], model: Model, is_list: bool = True
+) -> tuple[int, str]:
     """(HTTP status, JSON body) of one request: its predictions, or its error, in its protocol."""
     if isinstance(outcome, RequestError):
         if envelope.protocol == NATIVE:
@@ -201,9 +211,13 @@ def render(envelope: Envelope, outcome: list[dict] | RequestError, labels: Seque
     tensors = {
         "label": {"name": "label", "datatype": "BYTES", "shape": [n], "data": [p["label"] for p in outcome]},
         "score": {"name": "score", "datatype": "FP32", "shape": [n], "data": [p["score"] for p in outcome]},
-        "scores": {"name": "scores", "datatype": "FP32", "shape": [n, len(labels)],
-                   "data": [p["scores"][label] for p in outcome for label in labels],
-                   "parameters": {"labels": ",".join(labels)}},
+        "scores": {
+            "name": "scores",
+            "datatype": "FP32",
+            "shape": [n, len(labels)],
+            "data": [p["scores"][label] for p in outcome for label in labels],
+            "parameters": {"labels": ",".join(labels)},
+        },
     }
     body: dict = {"model_name": model.name}
     if model.version:

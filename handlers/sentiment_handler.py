@@ -15,11 +15,11 @@ import os
 import time
 import traceback
 
-import backends
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+import backends
 from explanations import Explainer, ExplainLimits, parse_explanation
 from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
@@ -74,8 +74,12 @@ class SentimentHandler(BaseHandler):
         self.options = HandlerOptions.from_model_yaml(model_yaml, deployment_overrides())
         self.model_dir = model_dir
         self.explainer = None
-        self.explain_limits = ExplainLimits(self.options.explain_steps, self.options.explain_max_steps,
-                                            self.options.explain_max_texts, self.options.explain_max_tokens)
+        self.explain_limits = ExplainLimits(
+            self.options.explain_steps,
+            self.options.explain_max_steps,
+            self.options.explain_max_texts,
+            self.options.explain_max_tokens,
+        )
         self.backend = self._load_backend(model_dir, properties.get("gpu_id"), torch.cuda.is_available())
         self.device = self.backend.device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -92,9 +96,17 @@ class SentimentHandler(BaseHandler):
         logger.info(
             "loaded %s (%s backend, %d labels: %s, quantize=%s, half=%s) on %s with %d threads, "
             "max_length %d, in %.1fs, warmed up in %.1fs",
-            context.model_name, self.options.backend, len(self.labels), ", ".join(self.labels),
-            self.options.quantize, self.options.half, self.device, self.backend.threads,
-            self.max_length, loaded - started, time.time() - loaded,
+            context.model_name,
+            self.options.backend,
+            len(self.labels),
+            ", ".join(self.labels),
+            self.options.quantize,
+            self.options.half,
+            self.device,
+            self.backend.threads,
+            self.max_length,
+            loaded - started,
+            time.time() - loaded,
         )
 
     def _load_backend(self, model_dir: str, gpu_id, cuda_available: bool):
@@ -195,7 +207,7 @@ class SentimentHandler(BaseHandler):
         answers = {}
         if predict:
             batch = self.preprocess([data[i] for i in predict], predict, tally)
-            answers.update(zip(predict, self.postprocess(self.inference(batch), predict)))
+            answers.update(zip(predict, self.postprocess(self.inference(batch), predict), strict=True))
         for i in rows:
             if i in explain:
                 answers[i] = self._explain(data[i], i, tally)
@@ -205,7 +217,9 @@ class SentimentHandler(BaseHandler):
         """One explanation request: word attributions per text (handlers/explanations.py)."""
         started = time.perf_counter()
         try:
-            request, steps = parse_explanation(row, self.options.limits, self.explain_limits, self._header(idx, "content-type"))
+            request, steps = parse_explanation(
+                row, self.options.limits, self.explain_limits, self._header(idx, "content-type")
+            )
             explainer = self._explainer()
             results = [explainer.explain(text, steps, self.explain_limits.max_tokens) for text in request.texts]
             status, body = 200, json.dumps(results if request.is_list else results[0])
@@ -239,8 +253,7 @@ class SentimentHandler(BaseHandler):
         envelope = Envelope()
         try:
             envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
-            request, envelope = parse(row, self.options.limits, self._header(idx, "content-type"),
-                                      envelope.protocol)
+            request, envelope = parse(row, self.options.limits, self._header(idx, "content-type"), envelope.protocol)
             return request, envelope
         except RequestError as e:
             error = e
@@ -256,7 +269,7 @@ class SentimentHandler(BaseHandler):
         started = time.perf_counter()
         tally = Tally() if tally is None else tally
         indices = list(range(len(data))) if indices is None else indices
-        parsed = [self._parse(row, idx) for row, idx in zip(data, indices)]
+        parsed = [self._parse(row, idx) for row, idx in zip(data, indices, strict=True)]
         batch = flatten([request for request, _ in parsed])
         encodings = run_isolated(batch.texts, self._tokenize) if batch.texts else []
         tally.preprocess_seconds = time.perf_counter() - started
@@ -287,7 +300,7 @@ class SentimentHandler(BaseHandler):
         for group in micro_batches(lengths, self.options.micro_batch_size):
             texts = [ok[g] for g in group]
             results = run_isolated([encodings[i] for i in texts], self._forward)
-            for i, result in zip(texts, results):
+            for i, result in zip(texts, results, strict=True):
                 if isinstance(result, Exception):
                     _log_failure("running the model on", result)
                     result = internal_error("running the model on")
@@ -301,8 +314,9 @@ class SentimentHandler(BaseHandler):
         batch, probabilities, envelopes, tally = data
         indices = list(range(len(batch.requests))) if indices is None else indices
         out = []
-        for idx, request, envelope, outcome in zip(indices, batch.requests, envelopes,
-                                                   outcomes(batch, probabilities, self.labels)):
+        for idx, request, envelope, outcome in zip(
+            indices, batch.requests, envelopes, outcomes(batch, probabilities, self.labels), strict=True
+        ):
             if isinstance(outcome, RequestError):
                 tally.errors.append(outcome.kind)
             else:

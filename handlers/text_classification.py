@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,14 +61,15 @@ class HandlerOptions:
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
-    def from_model_yaml(cls, model_yaml: dict | None, overrides: dict | None = None) -> "HandlerOptions":
+    def from_model_yaml(cls, model_yaml: dict | None, overrides: dict | None = None) -> HandlerOptions:
         """The archive's `handler:` section, with `overrides` (a deployment's settings) over it.
         The backend and quantization are the archive's (an ONNX graph is exported for them)."""
         section = dict((model_yaml or {}).get("handler") or {})
         fixed = sorted(set(overrides or {}) & set(ARCHIVE_TIME_OPTIONS))
         if fixed:
-            raise ValueError(f"handler option(s) {', '.join(fixed)} are set when the model is archived, "
-                             "not by a deployment")
+            raise ValueError(
+                f"handler option(s) {', '.join(fixed)} are set when the model is archived, not by a deployment"
+            )
         section.update(overrides or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
@@ -127,9 +129,7 @@ def _decode(raw: bytes | bytearray) -> str:
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(
-            400, "InvalidEncoding", f"body is not valid UTF-8 (byte {e.start})"
-        ) from None
+        raise RequestError(400, "InvalidEncoding", f"body is not valid UTF-8 (byte {e.start})") from None
 
 
 def _looks_like_json(text: str) -> bool:
@@ -156,7 +156,8 @@ def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
     sniff = media_type in SNIFFED_MEDIA_TYPES
     if not (sniff or media_type.endswith("json") or media_type.startswith("text/")):
         raise RequestError(
-            415, "UnsupportedMediaType",
+            415,
+            "UnsupportedMediaType",
             f"Content-Type {media_type[:80]!r} is not supported; send application/json or text/plain",
         )
     if isinstance(raw, (bytes, bytearray)):
@@ -184,9 +185,7 @@ def check_text(value: Any, where: str, limits: Limits) -> str:
     """`value` as one text of a request, or RequestError: a non-empty string of real text
     (no unpaired surrogates) within the length limit."""
     if not isinstance(value, str):
-        raise RequestError(
-            400, "InvalidInput", f"{where} must be a string, not {json_type(value)}"
-        )
+        raise RequestError(400, "InvalidInput", f"{where} must be a string, not {json_type(value)}")
     if not value.strip():
         raise RequestError(400, "EmptyText", f"{where} is empty")
     try:
@@ -240,9 +239,7 @@ def _from_json(value: Any, limits: Limits) -> ParsedRequest:
                 "TooManyTexts",
                 f'"text" has {len(text)} items; the limit is {limits.max_texts_per_request}',
             )
-        return ParsedRequest(
-            tuple(check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True
-        )
+        return ParsedRequest(tuple(check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True)
     return ParsedRequest((check_text(text, '"text"', limits),), False)
 
 
@@ -257,21 +254,21 @@ def json_body(row: dict, content_type: str | None = None) -> Any:
     for key in BODY_KEYS:
         if key in row:
             if _media_type(content_type).startswith("text/"):
-                raise RequestError(415, "UnsupportedMediaType",
-                                   "this API takes a JSON body: send 'Content-Type: application/json'")
+                raise RequestError(
+                    415, "UnsupportedMediaType", "this API takes a JSON body: send 'Content-Type: application/json'"
+                )
             value, is_json = _body_value(row[key], content_type)
             if not is_json:
-                raise RequestError(415, "UnsupportedMediaType",
-                                   "this API takes a JSON body: send 'Content-Type: application/json'")
+                raise RequestError(
+                    415, "UnsupportedMediaType", "this API takes a JSON body: send 'Content-Type: application/json'"
+                )
             return value
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
         raise RequestError(415, "UnsupportedMediaType", "this API takes a JSON body, not a form")
     raise RequestError(400, "EmptyBody", "request body is empty")
 
 
-def parse_request(
-    row: dict, limits: Limits = Limits(), content_type: str | None = None
-) -> ParsedRequest:
+def parse_request(row: dict, limits: Limits = Limits(), content_type: str | None = None) -> ParsedRequest:
     """One TorchServe request (a dict of parameters) -> its texts, or RequestError.
 
     `content_type` is the request's Content-Type header.
@@ -301,9 +298,7 @@ def parse_with_extras(
         return ParsedRequest((check_text(value, 'form field "text"', limits),), False), {}
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
         # curl -d without a Content-Type sends a form; TorchServe hands over its fields
-        raise RequestError(
-            415, "UnsupportedMediaType", f"body arrived form-encoded without a text field; {FORM_HINT}"
-        )
+        raise RequestError(415, "UnsupportedMediaType", f"body arrived form-encoded without a text field; {FORM_HINT}")
     raise RequestError(400, "EmptyBody", "request body is empty")
 
 
@@ -348,7 +343,9 @@ def pad_values(tokenizer) -> dict[str, int]:
     return {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
 
 
-def pad(features: Sequence[dict[str, Sequence[int]]], pad_values: dict[str, int], left: bool = False) -> dict[str, np.ndarray]:
+def pad(
+    features: Sequence[dict[str, Sequence[int]]], pad_values: dict[str, int], left: bool = False
+) -> dict[str, np.ndarray]:
     """The tokenized texts of one forward pass as int64 arrays [texts, longest text]: each
     key padded with its value in `pad_values` (0 where absent), on the right or the left.
     What the tokenizer's own `pad` does for these keys, at a fraction of its cost per call
@@ -381,7 +378,7 @@ def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict:
     return {
         "label": labels[best],
         "score": round(float(probabilities[best]), 6),
-        "scores": {name: round(float(p), 6) for name, p in zip(labels, probabilities)},
+        "scores": {name: round(float(p), 6) for name, p in zip(labels, probabilities, strict=True)},
     }
 
 
@@ -406,12 +403,12 @@ class Tally:
     preprocess_seconds: float | None = None
     inference_seconds: float | None = None
 
-    def add_seconds(self, other: "Tally") -> None:
+    def add_seconds(self, other: Tally) -> None:
         for name in ("preprocess_seconds", "inference_seconds"):
             if getattr(other, name) is not None:
                 setattr(self, name, (getattr(self, name) or 0.0) + getattr(other, name))
 
-    def add(self, other: "Tally") -> None:
+    def add(self, other: Tally) -> None:
         self.texts += other.texts
         self.errors += other.errors
         self.explain_seconds += other.explain_seconds
@@ -422,9 +419,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def run_isolated(
-    items: Sequence[Item], run: Callable[[Sequence[Item]], Sequence[Result]]
-) -> list[Result | Exception]:
+def run_isolated(items: Sequence[Item], run: Callable[[Sequence[Item]], Sequence[Result]]) -> list[Result | Exception]:
     """`run(items)` as one call, its results in order; if that raises, each item alone.
 
     This is how one request's bytes are kept from failing the requests batched with it:
@@ -444,7 +439,7 @@ def run_isolated(
         try:
             (result,) = run([item])
             out.append(result)
-        except Exception as e:  # noqa: PERF203 - each item fails alone
+        except Exception as e:  # each item fails alone
             out.append(e)
     return out
 
@@ -458,7 +453,7 @@ def outcomes(
     RequestError of a step that failed for that text (which then answers its request).
     """
     out: list[list[dict] | RequestError] = []
-    for item, where in zip(batch.requests, batch.slices):
+    for item, where in zip(batch.requests, batch.slices, strict=True):
         if isinstance(item, RequestError):
             out.append(item)
             continue

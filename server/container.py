@@ -40,12 +40,18 @@ def log(message: str, **fields: object) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m server.container", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TS_WORKDIR", "/run/torchserve")))
-    p.add_argument("--profile", type=Path, action="append", default=[],
-                   help="a properties file whose keys override config.properties (repeatable)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        action="append",
+        default=[],
+        help="a properties file whose keys override config.properties (repeatable)",
+    )
     p.add_argument("--drain-marker", type=Path, help="file the gateway writes once it has drained")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to wait for the gateway's drain")
-    p.add_argument("--rotate-every", type=float,
-                   help="seconds between key rotations (default: half of token_expiration_min)")
+    p.add_argument(
+        "--rotate-every", type=float, help="seconds between key rotations (default: half of token_expiration_min)"
+    )
     return p
 
 
@@ -80,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
 
     started = time.time()
-    proc = subprocess.Popen(launch.command(workdir / "config.properties", foreground=True), cwd=workdir,
-                            env=launch.environment(workdir / "tmp"), start_new_session=True)
+    proc = subprocess.Popen(
+        launch.command(workdir / "config.properties", foreground=True),
+        cwd=workdir,
+        env=launch.environment(workdir / "tmp"),
+        start_new_session=True,
+    )
     log(f"TorchServe started (pid {proc.pid}) from {workdir}")
 
     def alive() -> None:

@@ -8,8 +8,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from clients.torchserve import KEY_FILE, read_keys, read_properties
 from server.paths import CONFIG, LOG_CONFIG, ROOT, ROOT_RELATIVE_KEYS
@@ -36,8 +36,16 @@ def venv_bin() -> str:
 
 def command(config: Path | str, foreground: bool, log_config: Path = LOG_CONFIG) -> list[str]:
     """torchserve --start for a config.properties; --ncs: no snapshots (the config is the truth)."""
-    return [os.path.join(venv_bin(), "torchserve"), "--start", *(["--foreground"] if foreground else []),
-            "--ncs", "--ts-config", str(config), "--log-config", str(log_config)]
+    return [
+        os.path.join(venv_bin(), "torchserve"),
+        "--start",
+        *(["--foreground"] if foreground else []),
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--log-config",
+        str(log_config),
+    ]
 
 
 def environment(tmpdir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -50,8 +58,9 @@ def environment(tmpdir: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for_keys(workdir: Path, since: float, timeout: float,
-                  alive: Callable[[], None] = lambda: None) -> dict[str, str]:
+def wait_for_keys(
+    workdir: Path, since: float, timeout: float, alive: Callable[[], None] = lambda: None
+) -> dict[str, str]:
     """The keys of the key_file.json that a TorchServe started at `since` writes into its
     working directory (a file from an earlier run does not count)."""
     key_file = Path(workdir) / KEY_FILE

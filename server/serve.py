@@ -24,18 +24,25 @@ def main() -> int:
     inference = props["inference_address"]
     address = urlsplit(inference)
     if port_is_open(address.hostname, address.port):
-        print(f"something already listens on {address.netloc}: a TorchServe from an earlier "
-              "`make serve`? (`make stop` ends it)", file=sys.stderr)
+        print(
+            f"something already listens on {address.netloc}: a TorchServe from an earlier "
+            "`make serve`? (`make stop` ends it)",
+            file=sys.stderr,
+        )
         return 1
     started = time.time()
     # TorchServe's console output repeats logs/*.log; keep it out of the terminal.
     (ROOT / "logs").mkdir(exist_ok=True)
     with open(ROOT / "logs" / "console.log", "ab") as console:
-        result = subprocess.run(launch.command(CONFIG, foreground=False), cwd=ROOT, env=launch.environment(),
-                                stdout=console, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            launch.command(CONFIG, foreground=False),
+            cwd=ROOT,
+            env=launch.environment(),
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
     if result.returncode != 0:
-        print("torchserve did not start (see logs/console.log); is it already running? (make stop)",
-              file=sys.stderr)
+        print("torchserve did not start (see logs/console.log); is it already running? (make stop)", file=sys.stderr)
         return result.returncode
     try:
         launch.wait_for_keys(ROOT, started, timeout=60)
@@ -48,9 +55,9 @@ def main() -> int:
         f"\nTorchServe is up in {time.time() - started:.0f}s: {inference} (inference), "
         f"{props['management_address']} (management), {props['metrics_address']}/metrics.\n"
         "Try it:\n"
-        "  KEY=$(python3 -c 'import json; print(json.load(open(\"key_file.json\"))[\"inference\"][\"key\"])')\n"
+        '  KEY=$(python3 -c \'import json; print(json.load(open("key_file.json"))["inference"]["key"])\')\n'
         f"  curl -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
-        f"-d '{{\"text\": \"I love this\"}}' {inference}/predictions/sentiment\n"
+        f'-d \'{{"text": "I love this"}}\' {inference}/predictions/sentiment\n'
         "Stop it with: make stop"
     )
     return 0

@@ -52,7 +52,7 @@ class LocalTorchServe:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
-    def start(self, timeout: float = 180.0, wait_for_models: bool = True) -> "LocalTorchServe":
+    def start(self, timeout: float = 180.0, wait_for_models: bool = True) -> LocalTorchServe:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="torchserve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -63,8 +63,7 @@ class LocalTorchServe:
         for key, api in PORT_KEYS.items():
             self.ports[api] = free_port()
             ports[key] = str(self.ports[api]) if key.endswith("_port") else self.url(api)
-        props = launch.derived_config({**ports, "model_store": str(Path(self.model_store).resolve()),
-                                       **self.overrides})
+        props = launch.derived_config({**ports, "model_store": str(Path(self.model_store).resolve()), **self.overrides})
         launch.write_properties(self.workdir / "config.properties", props)
 
         started = time.time()
@@ -80,8 +79,11 @@ class LocalTorchServe:
         try:
             keys = launch.wait_for_keys(self.workdir, started, timeout, alive=self._check_alive)
             self.client = TorchServeClient(
-                self.url("inference"), self.url("management"), self.url("metrics"),
-                keys, self.workdir / KEY_FILE,
+                self.url("inference"),
+                self.url("management"),
+                self.url("metrics"),
+                keys,
+                self.workdir / KEY_FILE,
             )
             self.client.wait_until_ready(timeout, alive=self._check_alive, models=wait_for_models)
         except BaseException:
@@ -114,7 +116,7 @@ class LocalTorchServe:
             pass
         self.proc = None
 
-    def __enter__(self) -> "LocalTorchServe":
+    def __enter__(self) -> LocalTorchServe:
         return self.start()
 
     def __exit__(self, *exc) -> None:

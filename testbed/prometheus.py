@@ -42,7 +42,7 @@ class LocalPrometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "LocalPrometheus":
+    def start(self, timeout: float = 60) -> LocalPrometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             raise FileNotFoundError("the prometheus binary is missing: apt-get install prometheus (make test does)")
@@ -50,17 +50,26 @@ class LocalPrometheus:
         config = yaml.safe_load(SCRAPE_CONFIG.read_text())
         config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = self.scrape_interval
         job = config["scrape_configs"][0]
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "local", "pod": pod}}
-                                 for pod, port in self.targets.items()]
+        job["static_configs"] = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "local", "pod": pod}}
+            for pod, port in self.targets.items()
+        ]
         if self.with_rules:
             (self.workdir / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
             config["rule_files"] = [str(self.workdir / "rules.yaml")]
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         with open(self.workdir / "prometheus.log", "wb") as log:
             self.proc = subprocess.Popen(
-                [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    binary,
+                    f"--config.file={self.workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
         def alive() -> None:
             if self.proc.poll() is not None:
@@ -96,7 +105,7 @@ class LocalPrometheus:
             pass
         self.proc = None
 
-    def __enter__(self) -> "LocalPrometheus":
+    def __enter__(self) -> LocalPrometheus:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -19,9 +19,20 @@ from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
 __all__ = ["ONE_WORKER_MODELS", "SteadyLoad", "gateway_in_front", "metric", "metric_samples", "predict", "tiny_archive"]
 
 # config.properties' models= for a lighter server: the default model with one worker
-ONE_WORKER_MODELS = json.dumps({"sentiment": {"1.0": {
-    "defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1, "maxWorkers": 1,
-    "batchSize": 8, "maxBatchDelay": 2}}})
+ONE_WORKER_MODELS = json.dumps(
+    {
+        "sentiment": {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": "sentiment.mar",
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "batchSize": 8,
+                "maxBatchDelay": 2,
+            }
+        }
+    }
+)
 
 
 def predict(server, data, content_type="application/json", token=None, path="/predictions/sentiment"):
@@ -47,8 +58,13 @@ def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_pa
         path = tmp_path / f"{name}-config.yaml"
         path.write_text(yaml.safe_dump(config))
         cmd += ["--config", str(path)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300,
-                   env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"))
+    subprocess.run(
+        cmd,
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
+    )
 
 
 @contextmanager
@@ -63,7 +79,8 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
     servers = servers if isinstance(servers, (list, tuple)) else [servers]
     settings = {"rate_per_s": 1000, "burst": 1000, "conn_per_key": 1024, "conn_per_address": 1024, **settings}
     gateway = Gateway(workdir, GatewaySettings(free_port(), clients, **settings)).start(
-        [Node.from_dir(s.workdir) for s in servers])
+        [Node.from_dir(s.workdir) for s in servers]
+    )
     try:
         yield gateway
     finally:
@@ -71,23 +88,34 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
 
 
 class SteadyLoad:
-    """Keep-alive clients sending one request after another until stopped; every answer
-    that is not a 200 prediction is counted as failed, with its status."""
+    """Keep-alive clients sending one request after another until stopped, each of `texts`
+    texts; every answer that is not a 200 prediction is counted as failed, with its status."""
 
-    def __init__(self, gateway, keys, clients_per_key=4):
-        self.gateway, self.stop_event = gateway, threading.Event()
+    def __init__(self, gateway, keys, clients_per_key=4, texts=1):
+        self.gateway, self.stop_event, self.texts = gateway, threading.Event(), texts
         self.ok, self.failed = 0, []
         self._lock = threading.Lock()
         self.keys = list(keys)
-        self.threads = [threading.Thread(target=self._run, args=(k,)) for k in self.keys for _ in range(clients_per_key)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(k,)) for k in self.keys for _ in range(clients_per_key)
+        ]
 
     def _run(self, key):
         with requests.Session() as s:
             while not self.stop_event.is_set():
                 try:
-                    r = s.post(self.gateway.url("/predictions/sentiment"), json={"text": "I love this"},
-                               headers={"Authorization": f"Bearer {key()}"}, timeout=60)
-                    good = r.status_code == 200 and r.json().get("label") == "positive"
+                    text = "I love this" if self.texts == 1 else ["I love this"] * self.texts
+                    r = s.post(
+                        self.gateway.url("/predictions/sentiment"),
+                        json={"text": text},
+                        headers={"Authorization": f"Bearer {key()}"},
+                        timeout=60,
+                    )
+                    answer = r.json() if r.status_code == 200 else None
+                    good = (
+                        answer is not None
+                        and [a["label"] for a in (answer if self.texts > 1 else [answer])] == ["positive"] * self.texts
+                    )
                     result = None if good else (r.status_code, r.text[:120])
                 except requests.RequestException as e:
                     result = ("error", type(e).__name__)

@@ -27,10 +27,10 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from tqdm import tqdm
 
-from training import tweets as tweet_data  # noqa: E402
+from training import tweets as tweet_data
 
 DEFAULT_OUT = Path("models/minilm-tweets")
 CARD_NAME = "model_card.json"
@@ -162,18 +162,14 @@ def train(out: Path, key: str) -> dict:
         {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=s["learning_rate"])
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(steps * s["warmup_fraction"]), steps
-    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * s["warmup_fraction"]), steps)
 
     started = time.time()
     model.train()
     progress = tqdm(total=steps, desc="fine-tuning", unit="step")
     for epoch in epochs:
         for chunk in epoch:
-            enc = tokenizer.pad(
-                {k: [encoded[k][i] for i in chunk] for k in encoded.keys()}, return_tensors="pt"
-            )
+            enc = tokenizer.pad({k: [encoded[k][i] for i in chunk] for k in encoded.keys()}, return_tensors="pt")
             loss = model(**enc, labels=torch.tensor([train_set[i].label for i in chunk])).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)

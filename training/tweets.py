@@ -57,9 +57,7 @@ def load_tweets() -> list[Tweet]:
                 if text:
                     labels_by_text.setdefault(text, set()).add(row["sentiment"])
     return [
-        Tweet(text, LABELS.index(next(iter(labels))))
-        for text, labels in labels_by_text.items()
-        if len(labels) == 1
+        Tweet(text, LABELS.index(next(iter(labels)))) for text, labels in labels_by_text.items() if len(labels) == 1
     ]
 
 

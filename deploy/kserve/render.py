@@ -16,8 +16,15 @@ import sys
 from pathlib import Path
 
 import yaml
-from kserve import (V1beta1AutoScalingSpec, V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1MetricsSpec,
-                    V1beta1MetricTarget, V1beta1PredictorSpec, V1beta1ResourceMetricSource)
+from kserve import (
+    V1beta1AutoScalingSpec,
+    V1beta1InferenceService,
+    V1beta1InferenceServiceSpec,
+    V1beta1MetricsSpec,
+    V1beta1MetricTarget,
+    V1beta1PredictorSpec,
+    V1beta1ResourceMetricSource,
+)
 from kubernetes import client as k8s
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "kubernetes" / "base" / "deployment.yaml"
@@ -47,10 +54,16 @@ def inference_service() -> V1beta1InferenceService:
         # of deploy/kubernetes/base/hpa.yaml need the plain Deployment (docs/kserve.md).
         min_replicas=2,
         max_replicas=10,
-        auto_scaling=V1beta1AutoScalingSpec(metrics=[V1beta1MetricsSpec(
-            type="Resource",
-            resource=V1beta1ResourceMetricSource(
-                name="cpu", target=V1beta1MetricTarget(type="Utilization", average_utilization=70)))]),
+        auto_scaling=V1beta1AutoScalingSpec(
+            metrics=[
+                V1beta1MetricsSpec(
+                    type="Resource",
+                    resource=V1beta1ResourceMetricSource(
+                        name="cpu", target=V1beta1MetricTarget(type="Utilization", average_utilization=70)
+                    ),
+                )
+            ]
+        ),
         containers=pod.containers,
         topology_spread_constraints=pod.topology_spread_constraints,
         volumes=pod.volumes,

@@ -19,24 +19,32 @@ from server.paths import ROOT
 
 def archive(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(
-        [str(ROOT / "archive.sh"), *args], capture_output=True, text=True, env=env, cwd=ROOT
-    )
+    return subprocess.run([str(ROOT / "archive.sh"), *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_archive_packs_checkpoint_handler_and_config(tiny_model_dir, tmp_path):
-    result = archive("--model", str(tiny_model_dir), "--name", "tiny", "--version", "3.1",
-                     "--out", str(tmp_path / "tiny.mar"))
+    result = archive(
+        "--model", str(tiny_model_dir), "--name", "tiny", "--version", "3.1", "--out", str(tmp_path / "tiny.mar")
+    )
     assert result.returncode == 0, result.stderr
     with zipfile.ZipFile(tmp_path / "tiny.mar") as mar:
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "sentiment_handler.py", "text_classification.py", "protocols.py", "backends.py",
-            "model-config.yaml"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "sentiment_handler.py",
+        "text_classification.py",
+        "protocols.py",
+        "backends.py",
+        "model-config.yaml",
+    } <= names
     # the shipped options name the onnxruntime backend: its graph was exported into the archive
-    assert ("model.onnx" in names) == (yaml.safe_load((ROOT / "model-config.yaml").read_text())["handler"]["backend"]
-                                        == "onnxruntime")
+    assert ("model.onnx" in names) == (
+        yaml.safe_load((ROOT / "model-config.yaml").read_text())["handler"]["backend"] == "onnxruntime"
+    )
     assert manifest["model"]["modelName"] == "tiny"
     assert manifest["model"]["modelVersion"] == "3.1"
     assert manifest["model"]["handler"] == "sentiment_handler.py"
@@ -52,8 +60,20 @@ def mar_member(path: Path, name: str) -> bytes:
 
 def test_options_set_handler_options_in_the_packed_config(tiny_model_dir, tmp_path):
     out = tmp_path / "any-file-name.mar"
-    result = archive("--model", str(tiny_model_dir), "--version", "2.0", "--option", "backend=torch",
-                     "--option", "quantize=int8", "--option", "torch_threads=1", "--out", str(out))
+    result = archive(
+        "--model",
+        str(tiny_model_dir),
+        "--version",
+        "2.0",
+        "--option",
+        "backend=torch",
+        "--option",
+        "quantize=int8",
+        "--option",
+        "torch_threads=1",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     packed = yaml.safe_load(mar_member(out, "model-config.yaml"))
     shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
@@ -66,8 +86,13 @@ def test_options_set_handler_options_in_the_packed_config(tiny_model_dir, tmp_pa
 def test_relative_paths_are_taken_from_the_callers_directory(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "mine")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([str(ROOT / "archive.sh"), "--model", "mine", "--option", "backend=torch", "--out", "x.mar"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [str(ROOT / "archive.sh"), "--model", "mine", "--option", "backend=torch", "--out", "x.mar"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.mar").is_file()
 

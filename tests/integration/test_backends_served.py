@@ -25,16 +25,23 @@ def served(tiny_model_dir, tmp_path_factory):
         tiny_archive(tiny_model_dir, store / f"{name}.mar", name, options)
     entry = {"defaultVersion": True, "minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 5}
     models = {name: {"1.0": dict(entry, marName=f"{name}.mar")} for name in VARIANTS}
-    ts = LocalTorchServe(model_store=store, workdir=tmp / "ts", overrides={
-        "load_models": ",".join(f"{n}.mar" for n in VARIANTS), "models": json.dumps(models)})
+    ts = LocalTorchServe(
+        model_store=store,
+        workdir=tmp / "ts",
+        overrides={"load_models": ",".join(f"{n}.mar" for n in VARIANTS), "models": json.dumps(models)},
+    )
     ts.start()
     yield ts
     ts.stop()
 
 
 def predict(server, model):
-    r = requests.post(server.url("inference", f"/predictions/{model}"), json={"text": TEXTS},
-                      headers={"Authorization": f"Bearer {server.keys['inference']}"}, timeout=60)
+    r = requests.post(
+        server.url("inference", f"/predictions/{model}"),
+        json={"text": TEXTS},
+        headers={"Authorization": f"Bearer {server.keys['inference']}"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -42,7 +49,7 @@ def predict(server, model):
 def test_each_backend_answers_as_pytorch(served):
     reference = predict(served, "torch")
     for model, tolerance in (("ort", 1e-4), ("ort-int8", 0.15)):
-        for r, g in zip(reference, predict(served, model)):
+        for r, g in zip(reference, predict(served, model), strict=True):
             assert g["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=tolerance), model
             if model == "ort":
                 assert g["label"] == r["label"]
@@ -50,7 +57,8 @@ def test_each_backend_answers_as_pytorch(served):
 
 def test_bad_input_fails_alone_with_onnxruntime_too(served):
     headers = {"Authorization": f"Bearer {served.keys['inference']}", "Content-Type": "application/json"}
-    bad = requests.post(served.url("inference", "/predictions/ort-int8"), data=b'{"text": "\\ud800"}',
-                        headers=headers, timeout=60)
+    bad = requests.post(
+        served.url("inference", "/predictions/ort-int8"), data=b'{"text": "\\ud800"}', headers=headers, timeout=60
+    )
     assert bad.status_code == 400 and bad.json()["type"] == "InvalidInput"
     assert len(predict(served, "ort-int8")) == len(TEXTS)

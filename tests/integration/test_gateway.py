@@ -19,23 +19,34 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.paths import ROOT
-from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, metric, metric_samples
 from clients.torchserve import KEY_FILE
 from gateway.nginx import Node, node_socket
+from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, metric, metric_samples
+from server.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
 RATE, BURST = 20, 10
 # Every route a client may call without a key
-ANONYMOUS = ("/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/sentiment/ready",
-             "/v1/models/sentiment")
+ANONYMOUS = (
+    "/healthz",
+    "/readyz",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/sentiment/ready",
+    "/v1/models/sentiment",
+)
 
 
 def ask(gateway, text="I love this", client="alice", key=None):
     key = key if key is not None else CLIENTS[client]
-    return requests.post(gateway.url("/predictions/sentiment"), json={"text": text},
-                         headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return requests.post(
+        gateway.url("/predictions/sentiment"),
+        json={"text": text},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
 
 
 def node_shares(gateway, since: int) -> dict[str, int]:
@@ -71,8 +82,10 @@ def cluster(default_store, tmp_path_factory):
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         pytest.fail("nginx is missing: apt-get install nginx-light (.ci/run does)")
     tmp = tmp_path_factory.mktemp("cluster")
-    nodes = [LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}",
-                             overrides={"models": ONE_WORKER_MODELS}) for i in (1, 2)]
+    nodes = [
+        LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}", overrides={"models": ONE_WORKER_MODELS})
+        for i in (1, 2)
+    ]
     try:
         for node in nodes:
             node.start()
@@ -151,7 +164,8 @@ def test_an_anonymous_flood_of_every_open_route_costs_the_nodes_no_inference(clu
     statuses = [s for r in results for s in r]
     assert len(statuses) > 1000, f"only {len(statuses)} requests: the flood did not run"
     assert flooded <= quiet + 2 * len(nodes), (
-        f"{flooded} inferences during a flood of {len(statuses)} anonymous requests, {quiet} without")
+        f"{flooded} inferences during a flood of {len(statuses)} anonymous requests, {quiet} without"
+    )
     assert set(statuses) <= {200, 429}
     refused = statuses.count(429)
     assert refused > len(statuses) / 2, f"{refused} of {len(statuses)} refused: the per-address limit did not bite"
@@ -160,8 +174,9 @@ def test_an_anonymous_flood_of_every_open_route_costs_the_nodes_no_inference(clu
 def test_readiness_needs_model_workers_not_just_a_frontend(default_store, tmp_path):
     """A node whose frontend is up but has no model ready: alive, not ready, in every
     protocol's probes; and not ready either once the gateway drains."""
-    node = LocalTorchServe(model_store=default_store, workdir=tmp_path / "node",
-                           overrides={"load_models": "", "models": "{}"})
+    node = LocalTorchServe(
+        model_store=default_store, workdir=tmp_path / "node", overrides={"load_models": "", "models": "{}"}
+    )
     node.start(wait_for_models=False)
     try:
         with gateway_in_front(node, tmp_path / "gateway", CLIENTS, rate_per_s=RATE, burst=BURST) as gateway:
@@ -200,9 +215,22 @@ def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
 
 def rotate_inference_key(node):
     rotated = subprocess.run(
-        [sys.executable, "-m", "clients.keys", "rotate", "inference",
-         "--config", str(node.workdir / "config.properties"), "--key-file", str(node.workdir / KEY_FILE)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "clients.keys",
+            "rotate",
+            "inference",
+            "--config",
+            str(node.workdir / "config.properties"),
+            "--key-file",
+            str(node.workdir / KEY_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert rotated.returncode == 0, rotated.stderr
 
 
@@ -214,15 +242,20 @@ def test_node_key_rotations_under_load_lose_no_request(cluster):
     _, nodes = cluster
     old_keys = [n.keys["inference"] for n in nodes]
     with gateway_in_front(nodes, Path(nodes[0].workdir).parent / "rotation-gateway", CLIENTS) as gateway:
-        with SteadyLoad(gateway, [lambda: CLIENTS["alice"]], clients_per_key=12) as load:
+        # single texts, and lists of 32 (answers of several KB, which a held request gets back whole)
+        with (
+            SteadyLoad(gateway, [lambda: CLIENTS["alice"]], clients_per_key=12) as load,
+            SteadyLoad(gateway, [lambda: CLIENTS["bob"]], clients_per_key=2, texts=32) as lists,
+        ):
             time.sleep(2)
             for _ in range(10):
                 for node in nodes:
                     rotate_inference_key(node)
                     time.sleep(0.1)
             time.sleep(2)
-    assert load.failed == [], f"{len(load.failed)} of {load.ok + len(load.failed)} failed: {load.failed[:5]}"
-    assert load.ok > 100, f"only {load.ok} requests: the load did not run"
+    for what in (load, lists):
+        assert what.failed == [], f"{len(what.failed)} of {what.ok + len(what.failed)} failed: {what.failed[:5]}"
+    assert load.ok > 100 and lists.ok > 10, f"only {load.ok} and {lists.ok} requests: the load did not run"
     assert [Node.from_dir(n.workdir).key() for n in nodes] != old_keys  # the keys really changed
 
 

@@ -28,8 +28,14 @@ CLIENT_TIMEOUT, IDLE_TIMEOUT, CONN_PER_KEY = 2, 3, 4
 @pytest.fixture(scope="module")
 def front(server, tmp_path_factory):
     """The gateway, with short timeouts and a small cap per key, in front of the shared server."""
-    with gateway_in_front(server, tmp_path_factory.mktemp("front"), CLIENTS, client_timeout_s=CLIENT_TIMEOUT,
-                          idle_timeout_s=IDLE_TIMEOUT, conn_per_key=CONN_PER_KEY) as gateway:
+    with gateway_in_front(
+        server,
+        tmp_path_factory.mktemp("front"),
+        CLIENTS,
+        client_timeout_s=CLIENT_TIMEOUT,
+        idle_timeout_s=IDLE_TIMEOUT,
+        conn_per_key=CONN_PER_KEY,
+    ) as gateway:
         yield gateway, server
 
 
@@ -38,8 +44,10 @@ def connect(gateway) -> socket.socket:
 
 
 def request_bytes(body: bytes, key=CLIENTS["alice"], version="1.1", extra="", path="/predictions/sentiment") -> bytes:
-    return (f"POST {path} HTTP/{version}\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/{version}\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def read_response(sock: socket.socket, buffered: bytearray) -> tuple[int, dict, bytes]:
@@ -72,7 +80,7 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
         return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -88,22 +96,32 @@ def test_only_the_apis_methods_and_paths(front):
     gateway, _ = front
     auth = {"Authorization": f"Bearer {CLIENTS['alice']}"}
     for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"):
-        r = requests.request(method, gateway.url("/predictions/sentiment"), headers=auth, data=b'{"text": "x"}',
-                             timeout=30)
+        r = requests.request(
+            method, gateway.url("/predictions/sentiment"), headers=auth, data=b'{"text": "x"}', timeout=30
+        )
         assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed", method
         assert r.headers["Allow"] == "POST"
     # (paths with dot segments or encodings, which an HTTP library would rewrite before
     # sending, go over raw sockets in test_gateway_paths.py)
-    for path in ("/", "/api-description", "/ping", "/models", "/metrics", "/predictions/other-model",
-                 "/predictions/sentiment/1.0/extra", "/explanations/other-model"):
+    for path in (
+        "/",
+        "/api-description",
+        "/ping",
+        "/models",
+        "/metrics",
+        "/predictions/other-model",
+        "/predictions/sentiment/1.0/extra",
+        "/explanations/other-model",
+    ):
         for method in ("GET", "POST", "OPTIONS"):
             r = requests.request(method, gateway.url(path), headers=auth, timeout=30)
             assert r.status_code == 404 and r.json()["type"] == "NotFound", (method, path)
     assert requests.post(gateway.url("/healthz"), timeout=30).status_code == 405
     assert requests.put(gateway.url("/readyz"), timeout=30).status_code == 405
     assert requests.head(gateway.url("/healthz"), timeout=30).status_code == 200
-    versioned = requests.post(gateway.url("/predictions/sentiment/1.0"), headers=auth, json={"text": "good"},
-                              timeout=30)
+    versioned = requests.post(
+        gateway.url("/predictions/sentiment/1.0"), headers=auth, json={"text": "good"}, timeout=30
+    )
     assert versioned.status_code == 200
 
 
@@ -118,10 +136,11 @@ def test_query_strings_are_refused_before_anything_else(front):
 def test_forms_are_refused_before_torchserve_sees_them(front):
     gateway, node = front
     before = metric(metric_samples(node), "ts_inference_requests_total")
-    for body, content_type in ((b"text=I%20love%ZZit", "application/x-www-form-urlencoded"),
-                               (b"text=fine", "application/x-www-form-urlencoded; charset=utf-8"),
-                               (b"--x\r\nContent-Disposition: form-data; name=text\r\n\r\nhi\r\n--x--\r\n",
-                                "multipart/form-data; boundary=x")):
+    for body, content_type in (
+        (b"text=I%20love%ZZit", "application/x-www-form-urlencoded"),
+        (b"text=fine", "application/x-www-form-urlencoded; charset=utf-8"),
+        (b"--x\r\nContent-Disposition: form-data; name=text\r\n\r\nhi\r\n--x--\r\n", "multipart/form-data; boundary=x"),
+    ):
         r = ask(gateway, json=None, data=body, content_type=content_type)
         assert r.status_code == 415 and r.json()["type"] == "UnsupportedMediaType", content_type
     assert metric(metric_samples(node), "ts_inference_requests_total") == before
@@ -167,7 +186,7 @@ def test_pipelined_requests_are_answered_in_order(front):
         sock.sendall(b"".join(request_bytes(json.dumps({"text": t}).encode()) for t in texts))
         buffered = bytearray()
         answers = [read_response(sock, buffered) for _ in texts]
-    for (status, _, body), expected in zip(answers, alone):
+    for (status, _, body), expected in zip(answers, alone, strict=True):
         assert status == 200
         got = json.loads(body)
         assert got["label"] == expected["label"] and got["score"] == pytest.approx(expected["score"], abs=1e-3)
@@ -255,7 +274,7 @@ def test_the_total_cap_counts_every_request_whoever_sends_it(server, tmp_path):
             over = ask(gateway, key=list(keys.values())[total])
             assert over.status_code == 429 and over.json()["type"] == "TooManyRequests"
             assert over.headers["Retry-After"] == "1"
-            for sock, request in zip(held, full):
+            for sock, request in zip(held, full, strict=True):
                 sock.sendall(request[-4:])
                 assert read_response(sock, bytearray())[0] == 200
         finally:
@@ -269,8 +288,11 @@ def test_client_keys_of_any_length_from_16_to_512(server, tmp_path):
     and the longest allowed; each is served; a key of 15 is refused when the gateway starts."""
     from gateway.nginx import check_clients
 
-    keys = {"hex": "0123456789abcdef" * 4, "b64": base64.b64encode(bytes(range(61, 251))).decode(),
-            "longest": "Z" * 512}
+    keys = {
+        "hex": "0123456789abcdef" * 4,
+        "b64": base64.b64encode(bytes(range(61, 251))).decode(),
+        "longest": "Z" * 512,
+    }
     assert [len(k) for k in keys.values()] == [64, 256, 512] and keys["b64"].endswith("==")
     with gateway_in_front(server, tmp_path / "gateway", keys) as gateway:
         for name, key in keys.items():
@@ -320,11 +342,23 @@ def one_slow_node(server, tiny_model_dir, tmp_path_factory):
     store = tmp / "store"
     store.mkdir()
     tiny_archive(tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300"])
-    slow_models = json.dumps({"sentiment": {"1.0": {"defaultVersion": True, "marName": "sentiment.mar",
-                                                    "minWorkers": 1, "maxWorkers": 1, "batchSize": 1,
-                                                    "maxBatchDelay": 1}}})
-    slow = LocalTorchServe(model_store=store, workdir=tmp / "slow",
-                           overrides={"models": slow_models, "job_queue_size": "1"})
+    slow_models = json.dumps(
+        {
+            "sentiment": {
+                "1.0": {
+                    "defaultVersion": True,
+                    "marName": "sentiment.mar",
+                    "minWorkers": 1,
+                    "maxWorkers": 1,
+                    "batchSize": 1,
+                    "maxBatchDelay": 1,
+                }
+            }
+        }
+    )
+    slow = LocalTorchServe(
+        model_store=store, workdir=tmp / "slow", overrides={"models": slow_models, "job_queue_size": "1"}
+    )
     slow.start()
     try:
         with gateway_in_front([server, slow], tmp / "gateway", CLIENTS) as gateway:
@@ -360,8 +394,7 @@ def test_a_busy_node_stays_ready(one_slow_node):
     gateway, (_, slow) = one_slow_node
     from gateway.nginx import Node, ReadinessPoller
 
-    poller = ReadinessPoller(gateway.workdir / "busy-check", [Node.from_dir(slow.workdir)], "sentiment",
-                             interval=3600)
+    poller = ReadinessPoller(gateway.workdir / "busy-check", [Node.from_dir(slow.workdir)], "sentiment", interval=3600)
     (gateway.workdir / "busy-check" / "static").mkdir(parents=True)
     verdicts = []
     stop = time.monotonic() + 8

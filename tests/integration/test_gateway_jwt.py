@@ -48,14 +48,19 @@ def gateway(server, tmp_path_factory):
     secret = tmp / "jwt-secret"
     secret.write_bytes(SECRET + b"\n")
     clients = {"static": "static-client-key-0123456789"}
-    with gateway_in_front(server, tmp / "gateway", clients, rate_per_s=RATE, burst=BURST,
-                          jwt=JwtSettings(secret, AUDIENCE, ISSUER)) as gw:
+    with gateway_in_front(
+        server, tmp / "gateway", clients, rate_per_s=RATE, burst=BURST, jwt=JwtSettings(secret, AUDIENCE, ISSUER)
+    ) as gw:
         yield gw
 
 
 def ask(gateway, bearer: str) -> requests.Response:
-    return requests.post(gateway.url("/predictions/sentiment"), json={"text": "I love this"},
-                         headers={"Authorization": f"Bearer {bearer}"}, timeout=60)
+    return requests.post(
+        gateway.url("/predictions/sentiment"),
+        json={"text": "I love this"},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=60,
+    )
 
 
 def test_a_good_token_is_served_and_named_by_its_subject_in_the_log(gateway):
@@ -76,8 +81,9 @@ REFUSED = {
     "no audience": lambda: token(claims(aud=None)),
     "wrong issuer": lambda: token(claims(iss="https://evil.example")),
     "signed with another secret": lambda: token(claims(), secret=b"not-the-secret"),
-    "tampered claims": lambda: (lambda t: ".".join([t.split(".")[0], b64(json.dumps(claims(sub="admin")).encode()),
-                                                   t.split(".")[2]]))(token(claims())),
+    "tampered claims": lambda: (
+        lambda t: ".".join([t.split(".")[0], b64(json.dumps(claims(sub="admin")).encode()), t.split(".")[2]])
+    )(token(claims())),
     "unsigned (alg none)": lambda: token(claims(), header={"alg": "none", "typ": "JWT"}, sign=False),
     "alg none with a signature": lambda: token(claims(), header={"alg": "none"}),
     "RS256 header, HMAC with the secret (algorithm confusion)": lambda: token(claims(), header={"alg": "RS256"}),

@@ -27,9 +27,33 @@ from helpers import gateway_in_front, metric, metric_samples
 KEY = "paths-client-key-" + "p" * 47  # 64 characters, as `openssl rand -hex 32` makes
 CLIENTS = {"paths": KEY}
 MODEL = "sentiment"
-SEGMENTS = ["predictions", "explanations", MODEL, "sentiment:predict", "v1", "v2", "models", "versions", "infer",
-            "ready", "1.0", "2.0", "ping", "api-description", "metrics", "token", "health", ".", "..", "", "x;y=1",
-            "sentiment;v=1", "%00", "a b", "\\"]
+SEGMENTS = [
+    "predictions",
+    "explanations",
+    MODEL,
+    "sentiment:predict",
+    "v1",
+    "v2",
+    "models",
+    "versions",
+    "infer",
+    "ready",
+    "1.0",
+    "2.0",
+    "ping",
+    "api-description",
+    "metrics",
+    "token",
+    "health",
+    ".",
+    "..",
+    "",
+    "x;y=1",
+    "sentiment;v=1",
+    "%00",
+    "a b",
+    "\\",
+]
 ENCODED = {"/": ["%2f", "%2F", "%252f"], ".": ["%2e", "%2E"], "s": ["%73"], "p": ["%70"], ";": ["%3b"]}
 
 # The reference classifier: a route's exact forms, nothing else.
@@ -67,9 +91,18 @@ def answer_route(body: dict) -> str:
 @st.composite
 def paths(draw) -> str:
     if draw(st.booleans()):  # near a real route: one of its forms, then mutated
-        base = draw(st.sampled_from([f"/predictions/{MODEL}", f"/predictions/{MODEL}/1.0", f"/explanations/{MODEL}",
-                                     f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer",
-                                     f"/v2/models/{MODEL}/versions/1.0/infer"]))
+        base = draw(
+            st.sampled_from(
+                [
+                    f"/predictions/{MODEL}",
+                    f"/predictions/{MODEL}/1.0",
+                    f"/explanations/{MODEL}",
+                    f"/v1/models/{MODEL}:predict",
+                    f"/v2/models/{MODEL}/infer",
+                    f"/v2/models/{MODEL}/versions/1.0/infer",
+                ]
+            )
+        )
         parts = base.split("/")[1:]
     else:
         parts = draw(st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=6))
@@ -82,16 +115,17 @@ def paths(draw) -> str:
         if not chars:
             break
         i = draw(st.sampled_from(chars))
-        path = path[:i] + draw(st.sampled_from(ENCODED[path[i]])) + path[i + 1:]
+        path = path[:i] + draw(st.sampled_from(ENCODED[path[i]])) + path[i + 1 :]
     if draw(st.integers(0, 9)) == 0:
         path = path.replace("/", "//", 1)
     return path
 
 
 def raw_post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
-    request = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-               ).encode("latin-1") + body
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1") + body
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(request)
         data = b""
@@ -106,7 +140,7 @@ def raw_post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
             n = int(size, 16)
             if n == 0:
                 break
-            out, rest = out + rest[:n], rest[n + 2:]
+            out, rest = out + rest[:n], rest[n + 2 :]
         payload = out
     return status, payload
 
@@ -117,8 +151,11 @@ def gateway(server, tmp_path_factory):
         yield gw
 
 
-@settings(max_examples=int(os.environ.get("PATH_EXAMPLES", "150")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("PATH_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(path=paths())
 def test_the_api_that_answers_is_the_one_the_route_names(gateway, path):
     status, body = raw_post(gateway.settings.port, path, b'{"text": "I love this"}')
@@ -131,8 +168,13 @@ def test_the_api_that_answers_is_the_one_the_route_names(gateway, path):
     if route == "v1":
         status, body = raw_post(gateway.settings.port, path, b'{"instances": ["I love this"]}')
     elif route == "v2":
-        status, body = raw_post(gateway.settings.port, path, json.dumps(
-            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this"]}]}).encode())
+        status, body = raw_post(
+            gateway.settings.port,
+            path,
+            json.dumps(
+                {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this"]}]}
+            ).encode(),
+        )
     if status == 404 and re.fullmatch(rf"/predictions/{MODEL}/[^/]+|/v2/models/{MODEL}/versions/[^/]+/infer", path):
         assert b"ersion" in body, (path, body[:200])
         return  # a version TorchServe does not have: its own 404, and no other API ran
@@ -143,9 +185,15 @@ def test_the_api_that_answers_is_the_one_the_route_names(gateway, path):
 def test_dot_segments_never_reach_an_explanation(gateway, server):
     """The path that used to be routed as a prediction and run as an explanation."""
     before = metric(metric_samples(server), "ts_inference_requests_total")
-    for path in (f"/predictions/{MODEL}/../../explanations/{MODEL}", f"/predictions/{MODEL}/%2e%2e/x",
-                 f"/predictions/{MODEL}/..%2fexplanations", f"/predictions/{MODEL};/../../explanations/{MODEL}",
-                 f"/predictions//{MODEL}", f"/predictions/{MODEL}/./", "/predictions/../ping"):
+    for path in (
+        f"/predictions/{MODEL}/../../explanations/{MODEL}",
+        f"/predictions/{MODEL}/%2e%2e/x",
+        f"/predictions/{MODEL}/..%2fexplanations",
+        f"/predictions/{MODEL};/../../explanations/{MODEL}",
+        f"/predictions//{MODEL}",
+        f"/predictions/{MODEL}/./",
+        "/predictions/../ping",
+    ):
         status, body = raw_post(gateway.settings.port, path, b'{"text": "I love this"}')
         assert status == 400 and json.loads(body)["type"] == "InvalidPath", (path, status, body)
     assert metric(metric_samples(server), "ts_inference_requests_total") == before

@@ -7,8 +7,8 @@ import json
 import grpc
 import pytest
 
-from helpers import predict
 from clients.grpc_client import GrpcError, SentimentGrpcClient
+from helpers import predict
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +17,14 @@ def grpc_client(server):
         yield client
 
 
-@pytest.mark.parametrize("payload", [
-    {"text": "I love this"},
-    {"text": "This is terrible"},
-    {"text": ["Best day ever", "Worst service", "meh"]},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": "I love this"},
+        {"text": "This is terrible"},
+        {"text": ["Best day ever", "Worst service", "meh"]},
+    ],
+)
 def test_grpc_answers_like_rest(server, grpc_client, payload):
     rest = predict(server, json.dumps(payload))
     assert rest.status_code == 200

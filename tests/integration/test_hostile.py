@@ -37,14 +37,22 @@ def hostile_requests(rng: random.Random) -> list[tuple[str, str, bytes, dict]]:
         ("UTF-8 BOM", "", b'\xef\xbb\xbf{"text": "I love this"}', json_ct),
         ("random bytes", "", rng.randbytes(rng.randint(1, 2000)), {"Content-Type": "text/plain"}),
         ("random bytes, no type", "", rng.randbytes(rng.randint(1, 2000)), {}),
-        ("random unicode", "", "".join(chr(rng.randint(1, 0x10FFFF)) for _ in range(200))
-         .encode("utf-8", "surrogatepass"), {"Content-Type": "text/plain"}),
+        (
+            "random unicode",
+            "",
+            "".join(chr(rng.randint(1, 0x10FFFF)) for _ in range(200)).encode("utf-8", "surrogatepass"),
+            {"Content-Type": "text/plain"},
+        ),
         ("duplicate keys", "", b'{"text": "a", "text": {"deep": [1, 2, {"x": null}]}}', json_ct),
         ("explain header on a prediction", "", b'{"text": "I love this"}', {**json_ct, "explain": "True"}),
         ("an explanation", "/explanations/sentiment", b'{"text": "I love this"}', json_ct),
         ("an explanation, lone surrogate", "/explanations/sentiment", f'{{"text": "x {surrogate}"}}'.encode(), json_ct),
-        ("junk header bytes", "", b'{"text": "I love this"}', {**json_ct, "X-Junk": rng.randbytes(40)
-                                                                 .replace(b"\r", b"").replace(b"\n", b"")}),
+        (
+            "junk header bytes",
+            "",
+            b'{"text": "I love this"}',
+            {**json_ct, "X-Junk": rng.randbytes(40).replace(b"\r", b"").replace(b"\n", b"")},
+        ),
         ("malformed form", "", b"text=I%20love%ZZthis", {"Content-Type": "application/x-www-form-urlencoded"}),
         ("charset utf-16 label", "", b'{"text": "I love this"}', {"Content-Type": "application/json; charset=utf-16"}),
     ]
@@ -63,7 +71,7 @@ def handler_refusal(response) -> bool:
 @pytest.fixture(scope="module")
 def good_texts():
     _, heldout = split_tweets()
-    return [t.text for t in heldout[200:200 + GOOD_PER_ROUND * 2]]
+    return [t.text for t in heldout[200 : 200 + GOOD_PER_ROUND * 2]]
 
 
 def test_hostile_requests_never_cost_a_good_request_its_answer(server, good_texts):
@@ -88,14 +96,21 @@ def test_hostile_requests_never_cost_a_good_request_its_answer(server, good_text
             if kind == "good":
                 return job, good(what)
             name, path, body, extra = what
-            return job, requests.post(server.url("inference", path or "/predictions/sentiment"), data=body,
-                                      headers={**headers, **extra}, timeout=60)
+            return job, requests.post(
+                server.url("inference", path or "/predictions/sentiment"),
+                data=body,
+                headers={**headers, **extra},
+                timeout=60,
+            )
 
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             for (kind, what), response in pool.map(send, jobs):
                 if kind == "good":
-                    ok = response.status_code == 200 and response.json()["label"] == alone[what]["label"] \
+                    ok = (
+                        response.status_code == 200
+                        and response.json()["label"] == alone[what]["label"]
                         and response.json()["score"] == pytest.approx(alone[what]["score"], abs=1e-3)
+                    )
                     if not ok:
                         lost.append((round_, response.status_code, response.text[:200]))
                     continue

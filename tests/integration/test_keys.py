@@ -7,24 +7,37 @@ import subprocess
 import sys
 import time
 
-from server.paths import ROOT
-from helpers import ONE_WORKER_MODELS, predict
 from clients.torchserve import KEY_FILE, TorchServeClient, key_refused, read_keys
+from helpers import ONE_WORKER_MODELS, predict
+from server.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
 
-
 def start(store, workdir, expiry_min, wait_for_models=True):
-    return LocalTorchServe(model_store=store, workdir=workdir, overrides={
-        "models": ONE_WORKER_MODELS, "token_expiration_min": str(expiry_min)},
+    return LocalTorchServe(
+        model_store=store,
+        workdir=workdir,
+        overrides={"models": ONE_WORKER_MODELS, "token_expiration_min": str(expiry_min)},
     ).start(wait_for_models=wait_for_models)
 
 
 def tokens(server, *args):
     return subprocess.run(
-        [sys.executable, "-m", "clients.keys", *args, "--config", str(server.workdir / "config.properties"),
-         "--key-file", str(server.workdir / KEY_FILE)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "clients.keys",
+            *args,
+            "--config",
+            str(server.workdir / "config.properties"),
+            "--key-file",
+            str(server.workdir / KEY_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_a_client_keeps_working_across_a_rotation(default_store, tmp_path):

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from test_bad_input import CASES
 
 from helpers import gateway_in_front, metric, metric_samples
-from test_bad_input import CASES
 from training.tweets import split_tweets
 
 CLIENTS = {"kserve-client": "kserve-client-key-31415"}
@@ -39,8 +39,9 @@ def v1(texts) -> bytes:
 
 
 def v2(texts, **extra) -> bytes:
-    return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
-                       **extra}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}], **extra}
+    ).encode()
 
 
 def native(gateway, texts):
@@ -49,8 +50,9 @@ def native(gateway, texts):
 
 def test_v1_predict_answers_as_the_native_api(gateway):
     texts = ["I love this", "This is terrible"]
-    answer = post(gateway, "/v1/models/sentiment:predict",
-                  json.dumps({"instances": [texts[0], {"text": texts[1]}]}).encode())
+    answer = post(
+        gateway, "/v1/models/sentiment:predict", json.dumps({"instances": [texts[0], {"text": texts[1]}]}).encode()
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"predictions": native(gateway, texts)}
 
@@ -63,8 +65,12 @@ def test_v2_infer_answers_as_the_native_api(gateway):
     body = answer.json()
     assert (body["model_name"], body["model_version"], body["id"]) == ("sentiment", "1.0", "request-42")
     outputs = {o["name"]: o for o in body["outputs"]}
-    assert outputs["label"] == {"name": "label", "datatype": "BYTES", "shape": [3],
-                                "data": [p["label"] for p in expected]}
+    assert outputs["label"] == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [3],
+        "data": [p["label"] for p in expected],
+    }
     assert outputs["score"]["data"] == [p["score"] for p in expected]
     assert outputs["scores"]["shape"] == [3, 2]
     versioned = post(gateway, "/v2/models/sentiment/versions/1.0/infer", v2(texts[:1], outputs=[{"name": "label"}]))
@@ -125,12 +131,8 @@ def test_a_burst_mixing_protocols_is_batched_together_with_no_5xx(server, gatewa
     alone = {t: native(gateway, [t])[0] for t in texts}
     rng = random.Random(11)
     jobs = []
-    for i, text in enumerate(texts):
-        protocol = ("native", "v1", "v2")[i % 3]
-        jobs.append(("good", protocol, text))
-    for case in CASES[:12]:
-        for protocol in ("v1", "v2"):
-            jobs.append(("bad", protocol, as_protocol(case, protocol)))
+    jobs.extend(("good", ("native", "v1", "v2")[i % 3], text) for i, text in enumerate(texts))
+    jobs.extend(("bad", protocol, as_protocol(case, protocol)) for case in CASES[:12] for protocol in ("v1", "v2"))
     rng.shuffle(jobs)
     before = metric_samples(server)
 
@@ -154,8 +156,13 @@ def test_a_burst_mixing_protocols_is_batched_together_with_no_5xx(server, gatewa
             continue
         assert answer.status_code == 200, (protocol, answer.status_code, answer.text[:200])
         body = answer.json()
-        got = (body if protocol == "native" else body["predictions"][0] if protocol == "v1"
-               else {"label": body["outputs"][0]["data"][0], "score": body["outputs"][1]["data"][0]})
+        got = (
+            body
+            if protocol == "native"
+            else body["predictions"][0]
+            if protocol == "v1"
+            else {"label": body["outputs"][0]["data"][0], "score": body["outputs"][1]["data"][0]}
+        )
         assert got["label"] == alone[what]["label"]
         assert got["score"] == pytest.approx(alone[what]["score"], abs=1e-3)
     after = metric_samples(server)
@@ -165,9 +172,12 @@ def test_a_burst_mixing_protocols_is_batched_together_with_no_5xx(server, gatewa
 
 
 def test_health_and_metadata(gateway):
-    for path, answer in (("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True}),
-                         ("/v2/models/sentiment/ready", {"name": "sentiment", "ready": True}),
-                         ("/v1/models/sentiment", {"name": "sentiment", "ready": True})):
+    for path, answer in (
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+        ("/v2/models/sentiment/ready", {"name": "sentiment", "ready": True}),
+        ("/v1/models/sentiment", {"name": "sentiment", "ready": True}),
+    ):
         response = requests.get(gateway.url(path), timeout=10)  # no client key: probes
         assert (response.status_code, response.json()) == (200, answer), path
     assert requests.get(gateway.url("/v2/models/sentiment"), timeout=10).status_code == 401

@@ -21,11 +21,18 @@ import yaml
 
 from server.paths import ROOT
 
-KUSTOMIZATIONS = ["deploy/kubernetes/base", "deploy/kubernetes/overlays/example",
-                  "deploy/kubernetes/overlays/local", "monitoring"]
+KUSTOMIZATIONS = [
+    "deploy/kubernetes/base",
+    "deploy/kubernetes/overlays/example",
+    "deploy/kubernetes/overlays/local",
+    "monitoring",
+]
 VERSIONS = ["1.25.0", "1.37.0"]  # the oldest and newest kubernetes-validate ships: both supported
-CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json",
-               "PodMonitor": "podmonitor.json"}
+CRD_SCHEMAS = {
+    "ServiceMonitor": "servicemonitor.json",
+    "PrometheusRule": "prometheusrule.json",
+    "PodMonitor": "podmonitor.json",
+}
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -43,10 +50,25 @@ def rendered() -> dict[str, list[dict]]:
 
 def test_the_example_overlay_has_every_object_a_deployment_needs(rendered):
     kinds = sorted(d["kind"] for d in rendered["deploy/kubernetes/overlays/example"])
-    assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"])
-    assert all(d["metadata"].get("namespace") == "sentiment" for d in rendered["deploy/kubernetes/overlays/example"]
-               if d["kind"] != "Namespace")
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "ConfigMap",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ServiceMonitor",
+            "PrometheusRule",
+        ]
+    )
+    assert all(
+        d["metadata"].get("namespace") == "sentiment"
+        for d in rendered["deploy/kubernetes/overlays/example"]
+        if d["kind"] != "Namespace"
+    )
     assert not [d for docs in rendered.values() for d in docs if d["kind"] == "Secret"], "keys are never in the repo"
 
 
@@ -59,8 +81,11 @@ def test_every_manifest_passes_kubernetes_validate_strict(rendered, tmp_path, ve
                 continue
             target = tmp_path / f"{path.replace('/', '_')}-{i}-{doc['kind']}.yaml"
             target.write_text(yaml.safe_dump(doc))
-            result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version,
-                                     str(target)], capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(target)],
+                capture_output=True,
+                text=True,
+            )
             output = result.stdout + result.stderr
             # it warns and exits 0 on a kind it has no schema for: that is a failure here
             assert result.returncode == 0 and " passed for resource " in output, (path, doc["kind"], output)
@@ -75,8 +100,11 @@ def test_kubernetes_validate_fails_a_wrong_field(tmp_path):
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     target = tmp_path / "broken.yaml"
     target.write_text(yaml.safe_dump(deployment))
-    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", VERSIONS[0], str(target)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", VERSIONS[0], str(target)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "livenessProbes" in result.stdout + result.stderr
 
 
@@ -102,7 +130,9 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
     monitor = yaml.safe_load((ROOT / "deploy" / "kserve" / "podmonitor.yaml").read_text())
     jsonschema.validate(monitor, json.loads((SCHEMAS / "podmonitor.json").read_text()))
     isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
-    assert monitor["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+    }
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     torchserve = next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "torchserve")
     assert endpoint["port"] in {p["name"] for p in torchserve["ports"]}
@@ -129,11 +159,14 @@ def _containers(pod):
 @pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/example"])
 def test_the_hpa_alone_sets_the_replica_count(rendered, path):
     docs = rendered[path]
-    deployment, = _objects(docs, "Deployment")
-    hpa, = _objects(docs, "HorizontalPodAutoscaler")
+    (deployment,) = _objects(docs, "Deployment")
+    (hpa,) = _objects(docs, "HorizontalPodAutoscaler")
     assert "replicas" not in deployment["spec"], "a replicas field beside an HPA resets it on every apply"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     up, down = hpa["spec"]["behavior"]["scaleUp"], hpa["spec"]["behavior"]["scaleDown"]
     assert {p["type"] for p in up["policies"]} >= {"Percent"} and up.get("selectPolicy", "Max") == "Max"
@@ -156,15 +189,17 @@ def test_the_hpa_queue_target_is_the_measured_one():
 
 
 def test_disruptions_take_one_pod_at_a_time(rendered):
-    pdb, = _objects(rendered["deploy/kubernetes/overlays/example"], "PodDisruptionBudget")
+    (pdb,) = _objects(rendered["deploy/kubernetes/overlays/example"], "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment"}}}
-    deployment, = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")
+    (deployment,) = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_pods_spread_over_nodes_and_zones(rendered):
     pod = _pod(rendered["deploy/kubernetes/overlays/example"])
-    labels = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    labels = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")[0]["spec"]["template"]["metadata"][
+        "labels"
+    ]
     spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
     assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     for constraint in spread.values():
@@ -281,10 +316,17 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
             assert alert["labels"]["severity"] == "warning", alert["alert"]
     # each SLO: two pages (fast burn) and two tickets (slow burn), every window pair
     for name in SLO_ALERTS:
-        tiers = {(a["labels"]["long_window"], a["labels"]["short_window"]): a["labels"]["severity"]
-                 for a in alerts if a["alert"] == name}
-        assert tiers == {("1h", "5m"): "critical", ("6h", "30m"): "critical",
-                         ("1d", "2h"): "warning", ("3d", "6h"): "warning"}, name
+        tiers = {
+            (a["labels"]["long_window"], a["labels"]["short_window"]): a["labels"]["severity"]
+            for a in alerts
+            if a["alert"] == name
+        }
+        assert tiers == {
+            ("1h", "5m"): "critical",
+            ("6h", "30m"): "critical",
+            ("1d", "2h"): "warning",
+            ("3d", "6h"): "warning",
+        }, name
     assert any(a["expr"] == 'absent(up{job="sentiment"})' for a in alerts)
     tests = yaml.safe_load((ROOT / "monitoring" / "rules-test.yaml").read_text())["tests"]
     tested = {t["alertname"] for group in tests for t in group.get("alert_rule_test", []) if t["exp_alerts"]}
@@ -309,8 +351,10 @@ def test_the_rules_tests_pass_only_with_each_threshold(rules_dir):
         "p99_rate5m > 0.5": ("p99_rate5m > 0.45", "SentimentInferenceSlow"),
         "ratio_rate2m) > 0.01": ("ratio_rate2m) > 0.008", "SentimentQueueFull"),
         "changes15m > 0": ("changes15m > 1", "SentimentWorkerRestarts"),
-        ">= kube_horizontalpodautoscaler_spec_max_replicas": ("> kube_horizontalpodautoscaler_spec_max_replicas",
-                                                               "SentimentHPAAtMaxReplicas"),
+        ">= kube_horizontalpodautoscaler_spec_max_replicas": (
+            "> kube_horizontalpodautoscaler_spec_max_replicas",
+            "SentimentHPAAtMaxReplicas",
+        ),
     }
     for old, (new, alert) in moved.items():
         assert rules.count(old) >= 1, old
@@ -328,8 +372,9 @@ INFERENCE_SERVICE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
 def test_the_inference_service_is_what_the_kserve_sdk_writes():
     if not KSERVE_SDK.exists():
         pytest.fail("build/kserve-sdk is missing: `make test` builds it")
-    rendered = subprocess.run([str(KSERVE_SDK), str(ROOT / "deploy" / "kserve" / "render.py")],
-                              capture_output=True, text=True, check=True)
+    rendered = subprocess.run(
+        [str(KSERVE_SDK), str(ROOT / "deploy" / "kserve" / "render.py")], capture_output=True, text=True, check=True
+    )
     assert rendered.stdout == INFERENCE_SERVICE.read_text(), "run `make kserve`: the committed file is stale"
 
 
@@ -358,8 +403,11 @@ def test_the_inference_service_is_a_correct_manifest(tmp_path, version):
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sentiment"}, "spec": pod_fields}
     target = tmp_path / "pod.yaml"
     target.write_text(yaml.safe_dump(pod))
-    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(target)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(target)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout + result.stderr
 
 
@@ -369,13 +417,24 @@ def test_the_inference_service_scales_with_the_fields_kserve_reads():
     of KServe's, and the predictor's pod keeps the Deployment's probes and spread."""
     isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
     annotations = isvc["metadata"]["annotations"]
-    assert annotations == {"serving.kserve.io/deploymentMode": "RawDeployment", "serving.kserve.io/autoscalerClass": "hpa"}
+    assert annotations == {
+        "serving.kserve.io/deploymentMode": "RawDeployment",
+        "serving.kserve.io/autoscalerClass": "hpa",
+    }
     predictor = isvc["spec"]["predictor"]
     assert 2 <= predictor["minReplicas"] < predictor["maxReplicas"]
-    assert predictor["autoScaling"] == {"metrics": [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}
+    assert predictor["autoScaling"] == {
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+            }
+        ]
+    }
     containers = _containers(predictor)
     assert containers["torchserve"]["livenessProbe"]["exec"]["command"] == HEALTH
     assert containers["kserve-container"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {c["topologyKey"] for c in predictor["topologySpreadConstraints"]} == {
-        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }

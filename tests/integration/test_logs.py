@@ -14,8 +14,8 @@ import grpc
 import pytest
 import requests
 
-from helpers import gateway_in_front
 from clients.grpc_client import GrpcError, SentimentGrpcClient
+from helpers import gateway_in_front
 
 MARK = "zebra-umbrella-confidential"
 CLIENTS = {"alice": "alice-gateway-key-4242"}
@@ -52,8 +52,11 @@ def gateway(server, tmp_path_factory):
 
 def log_texts(workdir) -> dict[str, str]:
     """{file name: text} of every log file under a server's or a gateway's directory."""
-    return {str(p): p.read_text(errors="replace") for p in workdir.rglob("*")
-            if p.is_file() and p.suffix in (".log", ".out")}
+    return {
+        str(p): p.read_text(errors="replace")
+        for p in workdir.rglob("*")
+        if p.is_file() and p.suffix in (".log", ".out")
+    }
 
 
 def all_log_text(server, gateway) -> str:
@@ -66,8 +69,11 @@ def all_log_text(server, gateway) -> str:
 def send_raw(port: int, path: str, key: str, body: bytes) -> None:
     """One request over a socket, its path as given (no library normalises it)."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: "
-                     f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
         try:
             while sock.recv(65536):
                 pass
@@ -82,28 +88,48 @@ def test_no_request_text_and_no_key_in_any_log(server, gateway):
     client_key = CLIENTS["alice"]
     for url, auth in ((direct, key), (through, client_key)):
         for body, content_type in hostile_bodies():
-            requests.post(url, data=body, headers={"Authorization": f"Bearer {auth}", "Content-Type": content_type},
-                          timeout=60)
+            requests.post(
+                url, data=body, headers={"Authorization": f"Bearer {auth}", "Content-Type": content_type}, timeout=60
+            )
         # keys where keys do not belong: in the query, in the path, a wrong key in the header
         requests.post(f"{url}?token={auth}&text={marked(20)}", json={"text": marked(21)}, timeout=60)
-        requests.post(url.replace("sentiment", marked(22)), json={"text": marked(23)},
-                      headers={"Authorization": f"Bearer {auth}"}, timeout=60)
+        requests.post(
+            url.replace("sentiment", marked(22)),
+            json={"text": marked(23)},
+            headers={"Authorization": f"Bearer {auth}"},
+            timeout=60,
+        )
         requests.post(url, json={"text": marked(24)}, headers={"Authorization": f"Bearer {marked(25)}"}, timeout=60)
-        requests.post(url.replace("/predictions/", "/explanations/"), json={"text": marked(26)},
-                      headers={"Authorization": f"Bearer {auth}"}, timeout=60)
+        requests.post(
+            url.replace("/predictions/", "/explanations/"),
+            json={"text": marked(26)},
+            headers={"Authorization": f"Bearer {auth}"},
+            timeout=60,
+        )
         requests.get(url.replace("/predictions/sentiment", f"/{marked(27)}"), timeout=60)
     # paths an HTTP library would rewrite before sending (dot segments, encodings, ';'),
     # with marks in them, sent raw, straight and through the gateway
     for port, auth in ((server.ports["inference"], key), (gateway.settings.port, client_key)):
-        for path in (f"/predictions/sentiment/../{marked(40)}", f"/predictions/{marked(41)}/../sentiment",
-                     f"/predictions/sentiment/%2e%2e/{marked(42)}", f"/predictions/sentiment;{marked(43)}",
-                     f"/predictions/sentiment/{marked(44)}", f"/predictions//sentiment/./{marked(45)}"):
+        for path in (
+            f"/predictions/sentiment/../{marked(40)}",
+            f"/predictions/{marked(41)}/../sentiment",
+            f"/predictions/sentiment/%2e%2e/{marked(42)}",
+            f"/predictions/sentiment;{marked(43)}",
+            f"/predictions/sentiment/{marked(44)}",
+            f"/predictions//sentiment/./{marked(45)}",
+        ):
             send_raw(port, path, auth, json.dumps({"text": marked(46)}).encode())
     # management and gRPC, with marks in what they carry
-    requests.get(server.url("management", f"/models/{marked(30)}"),
-                 headers={"Authorization": f"Bearer {server.keys['management']}"}, timeout=60)
-    requests.post(server.url("management", f"/models?url={marked(31)}.mar"),
-                  headers={"Authorization": f"Bearer {server.keys['management']}"}, timeout=60)
+    requests.get(
+        server.url("management", f"/models/{marked(30)}"),
+        headers={"Authorization": f"Bearer {server.keys['management']}"},
+        timeout=60,
+    )
+    requests.post(
+        server.url("management", f"/models?url={marked(31)}.mar"),
+        headers={"Authorization": f"Bearer {server.keys['management']}"},
+        timeout=60,
+    )
     with SentimentGrpcClient(f"127.0.0.1:{server.ports['grpc_inference']}", key) as client:
         assert client.predict({"text": marked(32)})["label"]
         with pytest.raises(GrpcError):
@@ -117,7 +143,7 @@ def test_no_request_text_and_no_key_in_any_log(server, gateway):
     assert "POST /predictions/sentiment" in logs, "no access log line was written"
     # the gateway's access log, whichever file it writes it to
     assert "POST" in "".join(log_texts(gateway.workdir).values()), "the gateway logged no request"
-    assert MARK not in logs, logs[max(0, logs.find(MARK) - 300): logs.find(MARK) + 100]
+    assert MARK not in logs, logs[max(0, logs.find(MARK) - 300) : logs.find(MARK) + 100]
     for name, value in {**server.keys, **{f"gateway {k}": v for k, v in CLIENTS.items()}}.items():
         assert value not in logs, f"the {name} key is in the logs"
 
@@ -134,17 +160,21 @@ def multi_line_bodies():
     exception: a url-encoded form up to its first line break, a multipart part's charset
     whole, carriage returns and NELs included, which log4j2's regex $ took for line ends),
     a multipart body cut short, and the JSON-only protocols."""
+
     def lines(n, sep="\n"):
         return sep.join(multi_line(n))
 
     def part_with_charset(charset: str) -> bytes:
-        return ("--b\r\nContent-Disposition: form-data; name=\"text\"\r\nContent-Type: text/plain; charset="
-                + charset + "\r\n\r\nI love this\r\n--b--\r\n").encode("latin-1")
+        return (
+            '--b\r\nContent-Disposition: form-data; name="text"\r\nContent-Type: text/plain; charset='
+            + charset
+            + "\r\n\r\nI love this\r\n--b--\r\n"
+        ).encode("latin-1")
 
     return [
         (json.dumps({"text": lines(40, "\n")}).encode(), "application/json", {}),
-        (("{\"text\": \"" + lines(41) + "\"}").encode(), "application/json", {}),  # raw newlines: not JSON
-        (("{\"text\": [\"" + lines(42, "\r\n") + "\", 7").encode(), "application/json", {}),
+        (('{"text": "' + lines(41) + '"}').encode(), "application/json", {}),  # raw newlines: not JSON
+        (('{"text": ["' + lines(42, "\r\n") + '", 7').encode(), "application/json", {}),
         (lines(43).encode(), "text/plain", {}),
         (lines(44, "\r\n").encode() + b"\xff\xfe", "text/plain", {}),
         (("text=" + lines(45) + "%ZZ").encode(), "application/x-www-form-urlencoded", {}),
@@ -153,14 +183,20 @@ def multi_line_bodies():
         ((lines(48) + "=%ZZ").encode(), "application/x-www-form-urlencoded", {}),
         (("comment=" + lines(49)).encode(), "application/x-www-form-urlencoded", {}),
         (("text=" + lines(50)).encode(), "application/x-www-form-urlencoded", {}),
-        (("--b\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n" + lines(51, "\r\n")).encode(),
-         "multipart/form-data; boundary=b", {}),
+        (
+            ('--b\r\nContent-Disposition: form-data; name="text"\r\n\r\n' + lines(51, "\r\n")).encode(),
+            "multipart/form-data; boundary=b",
+            {},
+        ),
         (part_with_charset(lines(54, "\r")), "multipart/form-data; boundary=b", {}),
         (part_with_charset(lines(55, "\x85")), "multipart/form-data; boundary=b", {}),
         (part_with_charset(lines(56, "\x0b")), "multipart/form-data; boundary=b", {}),
-        (json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": [lines(52)]}]}).encode(),
-         "application/json", {"sentiment-protocol": "oip-v2"}),
-        (("{\"instances\": [\"" + lines(53) + "\"]}").encode(), "application/json", {"sentiment-protocol": "kserve-v1"}),
+        (
+            json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": [lines(52)]}]}).encode(),
+            "application/json",
+            {"sentiment-protocol": "oip-v2"},
+        ),
+        (('{"instances": ["' + lines(53) + '"]}').encode(), "application/json", {"sentiment-protocol": "kserve-v1"}),
     ]
 
 
@@ -172,14 +208,12 @@ def test_no_line_of_a_multi_line_text_in_any_log(server, gateway):
     auth = {"Authorization": f"Bearer {server.keys['inference']}"}
     statuses = []
     for body, content_type, headers in multi_line_bodies():
-        response = requests.post(url, data=body, headers={**auth, "Content-Type": content_type, **headers},
-                                 timeout=60)
+        response = requests.post(url, data=body, headers={**auth, "Content-Type": content_type, **headers}, timeout=60)
         statuses.append(response.status_code)
     assert 200 in statuses and any(400 <= s < 500 for s in statuses), statuses  # both answers were met
 
     logs = all_log_text(server, gateway)
     for n in range(40, 57):
         for line in multi_line(n):
-            assert line not in logs, logs[max(0, logs.find(line) - 300): logs.find(line) + 100]
-    assert MARK not in logs, logs[max(0, logs.find(MARK) - 300): logs.find(MARK) + 100]
-
+            assert line not in logs, logs[max(0, logs.find(line) - 300) : logs.find(line) + 100]
+    assert MARK not in logs, logs[max(0, logs.find(MARK) - 300) : logs.find(MARK) + 100]

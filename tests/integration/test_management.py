@@ -23,8 +23,11 @@ from testbed.local_server import LocalTorchServe
 def empty_server(default_store, tmp_path_factory):
     if not (default_store / "sentiment-torch.mar").is_file():
         pytest.fail("model_store/sentiment-torch.mar is missing: run the tests with `make test`")
-    ts = LocalTorchServe(model_store=default_store, workdir=tmp_path_factory.mktemp("ts-mgmt"),
-                         overrides={"load_models": "", "models": "{}"})
+    ts = LocalTorchServe(
+        model_store=default_store,
+        workdir=tmp_path_factory.mktemp("ts-mgmt"),
+        overrides={"load_models": "", "models": "{}"},
+    )
     ts.start(wait_for_models=False)
     yield ts
     ts.stop()
@@ -33,9 +36,20 @@ def empty_server(default_store, tmp_path_factory):
 def manage(server, *args, key_file=None) -> tuple[int, object, str]:
     """Run the CLI against the server; (exit code, parsed stdout, stderr)."""
     result = subprocess.run(
-        [sys.executable, "-m", "clients.manage", "--config", str(server.workdir / "config.properties"),
-         "--key-file", str(key_file or server.workdir / "key_file.json"), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "clients.manage",
+            "--config",
+            str(server.workdir / "config.properties"),
+            "--key-file",
+            str(key_file or server.workdir / "key_file.json"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     out = json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else None
     return result.returncode, out, result.stderr
@@ -43,8 +57,12 @@ def manage(server, *args, key_file=None) -> tuple[int, object, str]:
 
 def predict(server, text, version=""):
     path = "/predictions/sentiment" + (f"/{version}" if version else "")
-    return requests.post(server.url("inference", path), json={"text": text},
-                         headers={"Authorization": f"Bearer {server.keys['inference']}"}, timeout=60)
+    return requests.post(
+        server.url("inference", path),
+        json={"text": text},
+        headers={"Authorization": f"Bearer {server.keys['inference']}"},
+        timeout=60,
+    )
 
 
 def described(server, version=None) -> dict:
@@ -63,8 +81,9 @@ def test_lifecycle_register_scale_versions_default_unregister(empty_server):
     server = empty_server
     assert served_models(server) == {}
 
-    code, out, err = manage(server, "register", "sentiment.mar", "--batch-size", "8",
-                            "--max-batch-delay", "3", "--workers", "1")
+    code, out, err = manage(
+        server, "register", "sentiment.mar", "--batch-size", "8", "--max-batch-delay", "3", "--workers", "1"
+    )
     assert code == 0, err
     model = described(server)
     assert (model["modelVersion"], model["batchSize"], model["maxBatchDelay"]) == ("1.0", 8, 3)
@@ -78,12 +97,16 @@ def test_lifecycle_register_scale_versions_default_unregister(empty_server):
     assert code == 0, err
     assert len(described(server)["workers"]) == 1
 
-    code, _, err = manage(server, "register", "sentiment-torch.mar", "--batch-size", "16",
-                          "--max-batch-delay", "2", "--workers", "1")
+    code, _, err = manage(
+        server, "register", "sentiment-torch.mar", "--batch-size", "16", "--max-batch-delay", "2", "--workers", "1"
+    )
     assert code == 0, err
     reference = described(server, "2.0")
-    assert (reference["modelVersion"], reference["batchSize"], [w["status"] for w in reference["workers"]]) == \
-        ("2.0", 16, ["READY"])
+    assert (reference["modelVersion"], reference["batchSize"], [w["status"] for w in reference["workers"]]) == (
+        "2.0",
+        16,
+        ["READY"],
+    )
     for version in ("1.0", "2.0"):
         answer = predict(server, "This is terrible", version)
         assert answer.status_code == 200 and answer.json()["label"] == "negative", version
@@ -129,8 +152,12 @@ def test_bad_registrations_are_refused_and_change_nothing(empty_server, default_
     code, _, err = manage(server, "register", "sentiment.mar", "--workers", "1")
     assert code == 0, err
     try:
-        refused = requests.post(server.url("management", "/models"), params={"url": url, "initial_workers": 1},
-                                headers={"Authorization": f"Bearer {server.keys['management']}"}, timeout=60)
+        refused = requests.post(
+            server.url("management", "/models"),
+            params={"url": url, "initial_workers": 1},
+            headers={"Authorization": f"Bearer {server.keys['management']}"},
+            timeout=60,
+        )
         assert refused.status_code >= 400
         assert message in refused.json()["message"].lower()
         assert served_models(server) == {"sentiment": "sentiment.mar"}

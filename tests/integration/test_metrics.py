@@ -44,6 +44,7 @@ def test_handler_metrics_count_what_was_sent(server):
 def delta_with_label(before, after, name, label_value):
     def total(samples):
         return sum(v for k, v in samples.items() if k.startswith(name + "{") and f'"{label_value}"' in k)
+
     return total(after) - total(before)
 
 

@@ -29,9 +29,13 @@ def dashboard_expressions() -> list[str]:
 
 def adapter_expressions() -> list[str]:
     rules = yaml.safe_load((ROOT / "monitoring" / "prometheus-adapter-rules.yaml").read_text())["rules"]
-    return [r["metricsQuery"].replace("<<.Series>>", r["seriesQuery"].split("{")[0])
-            .replace("<<.LabelMatchers>>", 'namespace="local",pod="local"').replace("<<.GroupBy>>", "pod")
-            for r in rules]
+    return [
+        r["metricsQuery"]
+        .replace("<<.Series>>", r["seriesQuery"].split("{")[0])
+        .replace("<<.LabelMatchers>>", 'namespace="local",pod="local"')
+        .replace("<<.GroupBy>>", "pod")
+        for r in rules
+    ]
 
 
 def load(server, stop: threading.Event, concurrency: int = 16):
@@ -45,7 +49,9 @@ def load(server, stop: threading.Event, concurrency: int = 16):
         session, i = requests.Session(), n
         while not stop.is_set():
             if i % 100 == 7:
-                session.post(url, data=b"text=%ZZ", headers={**auth, "Content-Type": "application/x-www-form-urlencoded"})
+                session.post(
+                    url, data=b"text=%ZZ", headers={**auth, "Content-Type": "application/x-www-form-urlencoded"}
+                )
             elif i % 10 == 3:
                 session.post(url, data=b'{"text": ', headers={**auth, "Content-Type": "application/json"})
             else:
@@ -69,8 +75,12 @@ def loaded(server, tmp_path_factory):
     45 s of load and 65 s after it; the signal sampled all along."""
     with LocalPrometheus(tmp_path_factory.mktemp("prometheus"), {"local": server.ports["metrics"]}) as prom:
         # one request, as a readiness probe would send, so that TorchServe's counters exist
-        requests.post(server.url("inference", "/predictions/sentiment"), json={"text": "probe"},
-                      headers={"Authorization": f"Bearer {server.keys['inference']}"}, timeout=60)
+        requests.post(
+            server.url("inference", "/predictions/sentiment"),
+            json={"text": "probe"},
+            headers={"Authorization": f"Bearer {server.keys['inference']}"},
+            timeout=60,
+        )
         time.sleep(10)
         samples = {"idle": signal_value(prom)}
         stop = threading.Event()
@@ -80,9 +90,12 @@ def loaded(server, tmp_path_factory):
             time.sleep(5)
             peak = max(peak, signal_value(prom))
         samples["under load (max)"] = peak
-        queried_under_load = {e: prom.query(e) for e in
-                              dashboard_expressions() + adapter_expressions()
-                              + [r["record"] for g in rule_groups()["groups"] for r in g["rules"] if "record" in r]}
+        queried_under_load = {
+            e: prom.query(e)
+            for e in dashboard_expressions()
+            + adapter_expressions()
+            + [r["record"] for g in rule_groups()["groups"] for r in g["rules"] if "record" in r]
+        }
         stop.set()
         for t in threads:
             t.join(timeout=60)
@@ -120,8 +133,10 @@ def test_every_dashboard_and_adapter_expression_returns_data_under_load(loaded):
 def test_the_autoscaling_signal_rises_with_load_and_falls_back(loaded, capsys):
     _, _, samples = loaded
     with capsys.disabled():
-        print("\n[monitoring] requests waiting per pod (sentiment_queued_requests): " +
-              ", ".join(f"{k} {v:.2f}" for k, v in samples.items()))
+        print(
+            "\n[monitoring] requests waiting per pod (sentiment_queued_requests): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in samples.items())
+        )
     assert samples["under load (max)"] > 1.0
     assert samples["under load (max)"] > 10 * max(samples["idle"], 0.01)
     assert samples["65 s after"] < 0.1 * samples["under load (max)"]

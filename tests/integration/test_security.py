@@ -10,10 +10,9 @@ import subprocess
 import pytest
 import requests
 
-from server.paths import ROOT
-from helpers import predict
 from clients.torchserve import read_properties
-from server.paths import CONFIG
+from helpers import predict
+from server.paths import CONFIG, ROOT
 
 BODY = b'{"text": "I love this"}'
 
@@ -24,8 +23,12 @@ def management(server, key=None, path="/models"):
 
 
 def inference_without_header(server):
-    return requests.post(server.url("inference", "/predictions/sentiment"), data=BODY,
-                         headers={"Content-Type": "application/json"}, timeout=30)
+    return requests.post(
+        server.url("inference", "/predictions/sentiment"),
+        data=BODY,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 def refused(response) -> bool:
@@ -48,8 +51,11 @@ def test_management_api_needs_the_management_key(server):
     assert refused(management(server, server.keys["inference"]))
     # a refused call changes nothing: scaling with the inference key leaves the workers as they were
     before = server.client.worker_pids("sentiment")
-    r = requests.put(server.url("management", "/models/sentiment?min_worker=3&synchronous=true"),
-                     headers={"Authorization": f"Bearer {server.keys['inference']}"}, timeout=30)
+    r = requests.put(
+        server.url("management", "/models/sentiment?min_worker=3&synchronous=true"),
+        headers={"Authorization": f"Bearer {server.keys['inference']}"},
+        timeout=30,
+    )
     assert refused(r)
     assert server.client.worker_pids("sentiment") == before
 

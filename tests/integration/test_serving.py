@@ -45,7 +45,7 @@ def test_served_model_is_accurate_on_held_out_tweets(server):
         chunk = sample[start : start + 32]
         r = predict(server, json.dumps({"text": [t.text for t in chunk]}))
         assert r.status_code == 200, r.text
-        correct += sum(p["label"] == LABELS[t.label] for p, t in zip(r.json(), chunk))
+        correct += sum(p["label"] == LABELS[t.label] for p, t in zip(r.json(), chunk, strict=True))
     assert correct / len(sample) >= 0.88
 
 

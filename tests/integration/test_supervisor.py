@@ -31,13 +31,30 @@ def test_scheduled_rotations_under_load_lose_no_request(default_store, tmp_path)
     workdir = tmp_path / "torchserve"
     profile = tmp_path / "ports.properties"
     ports = {key: free_port() for key in ("inference", "management", "metrics")}
-    profile.write_text("".join(f"{key}_address=http://127.0.0.1:{port}\n" for key, port in ports.items())
-                       + f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
-                       + f"models={ONE_WORKER_MODELS}\n")
+    profile.write_text(
+        "".join(f"{key}_address=http://127.0.0.1:{port}\n" for key, port in ports.items())
+        + f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
+        + f"models={ONE_WORKER_MODELS}\n"
+    )
     log = open(tmp_path / "supervisor.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server.container", "--workdir", str(workdir), "--profile",
-                             str(profile), "--rotate-every", "3"], cwd=ROOT, stdout=log, stderr=log,
-                            start_new_session=True, env=dict(os.environ, SENTIMENT_LOG_TO="files"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.container",
+            "--workdir",
+            str(workdir),
+            "--profile",
+            str(profile),
+            "--rotate-every",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env=dict(os.environ, SENTIMENT_LOG_TO="files"),
+    )
     try:
         deadline = time.monotonic() + 240
         while not (workdir / KEY_FILE).exists():
@@ -48,8 +65,9 @@ def test_scheduled_rotations_under_load_lose_no_request(default_store, tmp_path)
         with gateway_in_front(Workdir(workdir), tmp_path / "gateway", CLIENTS) as gateway:
             with SteadyLoad(gateway, [lambda: CLIENTS["supervised"]], clients_per_key=8) as load:
                 time.sleep(14)
-        events = [json.loads(line) for line in (tmp_path / "supervisor.log").read_text().splitlines()
-                  if line.startswith("{")]
+        events = [
+            json.loads(line) for line in (tmp_path / "supervisor.log").read_text().splitlines() if line.startswith("{")
+        ]
         rotations = [e for e in events if e["message"] == "rotated the inference key"]
         assert len(rotations) >= 3, [e["message"] for e in events]
         assert read_keys(workdir / KEY_FILE)["inference"] != first_key

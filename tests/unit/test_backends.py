@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from backends import TorchBackend, select_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_handler import initialized_handler, make_context, run_batch
+
+from backends import TorchBackend, select_device
 from sentiment_handler import SentimentHandler
 from text_classification import HandlerOptions, pad, pad_values
-
-from test_handler import initialized_handler, make_context, run_batch
 
 JSON = "application/json"
 TEXTS = ["I love it", "terrible service, never again", "meh", "a long one " * 20]
@@ -29,7 +29,7 @@ def test_onnxruntime_answers_as_torch(tiny_model_dir, onnx_model_dir, quantize, 
     _, reference = answers(tiny_model_dir, {})
     handler, got = answers(onnx_model_dir[quantize], {"backend": "onnxruntime", "quantize": quantize})
     assert type(handler.backend).__name__ == "OnnxRuntimeBackend"
-    for r, g in zip(reference, got):
+    for r, g in zip(reference, got, strict=True):
         assert g["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=tolerance)
         if quantize == "none":
             assert g["label"] == r["label"]
@@ -43,7 +43,7 @@ def test_torch_int8_quantizes_and_keeps_predictions(tiny_model_dir):
     modules = list(handler.backend.model.modules())
     assert any(isinstance(m, DynamicQuantizedLinear) for m in modules)
     assert not any(type(m) is torch.nn.Linear for m in modules)
-    for r, g in zip(reference, got):
+    for r, g in zip(reference, got, strict=True):
         assert g["scores"]["positive"] == pytest.approx(r["scores"]["positive"], abs=0.05)
 
 
@@ -52,23 +52,29 @@ def test_onnxruntime_without_a_graph_in_the_archive_says_how_to_make_one(tiny_mo
         SentimentHandler().initialize(make_context(tiny_model_dir, {"backend": "onnxruntime"}))
 
 
-@pytest.mark.parametrize("gpu_id, cuda, options, device", [
-    (None, False, {}, "cpu"),
-    (0, False, {}, "cpu"),  # TorchServe gave a GPU id, but there is no CUDA
-    (None, True, {}, "cpu"),  # no GPU given to this worker
-    (1, True, {}, "cuda:1"),
-    (0, True, {"half": True}, "cuda:0"),
-    ("2", True, {"quantize": "none"}, "cuda:2"),
-])
+@pytest.mark.parametrize(
+    "gpu_id, cuda, options, device",
+    [
+        (None, False, {}, "cpu"),
+        (0, False, {}, "cpu"),  # TorchServe gave a GPU id, but there is no CUDA
+        (None, True, {}, "cpu"),  # no GPU given to this worker
+        (1, True, {}, "cuda:1"),
+        (0, True, {"half": True}, "cuda:0"),
+        ("2", True, {"quantize": "none"}, "cuda:2"),
+    ],
+)
 def test_device_selection(gpu_id, cuda, options, device):
     assert select_device(gpu_id, cuda, HandlerOptions(**options)) == device
 
 
-@pytest.mark.parametrize("gpu_id, cuda, options, message", [
-    (None, False, {"half": True}, "half"),
-    (0, True, {"half": True, "backend": "onnxruntime"}, "half"),
-    (0, True, {"quantize": "int8"}, "int8"),
-])
+@pytest.mark.parametrize(
+    "gpu_id, cuda, options, message",
+    [
+        (None, False, {"half": True}, "half"),
+        (0, True, {"half": True, "backend": "onnxruntime"}, "half"),
+        (0, True, {"quantize": "int8"}, "int8"),
+    ],
+)
 def test_options_for_the_other_device_are_refused(gpu_id, cuda, options, message):
     with pytest.raises(ValueError, match=message):
         select_device(gpu_id, cuda, HandlerOptions(**options))
@@ -82,7 +88,7 @@ def test_half_casts_the_model_to_fp16(tiny_model_dir):
     from transformers import AutoTokenizer
 
     batch = AutoTokenizer.from_pretrained(tiny_model_dir)(TEXTS, padding=True, return_tensors="np")
-    for a, b in zip(fp32.probabilities(batch), fp16.probabilities(batch)):
+    for a, b in zip(fp32.probabilities(batch), fp16.probabilities(batch), strict=True):
         assert b == pytest.approx(a, abs=1e-2)
 
 
@@ -91,8 +97,11 @@ def test_warm_up_runs_before_the_worker_is_ready(tiny_model_dir, monkeypatch):
 
     calls = []
     original = backends.TorchBackend.probabilities
-    monkeypatch.setattr(backends.TorchBackend, "probabilities",
-                        lambda self, batch: calls.append(tuple(batch["input_ids"].shape)) or original(self, batch))
+    monkeypatch.setattr(
+        backends.TorchBackend,
+        "probabilities",
+        lambda self, batch: calls.append(tuple(batch["input_ids"].shape)) or original(self, batch),
+    )
     handler = SentimentHandler()
     handler.initialize(make_context(tiny_model_dir, {"warmup_batches": 3, "micro_batch_size": 4}))
     assert handler.initialized and len(calls) == 3

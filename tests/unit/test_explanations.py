@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from test_handler import initialized_handler, run_batch
+
 from explanations import ExplainLimits, merge_word_pieces, parse_explanation
 from text_classification import Limits, RequestError
-
-from test_handler import initialized_handler, run_batch
 
 JSON = "application/json"
 EXPLAIN = {"explain": "True"}
@@ -35,26 +35,32 @@ def test_word_pieces_merge_into_the_words_of_the_text():
 LIMITS = ExplainLimits(steps=20, max_steps=40, max_texts=2, max_tokens=16)
 
 
-@pytest.mark.parametrize("body, content_type, texts, steps", [
-    (b'{"text": "I love it"}', JSON, ("I love it",), 20),
-    (b'{"text": ["a", "b"], "steps": 30}', JSON, ("a", "b"), 30),
-    (b"plain text", "text/plain", ("plain text",), 20),
-])
+@pytest.mark.parametrize(
+    "body, content_type, texts, steps",
+    [
+        (b'{"text": "I love it"}', JSON, ("I love it",), 20),
+        (b'{"text": ["a", "b"], "steps": 30}', JSON, ("a", "b"), 30),
+        (b"plain text", "text/plain", ("plain text",), 20),
+    ],
+)
 def test_explanation_bodies(body, content_type, texts, steps):
     request, got_steps = parse_explanation({"body": body}, Limits(), LIMITS, content_type)
     assert (request.texts, got_steps) == (texts, steps)
 
 
-@pytest.mark.parametrize("body, status, kind", [
-    (b'{"text": "a", "steps": 41}', 413, "TooManySteps"),
-    (b'{"text": "a", "steps": 1}', 400, "InvalidInput"),
-    (b'{"text": "a", "steps": "many"}', 400, "InvalidInput"),
-    (b'{"text": "a", "steps": true}', 400, "InvalidInput"),
-    (b'{"text": ["a", "b", "c"]}', 413, "TooManyTexts"),
-    (b'{"text": "a", "lang": "en"}', 400, "InvalidInput"),
-    (b'{"text": ', 400, "InvalidJSON"),
-    (b'{"text": ""}', 400, "EmptyText"),
-])
+@pytest.mark.parametrize(
+    "body, status, kind",
+    [
+        (b'{"text": "a", "steps": 41}', 413, "TooManySteps"),
+        (b'{"text": "a", "steps": 1}', 400, "InvalidInput"),
+        (b'{"text": "a", "steps": "many"}', 400, "InvalidInput"),
+        (b'{"text": "a", "steps": true}', 400, "InvalidInput"),
+        (b'{"text": ["a", "b", "c"]}', 413, "TooManyTexts"),
+        (b'{"text": "a", "lang": "en"}', 400, "InvalidInput"),
+        (b'{"text": ', 400, "InvalidJSON"),
+        (b'{"text": ""}', 400, "EmptyText"),
+    ],
+)
 def test_explanation_refusals(body, status, kind):
     with pytest.raises(RequestError) as info:
         parse_explanation({"body": body}, Limits(), LIMITS, JSON)
@@ -68,7 +74,7 @@ def handler_and_context(tiny_model_dir):
 
 def test_attributions_add_up_to_the_prediction_minus_the_baseline(handler_and_context):
     handler, context = handler_and_context
-    (status, answer, _), = run_batch(handler, context, [({"body": b'{"text": "I love this film"}'}, JSON, EXPLAIN)])
+    ((status, answer, _),) = run_batch(handler, context, [({"body": b'{"text": "I love this film"}'}, JSON, EXPLAIN)])
     assert status == 200
     explanation = answer["explanation"]
     assert [w["word"] for w in explanation["words"]] == ["I", "love", "this", "film"]
@@ -81,13 +87,17 @@ def test_attributions_add_up_to_the_prediction_minus_the_baseline(handler_and_co
 def test_a_batch_mixing_explanations_and_predictions(handler_and_context):
     handler, context = handler_and_context
     alone = run_batch(handler, context, [({"body": b'{"text": "fine"}'}, JSON)])[0][1]
-    answers = run_batch(handler, context, [
-        ({"body": b'{"text": "fine"}'}, JSON),
-        ({"body": b'{"text": ["good", "bad"]}'}, JSON, EXPLAIN),
-        ({"body": json.dumps({"text": "word " * 30}).encode()}, JSON, EXPLAIN),  # over 24 tokens
-        ({"body": b'{"text": '}, JSON, EXPLAIN),
-        ({"body": b'{"text": "fine"}'}, JSON),
-    ])
+    answers = run_batch(
+        handler,
+        context,
+        [
+            ({"body": b'{"text": "fine"}'}, JSON),
+            ({"body": b'{"text": ["good", "bad"]}'}, JSON, EXPLAIN),
+            ({"body": json.dumps({"text": "word " * 30}).encode()}, JSON, EXPLAIN),  # over 24 tokens
+            ({"body": b'{"text": '}, JSON, EXPLAIN),
+            ({"body": b'{"text": "fine"}'}, JSON),
+        ],
+    )
     assert [a[0] for a in answers] == [200, 200, 413, 400, 200]
     assert answers[0][1] == alone and answers[4][1] == alone
     assert len(answers[1][1]) == 2 and all("explanation" in a for a in answers[1][1])
@@ -110,7 +120,9 @@ print(before, "captum" in sys.modules)
 
 
 def test_onnxruntime_explains_from_the_archives_weights(onnx_model_dir):
-    handler, context = initialized_handler(onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "explain_steps": 16})
-    (status, answer, _), = run_batch(handler, context, [({"body": b"I love it"}, "text/plain", EXPLAIN)])
+    handler, context = initialized_handler(
+        onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "explain_steps": 16}
+    )
+    ((status, answer, _),) = run_batch(handler, context, [({"body": b"I love it"}, "text/plain", EXPLAIN)])
     assert status == 200 and [w["word"] for w in answer["explanation"]["words"]] == ["I", "love", "it"]
     assert type(handler.explainer.model).__name__ == "BertForSequenceClassification"

@@ -17,7 +17,6 @@ import logging
 from collections import Counter
 
 import pytest
-
 from test_handler import emitted_metrics, initialized_handler, run_batch
 
 JSON = "application/json"
@@ -34,15 +33,19 @@ def handler_and_context(request, tiny_model_dir, onnx_model_dir):
     shipped ONNX Runtime int8 graph with one text per pass (model-config.yaml)."""
     if request.param == "torch":
         return initialized_handler(tiny_model_dir, {"micro_batch_size": 8})
-    return initialized_handler(onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8",
-                                                        "micro_batch_size": 1})
+    return initialized_handler(
+        onnx_model_dir["int8"], {"backend": "onnxruntime", "quantize": "int8", "micro_batch_size": 1}
+    )
 
 
 def marked_rows(handler, batch) -> list[int]:
     """The rows of a padded batch (text_classification.pad) that hold the marker's tokens."""
     ids = handler.tokenizer(MARK, add_special_tokens=False)["input_ids"]
-    return [i for i, row in enumerate(batch["input_ids"].tolist())
-            if any(row[j:j + len(ids)] == ids for j in range(len(row)))]
+    return [
+        i
+        for i, row in enumerate(batch["input_ids"].tolist())
+        if any(row[j : j + len(ids)] == ids for j in range(len(row)))
+    ]
 
 
 def inject(handler, monkeypatch, where: str) -> None:
@@ -62,6 +65,7 @@ def inject(handler, monkeypatch, where: str) -> None:
 
         monkeypatch.setattr(handler, "tokenizer", Faulty())
     elif where == "forward":
+
         def faulty(batch):
             if marked_rows(handler, batch):
                 raise Fault("the forward pass failed")
@@ -69,6 +73,7 @@ def inject(handler, monkeypatch, where: str) -> None:
 
         monkeypatch.setattr(backend, "probabilities", faulty)
     else:  # a malformed row for the marked text: fails while answering, past the step's isolation
+
         def malformed(batch):
             marked = marked_rows(handler, batch)
             return [[] if i in marked else p for i, p in enumerate(probabilities(batch))]
@@ -90,10 +95,14 @@ def v2(*texts):
 
 
 @pytest.mark.parametrize("where", ["tokenizer", "forward", "answering"])
-@pytest.mark.parametrize("marked", [native(f"so {MARK} this"), v1("fine", f"so {MARK} this"),
-                                    v2(f"so {MARK} this")], ids=["native", "v1", "v2"])
-def test_a_fault_on_one_request_costs_it_alone_and_is_counted_once(handler_and_context, monkeypatch, caplog,
-                                                                   where, marked):
+@pytest.mark.parametrize(
+    "marked",
+    [native(f"so {MARK} this"), v1("fine", f"so {MARK} this"), v2(f"so {MARK} this")],
+    ids=["native", "v1", "v2"],
+)
+def test_a_fault_on_one_request_costs_it_alone_and_is_counted_once(
+    handler_and_context, monkeypatch, caplog, where, marked
+):
     handler, context = handler_and_context
     good = [native("I love it"), native(["awful", "fine, really"]), v1("great", "bad"), v2("meh")]
     alone = [run_batch(handler, context, [row])[0] for row in good]
@@ -117,8 +126,7 @@ def test_a_fault_on_one_request_costs_it_alone_and_is_counted_once(handler_and_c
     emitted = emitted_metrics(caplog)
     lines = Counter(name for name, _, _ in emitted)
     values = {name: value for name, value, _ in emitted}
-    for name in ("SentimentBatchSize", "SentimentTexts", "SentimentPreprocessSeconds",
-                 "SentimentInferenceSeconds"):
+    for name in ("SentimentBatchSize", "SentimentTexts", "SentimentPreprocessSeconds", "SentimentInferenceSeconds"):
         assert lines[name] == 1, (name, lines)  # once per batch, however often a request was tried
     assert values["SentimentBatchSize"] == len(rows)
     texts = 1 + 2 + 2 + 1  # those of the requests answered with predictions

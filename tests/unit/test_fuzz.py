@@ -29,20 +29,36 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from protocols import KSERVE_V1, NATIVE, OIP_V2, parse
 from text_classification import Limits, ParsedRequest, RequestError, run_isolated
 
-settings.register_profile("ci", max_examples=300, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=20_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LIMITS = Limits(max_texts_per_request=4, max_text_chars=200)
 CONTENT_TYPES = st.one_of(
-    st.sampled_from([None, "", "application/json", "application/json; charset=utf-8", "text/plain",
-                     "text/html", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                     "application/vnd.api+json", "application/xml", "image/png", "application/octet-stream"]),
+    st.sampled_from(
+        [
+            None,
+            "",
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain",
+            "text/html",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/vnd.api+json",
+            "application/xml",
+            "image/png",
+            "application/octet-stream",
+        ]
+    ),
     st.text(max_size=40),
 )
 # any unicode, with extra weight on what breaks text handling: lone surrogates (JSON
@@ -68,21 +84,36 @@ def deeply_nested(draw) -> bytes:
 
 
 # KServe v1 and OIP v2 envelopes around any values
-V1_BODIES = st.fixed_dictionaries({"instances": st.one_of(st.lists(st.one_of(ANY_TEXT, JSON_VALUES), max_size=6),
-                                                          JSON_VALUES)})
-V2_TENSORS = st.fixed_dictionaries({
-    "name": st.sampled_from(["text", "input", ""]), "datatype": st.sampled_from(["BYTES", "FP32", 3]),
-    "shape": st.one_of(st.lists(st.integers(-2, 8), max_size=3), JSON_VALUES),
-    "data": st.one_of(st.lists(st.one_of(ANY_TEXT, st.lists(ANY_TEXT, max_size=3), JSON_VALUES), max_size=6),
-                      JSON_VALUES)})
-V2_BODIES = st.fixed_dictionaries({"inputs": st.one_of(st.lists(V2_TENSORS, max_size=2), JSON_VALUES)},
-                                  optional={"id": JSON_VALUES, "outputs": JSON_VALUES, "parameters": JSON_VALUES})
+V1_BODIES = st.fixed_dictionaries(
+    {"instances": st.one_of(st.lists(st.one_of(ANY_TEXT, JSON_VALUES), max_size=6), JSON_VALUES)}
+)
+V2_TENSORS = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["text", "input", ""]),
+        "datatype": st.sampled_from(["BYTES", "FP32", 3]),
+        "shape": st.one_of(st.lists(st.integers(-2, 8), max_size=3), JSON_VALUES),
+        "data": st.one_of(
+            st.lists(st.one_of(ANY_TEXT, st.lists(ANY_TEXT, max_size=3), JSON_VALUES), max_size=6), JSON_VALUES
+        ),
+    }
+)
+V2_BODIES = st.fixed_dictionaries(
+    {"inputs": st.one_of(st.lists(V2_TENSORS, max_size=2), JSON_VALUES)},
+    optional={"id": JSON_VALUES, "outputs": JSON_VALUES, "parameters": JSON_VALUES},
+)
 
 # Hostile envelopes: the right fields with what the protocols' parsing must refuse without
 # doing work in proportion to it (issue 19), and now and then a good request.
 HUGE_INTS = st.integers(1, 4200).map(lambda digits: int("9" * digits))  # JSON, and Python still parses it
-DIMENSIONS = st.one_of(st.integers(-3, 40), HUGE_INTS, HUGE_INTS.map(lambda n: -n), st.booleans(),
-                       st.floats(allow_nan=False, allow_infinity=False), st.none(), ANY_TEXT)
+DIMENSIONS = st.one_of(
+    st.integers(-3, 40),
+    HUGE_INTS,
+    HUGE_INTS.map(lambda n: -n),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    ANY_TEXT,
+)
 HOSTILE_SHAPES = st.one_of(
     st.lists(DIMENSIONS, max_size=12),
     st.tuples(st.integers(1, 300), HUGE_INTS).map(lambda p: [p[1]] * p[0]),  # seconds of math.prod, once
@@ -106,8 +137,10 @@ HOSTILE_DATA = st.one_of(  # as JSON text: nesting deeper than json.dumps would 
 IDS = st.one_of(ANY_TEXT, JSON_VALUES, HUGE_INTS, st.integers(1, 100_000).map(lambda n: "i" * n))
 V2_OUTPUT_NAMES = st.sampled_from(["label", "score", "scores"])
 OUTPUTS = st.one_of(
-    st.lists(st.fixed_dictionaries({"name": st.one_of(V2_OUTPUT_NAMES, JSON_VALUES)},
-                                    optional={"parameters": JSON_VALUES}), max_size=6),
+    st.lists(
+        st.fixed_dictionaries({"name": st.one_of(V2_OUTPUT_NAMES, JSON_VALUES)}, optional={"parameters": JSON_VALUES}),
+        max_size=6,
+    ),
     st.lists(V2_OUTPUT_NAMES, min_size=1, max_size=3, unique=True).map(lambda ns: [{"name": n} for n in ns]),
     st.integers(0, 10_000).map(lambda n: [{"name": "label"}] * n),  # a tensor of the answer each
     JSON_VALUES,
@@ -122,32 +155,56 @@ def _v2_body(name, datatype, shape, data: str, extra: dict) -> bytes:
 
 def _good_v2(texts: list[str], layout: str) -> tuple[list, list]:
     n = len(texts)
-    return {"flat": ([n], texts), "rows": ([n, 1], [[t] for t in texts]),
-            "one row": ([1, n], [texts]), "flat in 2-d": ([n, 1], texts)}[layout]
+    return {
+        "flat": ([n], texts),
+        "rows": ([n, 1], [[t] for t in texts]),
+        "one row": ([1, n], [texts]),
+        "flat in 2-d": ([n, 1], texts),
+    }[layout]
 
 
-GOOD_TEXTS = st.text(alphabet=st.characters(codec="utf-8", categories=["L", "N", "P", "Zs"]), min_size=1,
-                     max_size=40).filter(str.strip)
-V2_GOOD = st.tuples(st.lists(GOOD_TEXTS, min_size=1, max_size=LIMITS.max_texts_per_request),
-                    st.sampled_from(["flat", "rows", "one row", "flat in 2-d"])).map(lambda p: _good_v2(*p))
+GOOD_TEXTS = st.text(
+    alphabet=st.characters(codec="utf-8", categories=["L", "N", "P", "Zs"]), min_size=1, max_size=40
+).filter(str.strip)
+V2_GOOD = st.tuples(
+    st.lists(GOOD_TEXTS, min_size=1, max_size=LIMITS.max_texts_per_request),
+    st.sampled_from(["flat", "rows", "one row", "flat in 2-d"]),
+).map(lambda p: _good_v2(*p))
 V2_HOSTILE = st.one_of(
-    st.builds(_v2_body, st.one_of(st.just("text"), st.just("text"), st.sampled_from(["", "input", "TEXT"]),
-                                  JSON_VALUES),
-              st.one_of(st.just("BYTES"), st.just("BYTES"), st.sampled_from(["FP32", "bytes", "STRING"]), JSON_VALUES),
-              HOSTILE_SHAPES, HOSTILE_DATA,
-              st.fixed_dictionaries({}, optional={"id": IDS, "outputs": OUTPUTS, "parameters": JSON_VALUES})),
-    st.builds(lambda good, extra: _v2_body("text", "BYTES", good[0], json.dumps(good[1]), extra), V2_GOOD,
-              st.fixed_dictionaries({}, optional={"id": IDS, "outputs": OUTPUTS})),
+    st.builds(
+        _v2_body,
+        st.one_of(st.just("text"), st.just("text"), st.sampled_from(["", "input", "TEXT"]), JSON_VALUES),
+        st.one_of(st.just("BYTES"), st.just("BYTES"), st.sampled_from(["FP32", "bytes", "STRING"]), JSON_VALUES),
+        HOSTILE_SHAPES,
+        HOSTILE_DATA,
+        st.fixed_dictionaries({}, optional={"id": IDS, "outputs": OUTPUTS, "parameters": JSON_VALUES}),
+    ),
+    st.builds(
+        lambda good, extra: _v2_body("text", "BYTES", good[0], json.dumps(good[1]), extra),
+        V2_GOOD,
+        st.fixed_dictionaries({}, optional={"id": IDS, "outputs": OUTPUTS}),
+    ),
 )
-V1_INSTANCES = st.one_of(ANY_TEXT, GOOD_TEXTS, HUGE_INTS, JSON_VALUES, st.lists(ANY_TEXT, max_size=3),
-                         st.fixed_dictionaries({"text": st.one_of(GOOD_TEXTS, ANY_TEXT, JSON_VALUES)},
-                                               optional={"x": JSON_VALUES}))
+V1_INSTANCES = st.one_of(
+    ANY_TEXT,
+    GOOD_TEXTS,
+    HUGE_INTS,
+    JSON_VALUES,
+    st.lists(ANY_TEXT, max_size=3),
+    st.fixed_dictionaries({"text": st.one_of(GOOD_TEXTS, ANY_TEXT, JSON_VALUES)}, optional={"x": JSON_VALUES}),
+)
 V1_HOSTILE = st.one_of(
-    st.fixed_dictionaries({"instances": st.one_of(st.lists(V1_INSTANCES, max_size=8),
-                                                  st.integers(0, 5_000).map(lambda n: ["a"] * n), JSON_VALUES)},
-                          optional={"parameters": JSON_VALUES, "id": JSON_VALUES}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {
+            "instances": st.one_of(
+                st.lists(V1_INSTANCES, max_size=8), st.integers(0, 5_000).map(lambda n: ["a"] * n), JSON_VALUES
+            )
+        },
+        optional={"parameters": JSON_VALUES, "id": JSON_VALUES},
+    ).map(lambda v: json.dumps(v).encode()),
     st.tuples(st.integers(1, 2_000), GOOD_TEXTS).map(
-        lambda p: b'{"instances": ' + _nested(p[0], json.dumps(p[1])).encode() + b"}"),
+        lambda p: b'{"instances": ' + _nested(p[0], json.dumps(p[1])).encode() + b"}"
+    ),
 )
 
 BODIES = st.one_of(
@@ -175,10 +232,14 @@ ROWS = st.one_of(
 
 
 def is_valid_request(parsed: ParsedRequest) -> bool:
-    return (1 <= len(parsed.texts) <= LIMITS.max_texts_per_request
-            and (parsed.is_list or len(parsed.texts) == 1)
-            and all(isinstance(t, str) and t.strip() and len(t) <= LIMITS.max_text_chars
-                    and t.encode("utf-8") for t in parsed.texts))
+    return (
+        1 <= len(parsed.texts) <= LIMITS.max_texts_per_request
+        and (parsed.is_list or len(parsed.texts) == 1)
+        and all(
+            isinstance(t, str) and t.strip() and len(t) <= LIMITS.max_text_chars and t.encode("utf-8")
+            for t in parsed.texts
+        )
+    )
 
 
 PROTOCOLS = st.sampled_from([NATIVE, KSERVE_V1, OIP_V2])
@@ -208,7 +269,7 @@ def test_fuzz_run_isolated_fails_only_the_poisoned_items(items, poison):
 
     results = run_isolated(items, run)
     assert len(results) == len(items)
-    for item, result in zip(items, results):
+    for item, result in zip(items, results, strict=True):
         if item in poison:
             assert isinstance(result, ValueError)
         else:
@@ -239,8 +300,9 @@ def test_fuzz_v1_v2_envelopes_are_parsed_or_refused_within_their_limits(envelope
             assert 400 <= e.status < 500, e.body()
             assert e.kind and e.message
             parsed = None
-    assert all(len(p) <= protocols.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p)
-               for p in products)
+    assert all(
+        len(p) <= protocols.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p) for p in products
+    )
     if parsed is not None:
         assert is_valid_request(parsed), parsed
         assert returned.protocol == protocol
@@ -266,12 +328,17 @@ def tiny_handler(request, tiny_model_dir, onnx_model_dir):
     options = {"max_texts_per_request": LIMITS.max_texts_per_request, "max_text_chars": LIMITS.max_text_chars}
     if request.param == "torch":
         return initialized_handler(tiny_model_dir, options)
-    return initialized_handler(onnx_model_dir["int8"], {**options, "backend": "onnxruntime", "quantize": "int8",
-                                                        "micro_batch_size": 1})
+    return initialized_handler(
+        onnx_model_dir["int8"], {**options, "backend": "onnxruntime", "quantize": "int8", "micro_batch_size": 1}
+    )
 
 
-HEADERS = st.one_of(st.just({}), PROTOCOLS.map(lambda p: {"sentiment-protocol": p}), st.just({"explain": "True"}),
-                     st.dictionaries(st.sampled_from(["sentiment-protocol", "explain", "x"]), st.text(max_size=12)))
+HEADERS = st.one_of(
+    st.just({}),
+    PROTOCOLS.map(lambda p: {"sentiment-protocol": p}),
+    st.just({"explain": "True"}),
+    st.dictionaries(st.sampled_from(["sentiment-protocol", "explain", "x"]), st.text(max_size=12)),
+)
 
 
 @given(hostile=st.lists(st.tuples(ROWS, CONTENT_TYPES, HEADERS), min_size=1, max_size=6), seed=st.randoms())
@@ -281,11 +348,11 @@ def test_fuzz_handler_answers_good_requests_whatever_is_batched_with_them(tiny_h
 
     handler, context = tiny_handler
     good = [({"body": json.dumps({"text": t}).encode()}, "application/json") for t in GOOD]
-    alone = {t: run_batch(handler, context, [row])[0] for t, row in zip(GOOD, good)}
-    rows = [("good", t, row) for t, row in zip(GOOD, good)] + [("hostile", None, r) for r in hostile]
+    alone = {t: run_batch(handler, context, [row])[0] for t, row in zip(GOOD, good, strict=True)}
+    rows = [("good", t, row) for t, row in zip(GOOD, good, strict=True)] + [("hostile", None, r) for r in hostile]
     seed.shuffle(rows)
     answers = run_batch(handler, context, [row for _, _, row in rows])
-    for (kind, text, _), (status, body, content_type) in zip(rows, answers):
+    for (kind, text, _), (status, body, content_type) in zip(rows, answers, strict=True):
         assert content_type == "application/json"
         if kind == "good":
             assert status == 200 and body == alone[text][1]
@@ -296,11 +363,30 @@ def test_fuzz_handler_answers_good_requests_whatever_is_batched_with_them(tiny_h
 
 
 GOOD_ENVELOPES = [
-    ({"body": json.dumps({"instances": ["I love this", {"text": "so bad"}]}).encode()}, "application/json",
-     {"sentiment-protocol": KSERVE_V1}),
-    ({"body": json.dumps({"id": "7", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2, 1],
-                                                 "data": [["ok I guess"], ["This is terrible"]]}]}).encode()},
-     "application/json", {"sentiment-protocol": OIP_V2}),
+    (
+        {"body": json.dumps({"instances": ["I love this", {"text": "so bad"}]}).encode()},
+        "application/json",
+        {"sentiment-protocol": KSERVE_V1},
+    ),
+    (
+        {
+            "body": json.dumps(
+                {
+                    "id": "7",
+                    "inputs": [
+                        {
+                            "name": "text",
+                            "datatype": "BYTES",
+                            "shape": [2, 1],
+                            "data": [["ok I guess"], ["This is terrible"]],
+                        }
+                    ],
+                }
+            ).encode()
+        },
+        "application/json",
+        {"sentiment-protocol": OIP_V2},
+    ),
 ]
 
 
@@ -317,11 +403,13 @@ def test_fuzz_handler_answers_each_v1_v2_envelope_alone(tiny_handler, hostile, s
     good = [({"body": json.dumps({"text": t}).encode()}, "application/json") for t in GOOD] + GOOD_ENVELOPES
     alone = [run_batch(handler, context, [row])[0] for row in good]
     rows = [("good", alone[i], row) for i, row in enumerate(good)]
-    rows += [("hostile", protocol, ({"body": body}, "application/json", {"sentiment-protocol": protocol}))
-             for body, protocol in hostile]
+    rows += [
+        ("hostile", protocol, ({"body": body}, "application/json", {"sentiment-protocol": protocol}))
+        for body, protocol in hostile
+    ]
     seed.shuffle(rows)
     answers = run_batch(handler, context, [row for _, _, row in rows])
-    for (kind, expected, row), (status, body, content_type) in zip(rows, answers):
+    for (kind, expected, row), (status, body, content_type) in zip(rows, answers, strict=True):
         assert content_type == "application/json"
         if kind == "good":
             assert status == 200 and (status, body, content_type) == expected
@@ -356,13 +444,15 @@ MARKED_BODIES = st.one_of(
     st.tuples(MARKED, JSON_VALUES).map(lambda p: json.dumps({p[0]: p[1]}).encode()),
     MARKED.map(lambda t: json.dumps({"text": t * 40}).encode()),
     MARKED.map(lambda t: json.dumps({"instances": [t, 3]}).encode()),
-    MARKED.map(lambda t: json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
-                                                 "data": [t]}]}).encode()),
+    MARKED.map(
+        lambda t: json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [t]}]}).encode()
+    ),
     st.tuples(MARKED, st.binary(max_size=40)).map(lambda p: _utf8(p[0]) + p[1]),
     st.tuples(st.binary(max_size=20), MARKED).map(lambda p: p[0] + _utf8(p[1])),
     MARKED.map(lambda t: b"text=" + _utf8(t) + b"%ZZ"),
     st.tuples(MARKED, st.integers(1, 20_000)).map(
-        lambda p: b'{"text": ' + json.dumps(p[0]).encode() + b', "x": ' + b"[" * p[1] + b"}"),
+        lambda p: b'{"text": ' + json.dumps(p[0]).encode() + b', "x": ' + b"[" * p[1] + b"}"
+    ),
 )
 
 
@@ -375,8 +465,12 @@ class Records(logging.Handler):
         self.texts.append(self.format(record))  # the message and any exception with its traceback
 
 
-@given(hostile=st.lists(st.tuples(MARKED_BODIES.map(lambda b: {"body": b}), CONTENT_TYPES, HEADERS),
-                        min_size=1, max_size=4), seed=st.randoms())
+@given(
+    hostile=st.lists(
+        st.tuples(MARKED_BODIES.map(lambda b: {"body": b}), CONTENT_TYPES, HEADERS), min_size=1, max_size=4
+    ),
+    seed=st.randoms(),
+)
 @settings(max_examples=int(os.environ.get("FUZZ_HANDLER_EXAMPLES", "60")))
 def test_fuzz_no_request_text_and_no_key_reaches_a_log(tiny_handler, hostile, seed):
     from test_handler import run_batch

@@ -12,10 +12,10 @@ import logging
 
 import pytest
 import torch
-from sentiment_handler import SentimentHandler
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from sentiment_handler import SentimentHandler
 from server.paths import ROOT
 
 JSON = "application/json"
@@ -26,8 +26,9 @@ def make_context(model_dir, handler_options=None):
     metrics.initialize_cache()
     metrics.model_name = "sentiment"
     model_yaml = {"handler": handler_options or {}}
-    return Context("sentiment", str(model_dir), {"model": {}}, 8, None, "0.12.0",
-                   metrics=metrics, model_yaml_config=model_yaml)
+    return Context(
+        "sentiment", str(model_dir), {"model": {}}, 8, None, "0.12.0", metrics=metrics, model_yaml_config=model_yaml
+    )
 
 
 def initialized_handler(model_dir, handler_options=None):
@@ -69,14 +70,18 @@ def test_initialize_reads_labels_and_clamps_max_length(handler_and_context):
 
 def test_batch_answers_each_request_and_isolates_bad_ones(handler_and_context):
     handler, context = handler_and_context
-    results = run_batch(handler, context, [
-        ({"body": b'{"text": "I love it"}'}, JSON),
-        ({"body": b'{"text": '}, JSON),
-        ({"body": b"plain text body"}, "text/plain"),
-        ({"body": b'{"text": ["one", "two", "three"]}'}, JSON),
-        ({"body": b"\xff\xfe"}, "text/plain"),
-        ({"text": b"a form field"}, "application/x-www-form-urlencoded"),
-    ])
+    results = run_batch(
+        handler,
+        context,
+        [
+            ({"body": b'{"text": "I love it"}'}, JSON),
+            ({"body": b'{"text": '}, JSON),
+            ({"body": b"plain text body"}, "text/plain"),
+            ({"body": b'{"text": ["one", "two", "three"]}'}, JSON),
+            ({"body": b"\xff\xfe"}, "text/plain"),
+            ({"text": b"a form field"}, "application/x-www-form-urlencoded"),
+        ],
+    )
     statuses = [status for status, _, _ in results]
     assert statuses == [200, 400, 200, 200, 400, 200]
     assert all(ct == JSON for _, _, ct in results)
@@ -94,10 +99,14 @@ def test_same_text_same_answer_alone_or_padded_in_a_batch(handler_and_context):
     handler, context = handler_and_context
     text = b'{"text": "short"}'
     alone = run_batch(handler, context, [({"body": text}, JSON)])[0][1]
-    batched = run_batch(handler, context, [
-        ({"body": b'{"text": "a much longer text that forces padding of the short one " }'}, JSON),
-        ({"body": text}, JSON),
-    ])[1][1]
+    batched = run_batch(
+        handler,
+        context,
+        [
+            ({"body": b'{"text": "a much longer text that forces padding of the short one " }'}, JSON),
+            ({"body": text}, JSON),
+        ],
+    )[1][1]
     assert alone["label"] == batched["label"]
     assert alone["score"] == pytest.approx(batched["score"], abs=1e-5)
 
@@ -105,7 +114,7 @@ def test_same_text_same_answer_alone_or_padded_in_a_batch(handler_and_context):
 def test_long_text_is_truncated_not_refused(handler_and_context):
     handler, context = handler_and_context
     long_text = " ".join(["word"] * 2000)  # ~2000 tokens, under max_text_chars
-    (status, body, _), = run_batch(handler, context, [({"body": long_text.encode()}, "text/plain")])
+    ((status, body, _),) = run_batch(handler, context, [({"body": long_text.encode()}, "text/plain")])
     assert status == 200 and body["label"] in ("negative", "positive")
 
 
@@ -123,7 +132,7 @@ def emitted_metrics(caplog) -> list[tuple[str, float, dict]]:
     for record in caplog.records:
         message = record.getMessage()
         if message.startswith("[METRICS]"):
-            head, dims = message[len("[METRICS]"):].split("|#")[:2]
+            head, dims = message[len("[METRICS]") :].split("|#")[:2]
             name_unit, value = head.rsplit(":", 1)
             out.append((name_unit.split(".")[0], float(value), dict(d.split(":", 1) for d in dims.split(","))))
     return out
@@ -162,11 +171,15 @@ def test_no_user_text_or_token_in_logs(handler_and_context, caplog):
     handler, context = handler_and_context
     secret = "my-very-private-sentence"
     with caplog.at_level(logging.DEBUG):
-        run_batch(handler, context, [
-            ({"body": json.dumps({"text": secret}).encode()}, JSON),
-            ({"body": json.dumps({"text": [secret, 5]}).encode()}, JSON),
-            ({"body": (secret + '"{').encode()}, JSON),
-        ])
+        run_batch(
+            handler,
+            context,
+            [
+                ({"body": json.dumps({"text": secret}).encode()}, JSON),
+                ({"body": json.dumps({"text": [secret, 5]}).encode()}, JSON),
+                ({"body": (secret + '"{').encode()}, JSON),
+            ],
+        )
     assert secret not in caplog.text
     assert "not-for-logs" not in caplog.text
 
@@ -175,7 +188,7 @@ def test_labels_option_overrides_checkpoint_labels(tiny_model_dir):
     handler, context = initialized_handler(tiny_model_dir, {"labels": ["bad", "good"], "torch_threads": 1})
     assert handler.labels == ["bad", "good"]
     assert torch.get_num_threads() == 1
-    (status, body, _), = run_batch(handler, context, [({"body": b"fine"}, "text/plain")])
+    ((status, body, _),) = run_batch(handler, context, [({"body": b"fine"}, "text/plain")])
     assert status == 200 and set(body["scores"]) == {"bad", "good"}
 
 
@@ -192,14 +205,19 @@ def test_bad_quantize_value_is_refused(tiny_model_dir):
 @pytest.mark.parametrize("micro_batch_size", [0, 2, 8])
 def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_dir, micro_batch_size):
     handler, context = initialized_handler(tiny_model_dir, {"micro_batch_size": micro_batch_size})
-    texts = ["a fairly long sentence about nothing in particular at all", "short",
-             "medium length text here", "x", "another long one, with commas, and more words in it"]
+    texts = [
+        "a fairly long sentence about nothing in particular at all",
+        "short",
+        "medium length text here",
+        "x",
+        "another long one, with commas, and more words in it",
+    ]
     alone = [run_batch(handler, context, [({"body": t.encode()}, "text/plain")])[0][1] for t in texts]
     rows = [({"body": t.encode()}, "text/plain") for t in texts[:2]]
     rows.append(({"body": json.dumps({"text": texts[2:]}).encode()}, JSON))
     together = run_batch(handler, context, rows)
     answers = [together[0][1], together[1][1], *together[2][1]]
-    for one, other in zip(alone, answers):
+    for one, other in zip(alone, answers, strict=True):
         assert one["scores"]["positive"] == pytest.approx(other["scores"]["positive"], abs=1e-5)
 
 
@@ -208,7 +226,7 @@ def test_simulated_latency_slows_each_batch(tiny_model_dir):
 
     handler, context = initialized_handler(tiny_model_dir, {"simulated_latency_ms": 300})
     started = time.perf_counter()
-    (status, _, _), = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
+    ((status, _, _),) = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
     assert status == 200 and time.perf_counter() - started >= 0.3
 
 
@@ -218,7 +236,7 @@ def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, t
     monkeypatch.setenv("SENTIMENT_HANDLER_OPTIONS", str(overrides))
     handler, context = initialized_handler(tiny_model_dir, {"max_texts_per_request": 32})
     assert handler.options.max_texts_per_request == 2 and handler.labels == ["bad", "good"]
-    (status, body, _), = run_batch(handler, context, [({"body": b'{"text": ["a", "b", "c"]}'}, JSON)])
+    ((status, body, _),) = run_batch(handler, context, [({"body": b'{"text": ["a", "b", "c"]}'}, JSON)])
     assert status == 413 and body["type"] == "TooManyTexts"
     overrides.write_text("- not a mapping\n")
     with pytest.raises(ValueError, match="mapping"):
@@ -228,8 +246,9 @@ def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, t
 def test_torchserve_finds_the_handler_class_in_its_module():
     """TorchServe's loader takes the one class a handler module defines, and refuses a
     module that defines more (the worker then dies at every start, no request served)."""
-    import sentiment_handler
     from ts.model_loader import TsModelLoader
+
+    import sentiment_handler
 
     handle, initialize = TsModelLoader()._get_class_entry_point(sentiment_handler)
     assert handle.__self__.__class__ is SentimentHandler and initialize.__self__ is handle.__self__

@@ -41,8 +41,9 @@ def management_port(tmp_path):
     thread.start()
     port = listener.getsockname()[1]
     (tmp_path / "config.properties").write_text(f"management_address=http://127.0.0.1:{port}\n")
-    (tmp_path / "key_file.json").write_text(json.dumps(
-        {name: {"key": "k"} for name in ("management", "inference", "API")}))
+    (tmp_path / "key_file.json").write_text(
+        json.dumps({name: {"key": "k"} for name in ("management", "inference", "API")})
+    )
     yield tmp_path, accepted
     stop.set()
     thread.join(timeout=5)
@@ -51,29 +52,44 @@ def management_port(tmp_path):
 
 def manage(directory, *args):
     return subprocess.run(
-        [sys.executable, "-m", "clients.manage", "--config", str(directory / "config.properties"),
-         "--key-file", str(directory / "key_file.json"), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "clients.manage",
+            "--config",
+            str(directory / "config.properties"),
+            "--key-file",
+            str(directory / "key_file.json"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args, reason", [
-    (["scale", "sentiment", "1.0", "--workers", "-1"], "0 or more"),
-    (["scale", "sentiment", "--min-workers", "-3"], "0 or more"),
-    (["scale", "sentiment", "--workers", "0"], "--allow-zero"),
-    (["scale", "sentiment", "--min-workers", "3", "--max-workers", "1"], "not be more than"),
-    (["scale", "sentiment"], "needs --workers"),
-    (["register", "sentiment.mar", "--batch-size", "-1"], "--batch-size must be 1 or more"),
-    (["register", "sentiment.mar", "--batch-size", "0"], "--batch-size must be 1 or more"),
-    (["register", "sentiment.mar", "--max-batch-delay", "-5"], "--max-batch-delay must be 0 or more"),
-    (["register", "sentiment.mar", "--workers", "0"], "1 or more for a new registration"),
-    (["register", "sentiment.mar", "--response-timeout", "0"], "--response-timeout"),
-    (["register", "../outside.mar"], "file name of a .mar"),
-    (["register", "/etc/passwd"], "file name of a .mar"),
-    (["register", "http://example.com/x.mar"], "file name of a .mar"),
-    (["describe", "../sentiment"], "model name"),
-    (["unregister", "sentiment", "../1.0"], "model version"),
-    (["set-default", "senti/ment", "2.0"], "model name"),
-])
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["scale", "sentiment", "1.0", "--workers", "-1"], "0 or more"),
+        (["scale", "sentiment", "--min-workers", "-3"], "0 or more"),
+        (["scale", "sentiment", "--workers", "0"], "--allow-zero"),
+        (["scale", "sentiment", "--min-workers", "3", "--max-workers", "1"], "not be more than"),
+        (["scale", "sentiment"], "needs --workers"),
+        (["register", "sentiment.mar", "--batch-size", "-1"], "--batch-size must be 1 or more"),
+        (["register", "sentiment.mar", "--batch-size", "0"], "--batch-size must be 1 or more"),
+        (["register", "sentiment.mar", "--max-batch-delay", "-5"], "--max-batch-delay must be 0 or more"),
+        (["register", "sentiment.mar", "--workers", "0"], "1 or more for a new registration"),
+        (["register", "sentiment.mar", "--response-timeout", "0"], "--response-timeout"),
+        (["register", "../outside.mar"], "file name of a .mar"),
+        (["register", "/etc/passwd"], "file name of a .mar"),
+        (["register", "http://example.com/x.mar"], "file name of a .mar"),
+        (["describe", "../sentiment"], "model name"),
+        (["unregister", "sentiment", "../1.0"], "model version"),
+        (["set-default", "senti/ment", "2.0"], "model name"),
+    ],
+)
 def test_bad_arguments_are_refused_without_calling_torchserve(management_port, args, reason):
     directory, accepted = management_port
     result = manage(directory, *args)
@@ -82,12 +98,15 @@ def test_bad_arguments_are_refused_without_calling_torchserve(management_port, a
     assert accepted == []
 
 
-@pytest.mark.parametrize("args", [
-    ["scale", "sentiment", "1.0", "--workers", "2"],
-    ["scale", "sentiment", "--workers", "0", "--allow-zero"],
-    ["register", "sentiment-torch.mar", "--batch-size", "16", "--max-batch-delay", "0", "--workers", "1"],
-    ["describe", "sentiment", "2.0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scale", "sentiment", "1.0", "--workers", "2"],
+        ["scale", "sentiment", "--workers", "0", "--allow-zero"],
+        ["register", "sentiment-torch.mar", "--batch-size", "16", "--max-batch-delay", "0", "--workers", "1"],
+        ["describe", "sentiment", "2.0"],
+    ],
+)
 def test_good_arguments_reach_torchserve(management_port, args):
     directory, accepted = management_port
     result = manage(directory, *args)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
+
 from text_classification import (
     HandlerOptions,
     Limits,
@@ -12,9 +12,9 @@ from text_classification import (
     flatten,
     label_names,
     micro_batches,
+    outcomes,
     parse_request,
     prediction,
-    outcomes,
     threads_per_worker,
     usable_cores,
 )
@@ -52,7 +52,12 @@ def refused(row, content_type=None) -> RequestError:
         ({"body": {"text": "parsed"}}, JSON, ("parsed",), False),
         ({"data": b"multipart field"}, "multipart/form-data; boundary=x", ("multipart field",), False),
         ({"text": bytearray(b"form field")}, "application/x-www-form-urlencoded", ("form field",), False),
-        ({"body": "ünïcödé 🙂 and\tcontrol\x01chars".encode()}, "text/plain", ("ünïcödé 🙂 and\tcontrol\x01chars",), False),
+        (
+            {"body": "ünïcödé 🙂 and\tcontrol\x01chars".encode()},
+            "text/plain",
+            ("ünïcödé 🙂 and\tcontrol\x01chars",),
+            False,
+        ),
     ],
 )
 def test_accepted_bodies(row, content_type, texts, is_list):
