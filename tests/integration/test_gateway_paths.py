@@ -197,3 +197,39 @@ def test_dot_segments_never_reach_an_explanation(gateway, server):
         status, body = raw_post(gateway.settings.port, path, b'{"text": "I love this"}')
         assert status == 400 and json.loads(body)["type"] == "InvalidPath", (path, status, body)
     assert metric(metric_samples(server), "ts_inference_requests_total") == before
+
+
+def test_the_headers_the_handler_reads_are_the_gateways_on_every_route(gateway):
+    """A client's sentiment-protocol, explain and describe headers change nothing: the
+    route alone says which protocol the handler answers in, and a prediction stays one."""
+    hostile = {"sentiment-protocol": "oip-v2", "explain": "True", "describe": "True"}
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **hostile}
+    port = gateway.settings.port
+
+    def post(path, body):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            head = "".join(f"{k}: {v}\r\n" for k, v in auth.items())
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+    status, body = post(f"/predictions/{MODEL}", b'{"text": "I love this"}')
+    assert status == 200 and answer_route(body) == "predictions" and set(body) == {"label", "score", "scores"}
+    for name, value in (("sentiment-protocol", "native"), ("sentiment-protocol", "kserve-v1")):
+        auth[name] = value
+        status, body = post(
+            f"/v2/models/{MODEL}/infer",
+            json.dumps(
+                {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this"]}]}
+            ).encode(),
+        )
+        assert status == 200 and answer_route(body) == "v2", body
+        status, body = post(f"/v1/models/{MODEL}:predict", b'{"instances": ["I love this"]}')
+        assert status == 200 and answer_route(body) == "v1", body
