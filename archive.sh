@@ -83,9 +83,9 @@ fi
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
 extra=()
-for module in text_classification protocols backends explanations; do  # what sentiment_handler.py imports
-  extra+=("$repo/handlers/$module.py")
-done
+while read -r module; do  # what sentiment_handler.py imports: the one list
+  case "$module" in ''|'#'*) ;; *) extra+=("$repo/handlers/$module.py") ;; esac
+done < "$repo/handlers/archive-modules.txt"
 
 # backend: onnxruntime: the ONNX graph is exported (and quantized) now, never in a worker
 read -r backend quantize < <("$python" -c '

@@ -33,7 +33,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from backends import load
-    from text_classification import HandlerOptions, micro_batches, pad, pad_values
+    from text_classification import HandlerOptions, micro_batches, pad, pad_values, tokenize
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -57,9 +57,8 @@ def main() -> int:
 
     values = pad_values(tokenizer)
 
-    def features(batch: list[str]) -> list[dict]:
-        enc = tokenizer(batch, truncation=True, max_length=max_length)
-        return [{key: enc[key][i] for key in enc.keys()} for i in range(len(batch))]
+    def features(batch: list[str]) -> list[dict[str, list[int]]]:
+        return tokenize(tokenizer, batch, max_length)  # the handler's own tokenizing
 
     def plain(batch: list[str]) -> None:
         backend.probabilities(pad(features(batch), values))

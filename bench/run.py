@@ -39,6 +39,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -50,7 +51,7 @@ from bench.wrk import run_wrk
 from clients.metrics import total as metric
 from clients.net import free_port, wait_for_port
 from clients.torchserve import read_properties
-from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT
+from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT, archive_modules
 from testbed.local_server import LocalTorchServe
 from training.tweets import LABELS, split_tweets
 
@@ -63,7 +64,7 @@ DELAYS_MS = (1, 2, 5, 10, 25)
 DELAY_SWEEP_CONCURRENCY = 16
 # every backend x precision, served as a version of one model (the reference first); int8
 # runs one text per forward pass (its activation scale is per pass: model-config.yaml)
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "torch-fp32": {"backend": "torch", "quantize": "none", "micro_batch_size": 8},
     "torch-int8": {"backend": "torch", "quantize": "int8", "micro_batch_size": 1},
     "onnxruntime-fp32": {"backend": "onnxruntime", "quantize": "none", "micro_batch_size": 8},
@@ -151,10 +152,7 @@ def archive(store: Path, filename: str, version: str, options: dict[str, object]
 
 def noop_archive(store: Path) -> None:
     """The floor: TorchServe and the shipped handler with bench/noop_handler.py in front."""
-    files = [
-        ROOT / "handlers" / f
-        for f in ("sentiment_handler.py", "text_classification.py", "protocols.py", "backends.py", "explanations.py")
-    ]
+    files = [ROOT / "handlers" / f"{m}.py" for m in ("sentiment_handler", *archive_modules())]
     files += [MODEL_DIR / f for f in ("config.json", "tokenizer.json", "tokenizer_config.json")]
     subprocess.run(
         [
@@ -525,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped_name = shipped_variant()
     shipped = shipped_model_settings()
     batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
-    results = {
+    results: dict[str, Any] = {
         "machine": machine(),
         "settings": {
             "duration_s": args.duration,

@@ -12,15 +12,37 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from text_classification import HandlerOptions
 
-ONNX_FILE = "model.onnx"  # in the archive, written by handlers/export_onnx.py at archive time
+# The ONNX graph's names, here for both sides: handlers/export_onnx.py writes the graph at
+# archive time, OnnxRuntimeBackend runs it in the worker.
+ONNX_FILE = "model.onnx"  # at the archive's top level
 # the order the exporter gives the graph's inputs: the model's forward signature
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_OUTPUT = "logits"
+
+
+class Backend(Protocol):
+    """What the handler needs of what runs the model (TorchBackend, OnnxRuntimeBackend, and
+    the benchmark's stand-in bench/noop_handler.py's NoModel): class probabilities for a
+    padded batch (text_classification.pad), and the checkpoint's config for its labels."""
+
+    @property
+    def device(self) -> object: ...  # "cpu", or the torch.device it runs on (logged)
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def config(self) -> Any: ...  # transformers' PretrainedConfig: id2label, num_labels
+
+    def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]: ...
 
 
 def select_device(gpu_id: int | str | None, cuda_available: bool, options: HandlerOptions) -> str:
@@ -34,14 +56,16 @@ def select_device(gpu_id: int | str | None, cuda_available: bool, options: Handl
     return device
 
 
-def softmax(logits: np.ndarray) -> list[list[float]]:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits [texts, classes], computed in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=-1, keepdims=True)).tolist()
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 class TorchBackend:
-    def __init__(self, model_dir: str, options: HandlerOptions, device: str, threads: int):
+    def __init__(self, model_dir: str, options: HandlerOptions, device: str, threads: int) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
 
@@ -55,18 +79,19 @@ class TorchBackend:
             model.half()
         if options.quantize == "int8":
             model = quantize_int8(model)
-        self.model = model
-        self.config = model.config
-        self.threads = torch.get_num_threads()
+        self.model: Any = model
+        self.config: Any = model.config
+        self.threads: int = torch.get_num_threads()
 
-    def probabilities(self, batch) -> list[list[float]]:
+    def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]:
         with self.torch.inference_mode():
             inputs = {key: self.torch.from_numpy(array).to(self.device) for key, array in batch.items()}
             logits = self.model(**inputs).logits
-        return self.torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        probabilities: list[list[float]] = self.torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        return probabilities
 
 
-def quantize_int8(model):
+def quantize_int8(model: Any) -> Any:
     """Dynamic int8 quantization of the Linear layers: int8 weights, activations quantized
     on the fly (CPU)."""
     import torch
@@ -77,11 +102,11 @@ def quantize_int8(model):
         # torchao, but they are what torch 2.13 ships; keep the worker log readable.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, model_dir: str, options: HandlerOptions, threads: int):
+    def __init__(self, model_dir: str, options: HandlerOptions, threads: int) -> None:
         import onnxruntime as ort
         from transformers import AutoConfig
 
@@ -98,17 +123,20 @@ class OnnxRuntimeBackend:
         settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.config = AutoConfig.from_pretrained(model_dir)
+        self.config: Any = AutoConfig.from_pretrained(model_dir)
         self.threads = threads
         self.device = "cpu"
 
-    def probabilities(self, batch) -> list[list[float]]:
+    def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]:
         feed = {name: batch[name] for name in self.inputs}
-        (logits,) = self.session.run(["logits"], feed)
-        return softmax(logits.astype(np.float64))
+        (logits,) = self.session.run([ONNX_OUTPUT], feed)
+        probabilities: list[list[float]] = softmax(logits).tolist()
+        return probabilities
 
 
-def load(model_dir: str, options: HandlerOptions, gpu_id, cuda_available: bool, threads: int):
+def load(
+    model_dir: str, options: HandlerOptions, gpu_id: int | str | None, cuda_available: bool, threads: int
+) -> Backend:
     device = select_device(gpu_id, cuda_available, options)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if options.backend == "onnxruntime":

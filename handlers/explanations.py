@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from text_classification import Limits, ParsedRequest, RequestError, json_type, parse_with_extras
 
@@ -33,7 +34,7 @@ class ExplainLimits:
 
 
 def parse_explanation(
-    row: dict, limits: Limits, explain: ExplainLimits, content_type: str | None
+    row: dict[str, Any], limits: Limits, explain: ExplainLimits, content_type: str | None
 ) -> tuple[ParsedRequest, int]:
     """An explanation request -> its texts and integration steps, or RequestError."""
     request, extras = parse_with_extras(row, limits, content_type, ("steps",))
@@ -51,10 +52,10 @@ def parse_explanation(
 
 def merge_word_pieces(
     text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None], token_attributions: Sequence[float]
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Token attributions -> one entry per word of `text`: the word as written, its
     character span, the sum of its pieces' attributions. Special tokens (no word) drop out."""
-    words: dict[int, dict] = {}
+    words: dict[int, dict[str, Any]] = {}
     for (start, end), word, value in zip(offsets, word_ids, token_attributions, strict=True):
         if word is None:
             continue
@@ -75,7 +76,7 @@ def merge_word_pieces(
 class Explainer:
     """Layer Integrated Gradients over a PyTorch sequence classifier's input embeddings."""
 
-    def __init__(self, model, tokenizer, labels: Sequence[str], threads: int):
+    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], threads: int) -> None:
         import torch
         from captum.attr import LayerIntegratedGradients
 
@@ -85,7 +86,7 @@ class Explainer:
         self.labels = list(labels)
         self.threads = threads
 
-        def probability(input_ids, attention_mask, target):
+        def probability(input_ids: Any, attention_mask: Any, target: int) -> Any:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             return torch.softmax(logits, dim=-1)[:, target]
 
@@ -93,12 +94,12 @@ class Explainer:
         self.lig = LayerIntegratedGradients(probability, self.model.get_input_embeddings())
 
     @classmethod
-    def from_checkpoint(cls, model_dir: str, tokenizer, labels, threads: int) -> Explainer:
+    def from_checkpoint(cls, model_dir: str, tokenizer: Any, labels: Sequence[str], threads: int) -> Explainer:
         from transformers import AutoModelForSequenceClassification
 
         return cls(AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer, labels, threads)
 
-    def explain(self, text: str, steps: int, max_tokens: int) -> dict:
+    def explain(self, text: str, steps: int, max_tokens: int) -> dict[str, Any]:
         torch = self.torch
         encoded = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
         n_tokens = encoded["input_ids"].shape[1]

@@ -21,8 +21,9 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ONNX_FILE = "model.onnx"
-INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the models' forward signature
+# the graph's names and the softmax are the serving side's (this file's folder is on the path)
+from backends import ONNX_FILE, ONNX_INPUTS, ONNX_OUTPUT, softmax
+
 CHECK_TEXTS = [
     "I love this",
     "This is terrible, truly the worst service I have had in years",
@@ -49,7 +50,7 @@ def export(model_dir: Path, out_dir: Path, quantize: str = "none") -> Path:
     except Exception as e:
         raise ExportError(f"the checkpoint in {model_dir} does not load: {type(e).__name__}: {e}") from e
     sample = tokenizer(CHECK_TEXTS[:2], padding=True, truncation=True, return_tensors="pt")
-    names = [n for n in INPUT_ORDER if n in sample]
+    names = [n for n in ONNX_INPUTS if n in sample]
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / ONNX_FILE
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,8 +64,8 @@ def export(model_dir: Path, out_dir: Path, quantize: str = "none") -> Path:
                     str(fp32),
                     kwargs={n: sample[n] for n in names},
                     input_names=names,
-                    output_names=["logits"],
-                    dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+                    output_names=[ONNX_OUTPUT],
+                    dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, ONNX_OUTPUT: {0: "batch"}},
                     opset_version=17,
                     dynamo=False,
                 )
@@ -81,9 +82,8 @@ def export(model_dir: Path, out_dir: Path, quantize: str = "none") -> Path:
     check = tokenizer(CHECK_TEXTS, padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.inference_mode():
         expected = torch.softmax(model(**check).logits, dim=-1).numpy()
-    (logits,) = session.run(["logits"], {n: check[n].numpy().astype(np.int64) for n in names})
-    got = np.exp(logits - logits.max(-1, keepdims=True))
-    got /= got.sum(-1, keepdims=True)
+    (logits,) = session.run([ONNX_OUTPUT], {n: check[n].numpy().astype(np.int64) for n in names})
+    got = softmax(logits)
     worst = float(np.abs(got - expected).max())
     if worst > TOLERANCE[quantize]:
         target.unlink()

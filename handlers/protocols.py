@@ -53,7 +53,9 @@ class Model:
     version: str | None
 
 
-def parse(row: dict, limits: Limits, content_type: str | None, protocol: str) -> tuple[ParsedRequest, Envelope]:
+def parse(
+    row: dict[str, Any], limits: Limits, content_type: str | None, protocol: str
+) -> tuple[ParsedRequest, Envelope]:
     """One request in `protocol` -> its texts and envelope, or RequestError."""
     if protocol == NATIVE:
         return parse_request(row, limits, content_type), Envelope()
@@ -63,13 +65,13 @@ def parse(row: dict, limits: Limits, content_type: str | None, protocol: str) ->
     return _parse_v2(value, limits)
 
 
-def _object(value: Any, example: str) -> dict:
+def _object(value: Any, example: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RequestError(400, "InvalidInput", f"the body must be an object like {example}, not {json_type(value)}")
     return value
 
 
-def _unknown_fields(value: dict, known: Sequence[str], where: str) -> None:
+def _unknown_fields(value: dict[str, Any], known: Sequence[str], where: str) -> None:
     unknown = [k for k in value if k not in known]
     if unknown:
         raise RequestError(
@@ -125,7 +127,7 @@ def _shape(value: Any, limits: Limits) -> int:
     return n
 
 
-def _flatten(data: Any, n: int, limits: Limits) -> list:
+def _flatten(data: Any, n: int, limits: Limits) -> list[Any]:
     """The elements of tensor data, nested in rows (row-major) or flat, when they are `n`;
     else RequestError. The walk stops at the first element past `n`, at a nesting deeper
     than a shape can have, or after as many lists as data of an allowed shape can hold,
@@ -134,7 +136,7 @@ def _flatten(data: Any, n: int, limits: Limits) -> list:
         data = [data]
     max_lists = (MAX_SHAPE_DIMS + 1) * max(1, limits.max_texts_per_request)
     mismatch = RequestError(400, "InvalidInput", f'"shape" holds {n} elements but "data" has more')
-    out: list = []
+    out: list[Any] = []
     lists = 0
     stack = [iter(data)]
     while stack:  # no recursion: depth is whatever the client sent, up to the bound
@@ -196,7 +198,11 @@ def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
 
 
 def render(
-    envelope: Envelope, outcome: list[dict] | RequestError, labels: Sequence[str], model: Model, is_list: bool = True
+    envelope: Envelope,
+    outcome: list[dict[str, Any]] | RequestError,
+    labels: Sequence[str],
+    model: Model,
+    is_list: bool = True,
 ) -> tuple[int, str]:
     """(HTTP status, JSON body) of one request: its predictions, or its error, in its protocol."""
     if isinstance(outcome, RequestError):
@@ -219,7 +225,7 @@ def render(
             "parameters": {"labels": ",".join(labels)},
         },
     }
-    body: dict = {"model_name": model.name}
+    body: dict[str, Any] = {"model_name": model.name}
     if model.version:
         body["model_version"] = model.version
     if envelope.request_id is not None:

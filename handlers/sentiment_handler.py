@@ -14,6 +14,8 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Sequence
+from typing import Any
 
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
@@ -23,6 +25,7 @@ import backends
 from explanations import Explainer, ExplainLimits, parse_explanation
 from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
+from stages import Context, Encoding, Inferred, Preprocessed
 from text_classification import (
     HandlerOptions,
     ParsedRequest,
@@ -37,6 +40,7 @@ from text_classification import (
     pad_values,
     run_isolated,
     threads_per_worker,
+    tokenize,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ logger = logging.getLogger(__name__)
 OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
 
 
-def deployment_overrides() -> dict:
+def deployment_overrides() -> dict[str, Any]:
     """Handler options a deployment sets without rebuilding the archive: a YAML mapping in
     the file that $SENTIMENT_HANDLER_OPTIONS names (a Kubernetes ConfigMap, say)."""
     path = os.environ.get(OVERRIDES_ENV)
@@ -61,7 +65,12 @@ def deployment_overrides() -> dict:
 
 
 class SentimentHandler(BaseHandler):
-    def initialize(self, context):
+    # TorchServe's context: set by initialize, then by handle for each batch, whose request
+    # headers and response settings it holds (the methods below answer that batch)
+    context: Context
+    explainer: Explainer | None
+
+    def initialize(self, context: Context) -> None:
         import torch
         from transformers import AutoTokenizer
 
@@ -69,7 +78,7 @@ class SentimentHandler(BaseHandler):
         started = time.time()
         self.context = context
         properties = context.system_properties
-        model_dir = properties.get("model_dir")
+        model_dir: str = properties["model_dir"]
         model_yaml = getattr(context, "model_yaml_config", None) or {}
         self.options = HandlerOptions.from_model_yaml(model_yaml, deployment_overrides())
         self.model_dir = model_dir
@@ -109,7 +118,7 @@ class SentimentHandler(BaseHandler):
             time.time() - loaded,
         )
 
-    def _load_backend(self, model_dir: str, gpu_id, cuda_available: bool):
+    def _load_backend(self, model_dir: str, gpu_id: int | str | None, cuda_available: bool) -> backends.Backend:
         return backends.load(model_dir, self.options, gpu_id, cuda_available, threads_per_worker(self.options))
 
     def _warm_up(self) -> None:
@@ -122,7 +131,7 @@ class SentimentHandler(BaseHandler):
             texts = [" ".join(["warm"] * words)] * (1 if i == 0 else size)
             self._forward(self._tokenize(texts))
 
-    def _model_max_length(self, config) -> int:
+    def _model_max_length(self, config: Any) -> int:
         positions = getattr(config, "max_position_embeddings", None)
         limits = [n for n in (positions, self.tokenizer.model_max_length) if isinstance(n, int)]
         return min(limits) if limits else self.options.max_length
@@ -141,7 +150,7 @@ class SentimentHandler(BaseHandler):
         dims = self.dimensions if error_type is None else [*self.dimensions, Dimension("ErrorType", error_type)]
         self.context.metrics.add_metric(name, value, "", dimensions=dims, metric_type=metric_type)
 
-    def handle(self, data, context):
+    def handle(self, data: list[dict[str, Any]], context: Context) -> list[str]:
         """Answer each request of a TorchServe batch; a request can fail only itself.
 
         Every step that can fail on one request's bytes runs per request (parsing) or
@@ -154,7 +163,7 @@ class SentimentHandler(BaseHandler):
         explain = {i for i in range(len(data)) if context.get_request_header(i, "explain") == "True"}
         tally = Tally()
 
-        def attempt(rows: list[int]) -> list[str]:
+        def attempt(rows: Sequence[int]) -> list[str]:
             mine = Tally()
             try:
                 answers = self._answer(data, rows, explain, mine)
@@ -167,7 +176,7 @@ class SentimentHandler(BaseHandler):
             return answers
 
         answers = run_isolated(list(range(len(data))), attempt)
-        out = []
+        out: list[str] = []
         for idx, answer in enumerate(answers):
             if isinstance(answer, Exception):
                 _log_failure("answering", answer)
@@ -199,12 +208,12 @@ class SentimentHandler(BaseHandler):
         for kind in tally.errors:
             self._emit("SentimentRequestErrors", 1, MetricTypes.COUNTER, error_type=kind)
 
-    def _answer(self, data, rows: list[int], explain: set[int], tally: Tally) -> list[str]:
+    def _answer(self, data: list[dict[str, Any]], rows: Sequence[int], explain: set[int], tally: Tally) -> list[str]:
         """The JSON bodies of the requests `rows` of the batch (statuses set in the context,
         metrics counted in `tally`): its predictions in one pass, then its explanations one
         by one."""
         predict = [i for i in rows if i not in explain]
-        answers = {}
+        answers: dict[int, str] = {}
         if predict:
             batch = self.preprocess([data[i] for i in predict], predict, tally)
             answers.update(zip(predict, self.postprocess(self.inference(batch), predict), strict=True))
@@ -213,7 +222,7 @@ class SentimentHandler(BaseHandler):
                 answers[i] = self._explain(data[i], i, tally)
         return [answers[i] for i in rows]
 
-    def _explain(self, row, idx: int, tally: Tally) -> str:
+    def _explain(self, row: dict[str, Any], idx: int, tally: Tally) -> str:
         """One explanation request: word attributions per text (handlers/explanations.py)."""
         started = time.perf_counter()
         try:
@@ -249,7 +258,7 @@ class SentimentHandler(BaseHandler):
                 self.explainer = Explainer.from_checkpoint(self.model_dir, self.tokenizer, self.labels, threads)
         return self.explainer
 
-    def _parse(self, row, idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:
+    def _parse(self, row: dict[str, Any], idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:
         envelope = Envelope()
         try:
             envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
@@ -263,9 +272,11 @@ class SentimentHandler(BaseHandler):
         logger.info("request %d of the batch refused: %s (%d)", idx, error.kind, error.status)
         return error, envelope  # counted as an error where its answer is written (postprocess)
 
-    def preprocess(self, data, indices=None, tally=None):
-        """Parse each request and tokenize the batch's texts: (Batch, per-text encodings,
-        per-request envelopes, the Tally its metrics are counted in)."""
+    def preprocess(
+        self, data: list[dict[str, Any]], indices: Sequence[int] | None = None, tally: Tally | None = None
+    ) -> Preprocessed:
+        """Parse each request and tokenize the batch's texts. `indices`: the requests' places
+        in TorchServe's batch (their headers and answers), when `data` is part of it."""
         started = time.perf_counter()
         tally = Tally() if tally is None else tally
         indices = list(range(len(data))) if indices is None else indices
@@ -273,49 +284,50 @@ class SentimentHandler(BaseHandler):
         batch = flatten([request for request, _ in parsed])
         encodings = run_isolated(batch.texts, self._tokenize) if batch.texts else []
         tally.preprocess_seconds = time.perf_counter() - started
-        return batch, encodings, [envelope for _, envelope in parsed], tally
+        return Preprocessed(batch, encodings, [envelope for _, envelope in parsed], tally)
 
-    def _tokenize(self, texts) -> list[dict]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        keys = list(encoded.keys())
-        return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
+    def _tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        return tokenize(self.tokenizer, texts, self.max_length)
 
-    def _forward(self, features: list[dict]) -> list[list[float]]:
+    def _forward(self, features: Sequence[Encoding]) -> list[list[float]]:
         return self.backend.probabilities(pad(features, self.pad_values, self.tokenizer.padding_side == "left"))
 
-    def inference(self, data, *args, **kwargs):
+    def inference(self, data: Preprocessed, *args: Any, **kwargs: Any) -> Inferred:
         """Forward passes over length-sorted micro-batches of the texts that tokenized;
         one probability list (or the RequestError of a failed step) per text."""
-        batch, encodings, envelopes, tally = data
-        probabilities: list = [None] * len(batch.texts)
-        for i, encoding in enumerate(encodings):
+        tokenized: dict[int, Encoding] = {}
+        for i, encoding in enumerate(data.encodings):
             if isinstance(encoding, Exception):
                 _log_failure("tokenizing", encoding)
-                probabilities[i] = internal_error("tokenizing")
-        ok = [i for i, e in enumerate(encodings) if not isinstance(e, Exception)]
-        if not ok:
-            return batch, probabilities, envelopes, tally
+            else:
+                tokenized[i] = encoding
+        # a text that did not tokenize keeps this error; each other one gets its probabilities
+        probabilities: list[list[float] | RequestError] = [internal_error("tokenizing")] * len(data.encodings)
+        inferred = Inferred(data.batch, probabilities, data.envelopes, data.tally)
+        if not tokenized:
+            return inferred
         started = time.perf_counter()
-        lengths = [len(encodings[i]["input_ids"]) for i in ok]
-        for group in micro_batches(lengths, self.options.micro_batch_size):
+        ok = list(tokenized)
+        for group in micro_batches([len(tokenized[i]["input_ids"]) for i in ok], self.options.micro_batch_size):
             texts = [ok[g] for g in group]
-            results = run_isolated([encodings[i] for i in texts], self._forward)
+            results = run_isolated([tokenized[i] for i in texts], self._forward)
             for i, result in zip(texts, results, strict=True):
                 if isinstance(result, Exception):
                     _log_failure("running the model on", result)
-                    result = internal_error("running the model on")
-                probabilities[i] = result
+                    probabilities[i] = internal_error("running the model on")
+                else:
+                    probabilities[i] = result
         if self.options.simulated_latency_ms:
             time.sleep(self.options.simulated_latency_ms / 1000)
-        tally.inference_seconds = time.perf_counter() - started
-        return batch, probabilities, envelopes, tally
+        data.tally.inference_seconds = time.perf_counter() - started
+        return inferred
 
-    def postprocess(self, data, indices=None):
-        batch, probabilities, envelopes, tally = data
+    def postprocess(self, data: Inferred, indices: Sequence[int] | None = None) -> list[str]:
+        batch, tally = data.batch, data.tally
         indices = list(range(len(batch.requests))) if indices is None else indices
-        out = []
+        out: list[str] = []
         for idx, request, envelope, outcome in zip(
-            indices, batch.requests, envelopes, outcomes(batch, probabilities, self.labels), strict=True
+            indices, batch.requests, data.envelopes, outcomes(batch, data.probabilities, self.labels), strict=True
         ):
             if isinstance(outcome, RequestError):
                 tally.errors.append(outcome.kind)

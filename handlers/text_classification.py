@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -61,7 +61,9 @@ class HandlerOptions:
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
-    def from_model_yaml(cls, model_yaml: dict | None, overrides: dict | None = None) -> HandlerOptions:
+    def from_model_yaml(
+        cls, model_yaml: dict[str, Any] | None, overrides: dict[str, Any] | None = None
+    ) -> HandlerOptions:
         """The archive's `handler:` section, with `overrides` (a deployment's settings) over it.
         The backend and quantization are the archive's (an ONNX graph is exported for them)."""
         section = dict((model_yaml or {}).get("handler") or {})
@@ -115,7 +117,7 @@ class RequestError(Exception):
         self.kind = kind
         self.message = message
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"code": self.status, "type": self.kind, "message": self.message}
 
 
@@ -249,7 +251,7 @@ FORM_HINT = (
 )
 
 
-def json_body(row: dict, content_type: str | None = None) -> Any:
+def json_body(row: dict[str, Any], content_type: str | None = None) -> Any:
     """The JSON value of a request to an API that takes JSON only (KServe v1, OIP v2)."""
     for key in BODY_KEYS:
         if key in row:
@@ -268,7 +270,7 @@ def json_body(row: dict, content_type: str | None = None) -> Any:
     raise RequestError(400, "EmptyBody", "request body is empty")
 
 
-def parse_request(row: dict, limits: Limits = Limits(), content_type: str | None = None) -> ParsedRequest:
+def parse_request(row: dict[str, Any], limits: Limits = Limits(), content_type: str | None = None) -> ParsedRequest:
     """One TorchServe request (a dict of parameters) -> its texts, or RequestError.
 
     `content_type` is the request's Content-Type header.
@@ -277,8 +279,8 @@ def parse_request(row: dict, limits: Limits = Limits(), content_type: str | None
 
 
 def parse_with_extras(
-    row: dict, limits: Limits, content_type: str | None, extras: Sequence[str] = ()
-) -> tuple[ParsedRequest, dict]:
+    row: dict[str, Any], limits: Limits, content_type: str | None, extras: Sequence[str] = ()
+) -> tuple[ParsedRequest, dict[str, Any]]:
     """parse_request, where a JSON object body may also hold the fields named in `extras`
     (returned beside the texts, unchecked)."""
     for key in BODY_KEYS:
@@ -338,13 +340,22 @@ def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[start : start + size] for start in range(0, len(order), size)]
 
 
-def pad_values(tokenizer) -> dict[str, int]:
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+    """Each text's tokens (input_ids, attention_mask, ...) from a Hugging Face tokenizer,
+    truncated to `max_length`, unpadded (`pad` pads each forward pass to its own longest):
+    the handler's tokenizing, and the benchmark's (bench/raw.py)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    keys = list(encoded.keys())
+    return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
+
+
+def pad_values(tokenizer: Any) -> dict[str, int]:
     """What a Hugging Face tokenizer pads each model input with (attention_mask: 0)."""
     return {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
 
 
 def pad(
-    features: Sequence[dict[str, Sequence[int]]], pad_values: dict[str, int], left: bool = False
+    features: Sequence[Mapping[str, Sequence[int]]], pad_values: dict[str, int], left: bool = False
 ) -> dict[str, np.ndarray]:
     """The tokenized texts of one forward pass as int64 arrays [texts, longest text]: each
     key padded with its value in `pad_values` (0 where absent), on the right or the left.
@@ -362,7 +373,7 @@ def pad(
     return arrays
 
 
-def label_names(id2label: dict | None, num_labels: int, override: Iterable[str] | None = None) -> list[str]:
+def label_names(id2label: dict[str, Any] | None, num_labels: int, override: Iterable[str] | None = None) -> list[str]:
     """Label names by class index: an explicit override, else the checkpoint's id2label."""
     if override is not None:
         names = [str(n) for n in override]
@@ -373,7 +384,7 @@ def label_names(id2label: dict | None, num_labels: int, override: Iterable[str] 
     return [mapping.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict:
+def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict[str, Any]:
     best = max(range(len(labels)), key=lambda i: probabilities[i])
     return {
         "label": labels[best],
@@ -427,7 +438,7 @@ def run_isolated(items: Sequence[Item], run: Callable[[Sequence[Item]], Sequence
     fails gets its exception as its result, the others their results.
     """
     try:
-        results = list(run(items))
+        results: list[Result | Exception] = list(run(items))
         if len(results) != len(items):
             raise RuntimeError(f"{len(results)} results for {len(items)} items")
         return results
@@ -446,23 +457,24 @@ def run_isolated(items: Sequence[Item], run: Callable[[Sequence[Item]], Sequence
 
 def outcomes(
     batch: Batch, probabilities: Sequence[Sequence[float] | RequestError], labels: Sequence[str]
-) -> list[list[dict] | RequestError]:
+) -> list[list[dict[str, Any]] | RequestError]:
     """Per request of the batch, in order: the predictions of its texts, or its error.
 
     `probabilities` has one entry per text of the batch: its class probabilities, or the
     RequestError of a step that failed for that text (which then answers its request).
     """
-    out: list[list[dict] | RequestError] = []
+    out: list[list[dict[str, Any]] | RequestError] = []
     for item, where in zip(batch.requests, batch.slices, strict=True):
         if isinstance(item, RequestError):
             out.append(item)
             continue
+        assert where is not None  # a request that parsed has its texts' slice
         mine = probabilities[where]
         failed = next((p for p in mine if isinstance(p, RequestError)), None)
         if failed is not None:
             out.append(failed)
             continue
-        results = [prediction(p, labels) for p in mine]
+        results = [prediction(p, labels) for p in mine if not isinstance(p, RequestError)]
         if any(not all(math.isfinite(v) for v in r["scores"].values()) for r in results):
             out.append(RequestError(500, "InternalServerError", "the model returned non-finite scores"))
             continue

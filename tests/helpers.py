@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -16,7 +17,38 @@ import yaml
 from clients.metrics import total as metric
 from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
 
-__all__ = ["ONE_WORKER_MODELS", "SteadyLoad", "gateway_in_front", "metric", "metric_samples", "predict", "tiny_archive"]
+__all__ = [
+    "ONE_WORKER_MODELS",
+    "SteadyLoad",
+    "gateway_in_front",
+    "handler_imports",
+    "metric",
+    "metric_samples",
+    "predict",
+    "tiny_archive",
+]
+
+
+def handler_imports(handler: Path) -> set[str]:
+    """The modules of the handler's folder that `handler` imports, directly or through one
+    another (every import statement, at any depth): what its archive must pack."""
+    folder, found, todo = handler.parent, set(), [handler]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in found and (folder / f"{top}.py").is_file():
+                    found.add(top)
+                    todo.append(folder / f"{top}.py")
+    return found
+
 
 # config.properties' models= for a lighter server: the default model with one worker
 ONE_WORKER_MODELS = json.dumps(

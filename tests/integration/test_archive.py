@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.paths import ROOT
+from helpers import handler_imports
+from server.paths import HANDLERS, MODEL_STORE, ROOT
 
 
 def archive(*args: str) -> subprocess.CompletedProcess:
@@ -51,6 +52,15 @@ def test_archive_packs_checkpoint_handler_and_config(tiny_model_dir, tmp_path):
     assert manifest["model"]["configFile"] == "model-config.yaml"
     packed = yaml.safe_load(mar_member(tmp_path / "tiny.mar", "model-config.yaml"))
     assert packed == yaml.safe_load((ROOT / "model-config.yaml").read_text())
+
+
+def test_the_built_archive_holds_every_module_the_handler_imports():
+    """model_store/sentiment.mar as `make archive` built it (an archive once shipped
+    without one of its modules): the handler and each module it imports, at the top."""
+    with zipfile.ZipFile(MODEL_STORE / "sentiment.mar") as mar:
+        names = set(mar.namelist())
+    needed = {"sentiment_handler", *handler_imports(HANDLERS / "sentiment_handler.py")}
+    assert {f"{m}.py" for m in needed} <= names
 
 
 def mar_member(path: Path, name: str) -> bytes:
