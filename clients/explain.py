@@ -17,7 +17,9 @@ import html
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from clients.torchserve import http, read_keys
 
@@ -29,7 +31,7 @@ def colour(value: float, scale: float) -> tuple[int, int, int]:
     return (fade, 255, fade) if value >= 0 else (255, fade, fade)
 
 
-def _pieces(text: str, words: list[dict]):
+def _pieces(text: str, words: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any] | None]]:
     """(piece of the text, its word or None), covering the text exactly."""
     at = 0
     for word in words:
@@ -41,7 +43,7 @@ def _pieces(text: str, words: list[dict]):
         yield text[at:], None
 
 
-def terminal(text: str, answer: dict) -> str:
+def terminal(text: str, answer: dict[str, Any]) -> str:
     explanation = answer["explanation"]
     scale = max((abs(w["attribution"]) for w in explanation["words"]), default=0.0)
     out = []
@@ -60,7 +62,7 @@ def terminal(text: str, answer: dict) -> str:
     return f"{header}\n  {''.join(out)}\n  strongest: {ranked}"
 
 
-def page(texts: list[str], answers: list[dict]) -> str:
+def page(texts: list[str], answers: list[dict[str, Any]]) -> str:
     """One HTML file, no scripts or outside resources: each text with its words coloured."""
     rows = []
     for text, answer in zip(texts, answers, strict=True):

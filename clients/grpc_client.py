@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -21,7 +22,7 @@ from clients.torchserve import KEY_FILE, read_keys, read_properties
 from server.paths import CONFIG
 
 
-def _stubs():
+def _stubs() -> tuple[Any, Any]:
     try:
         import inference_pb2
         import inference_pb2_grpc
@@ -56,7 +57,7 @@ class SentimentGrpcClient:
         target = f"{props.get('grpc_inference_address', '127.0.0.1')}:{props.get('grpc_inference_port', '7070')}"
         return cls(target, read_keys(key_file)["inference"])
 
-    def request(self, payload: object, model: str = "sentiment", version: str = ""):
+    def request(self, payload: object, model: str = "sentiment", version: str = "") -> Any:
         """The PredictionsRequest for a JSON payload, as REST would POST it."""
         return self._pb2.PredictionsRequest(
             model_name=model, model_version=version, input={"body": json.dumps(payload).encode()}
@@ -79,11 +80,11 @@ class SentimentGrpcClient:
         return answer
 
     @property
-    def stub(self):
+    def stub(self) -> Any:
         return self._stub
 
     @property
-    def metadata(self):
+    def metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
     def close(self) -> None:
@@ -92,7 +93,7 @@ class SentimentGrpcClient:
     def __enter__(self) -> SentimentGrpcClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

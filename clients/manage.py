@@ -30,7 +30,7 @@ def _model_path(name: str, version: str | None) -> str:
     return f"/models/{quote(name, safe='')}" + (f"/{quote(version, safe='')}" if version else "")
 
 
-def _query(**params) -> str:
+def _query(**params: object) -> str:
     present = {k: v for k, v in params.items() if v is not None}
     return "?" + urlencode(present) if present else ""
 

@@ -11,8 +11,10 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clients.metrics import parse_samples
 
@@ -39,7 +41,7 @@ def http(
     url: str,
     method: str = "GET",
     body: bytes | None = None,
-    headers: dict | None = None,
+    headers: dict[str, Any] | None = None,
     timeout: float = 30,
 ) -> tuple[int, bytes]:
     """(status, body) of one request; HTTP errors are returned, not raised."""
@@ -76,7 +78,7 @@ class TorchServeClient:
         )
 
     def _call(
-        self, api: str, url: str, method: str, body: bytes | None, headers: dict, timeout: float
+        self, api: str, url: str, method: str, body: bytes | None, headers: dict[str, Any], timeout: float
     ) -> tuple[int, bytes]:
         """One request with the `api` key; when TorchServe refuses the key and key_file.json
         holds another one (it was rotated), once more with the new key."""
@@ -112,19 +114,25 @@ class TorchServeClient:
     def ready_models(self) -> dict[str, bool]:
         """{model name: all its versions have their minWorkers (at least one) READY}."""
         status, listing = self.management("/models")
-        if status != 200:
+        if status != 200 or not isinstance(listing, dict):
             return {}
         result = {}
         for entry in listing.get("models", []):
             name = entry["modelName"]
             status, described = self.management(f"/models/{name}")
-            result[name] = status == 200 and all(
-                sum(w.get("status") == "READY" for w in d.get("workers", [])) >= max(1, d.get("minWorkers", 1))
-                for d in described
+            result[name] = (
+                status == 200
+                and isinstance(described, list)
+                and all(
+                    sum(w.get("status") == "READY" for w in d.get("workers", [])) >= max(1, d.get("minWorkers", 1))
+                    for d in described
+                )
             )
         return result
 
-    def wait_until_ready(self, timeout: float = 180.0, alive=lambda: None, models: bool = True) -> None:
+    def wait_until_ready(
+        self, timeout: float = 180.0, alive: Callable[[], None] = lambda: None, models: bool = True
+    ) -> None:
         """Wait until the management API answers and, with `models`, until every registered
         model has a READY worker; `alive` raises if the server died."""
         deadline = time.time() + timeout
@@ -152,7 +160,7 @@ class TorchServeClient:
 
     def worker_pids(self, model: str, ready_only: bool = False) -> list[int]:
         status, described = self.management(f"/models/{model}")
-        if status != 200:
+        if status != 200 or not isinstance(described, list):
             return []
         return [
             int(w["pid"])

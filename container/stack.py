@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from server import events
+from server.paths import tool
 from testbed.prometheus import LocalPrometheus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,8 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
 
 
 def render_overlay(image: str | None) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(OVERLAY)], capture_output=True, text=True, check=True)
+    kubectl = tool("kubectl") or "kubectl"  # the venv's (requirements-dev.txt), else PATH's
+    out = subprocess.run([kubectl, "kustomize", str(OVERLAY)], capture_output=True, text=True, check=True)
     # what kube play runs: the pod and its ConfigMaps (the Service, HPA, PDB and
     # NetworkPolicy are the cluster's business)
     docs = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in ("Deployment", "ConfigMap")]

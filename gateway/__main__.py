@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         while not stopping.wait(0.5):
-            if gateway.proc.poll() is not None:
-                log(f"nginx exited with {gateway.proc.returncode}")
+            if gateway.proc is None or gateway.proc.poll() is not None:
+                log(f"nginx exited with {gateway.proc and gateway.proc.returncode}")
                 return 1
             if reload_now.is_set():
                 reload_now.clear()

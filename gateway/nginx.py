@@ -13,6 +13,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clients.keys import ROTATION_LOCK  # beside key_file.json, held for a key switch
 from clients.net import wait_for_port
@@ -114,7 +115,7 @@ def read_clients_file(path: Path) -> dict[str, str]:
     return clients
 
 
-def readiness_answers(model: str) -> dict[str, dict]:
+def readiness_answers(model: str) -> dict[str, dict[str, Any]]:
     """What each readiness route answers while some node is ready, by its $route name."""
     return {
         "readyz": {"status": "ready"},
@@ -124,7 +125,7 @@ def readiness_answers(model: str) -> dict[str, dict]:
     }
 
 
-def static_answers(model: str) -> dict[str, dict]:
+def static_answers(model: str) -> dict[str, dict[str, Any]]:
     """The fixed answers of the other anonymous routes and of v2 model metadata."""
     return {
         "healthz": {"status": "alive"},
@@ -343,7 +344,7 @@ class Gateway:
     workdir: Path
     settings: GatewaySettings
     output: Path | None = field(default=Path("logs/nginx.out"))
-    proc: subprocess.Popen | None = field(default=None, init=False)
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     poller: ReadinessPoller | None = field(default=None, init=False)
 
     @property
@@ -392,12 +393,13 @@ class Gateway:
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")
         log = open(self.log_file, "ab") if self.log_file is not None else None
-        self.proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log, start_new_session=True)
+        self.proc = proc
         if log is not None:
             log.close()
 
         def alive() -> None:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 tail = self.log_file.read_text()[-2000:] if self.log_file is not None else ""
                 raise RuntimeError(f"nginx exited: {tail}")
 
@@ -415,6 +417,8 @@ class Gateway:
         Neither a key rotation nor a changed clients file needs one: both are read per request."""
         self.write_config(nodes)
         subprocess.run(self._nginx("-t", "-q"), check=True, capture_output=True)
+        if self.proc is None:
+            raise RuntimeError("reload: the gateway was not started")
         self.proc.send_signal(signal.SIGHUP)
 
     def set_draining(self) -> None:

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     """SIGTERM to TorchServe's process group (the JVM exits on it), SIGKILL if it lingers."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:

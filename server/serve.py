@@ -23,7 +23,7 @@ def main() -> int:
     props = read_properties(CONFIG)
     inference = props["inference_address"]
     address = urlsplit(inference)
-    if port_is_open(address.hostname, address.port):
+    if port_is_open(address.hostname or "127.0.0.1", address.port or 8080):
         print(
             f"something already listens on {address.netloc}: a TorchServe from an earlier "
             "`make serve`? (`make stop` ends it)",

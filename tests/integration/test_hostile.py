@@ -21,7 +21,7 @@ ROUNDS = 8
 GOOD_PER_ROUND = 15
 
 
-def hostile_requests(rng: random.Random) -> list[tuple[str, str, bytes, dict]]:
+def hostile_requests(rng: random.Random) -> list[tuple]:
     """(name, path, body, headers); the path is /predictions/sentiment unless it says otherwise."""
     json_ct = {"Content-Type": "application/json"}
     surrogate = rng.choice(["\\ud800", "\\udfff", "\\udc00", "\\ud83d"])

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from server.paths import ROOT
+from server.paths import ROOT, tool
 
 KUSTOMIZATIONS = [
     "deploy/kubernetes/base",
@@ -37,9 +37,10 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
 def kustomize(path: str) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        pytest.fail("kubectl is missing: it renders the kustomizations (kubectl kustomize)")
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True)
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is missing (make venv installs it into .venv/bin): it renders the kustomizations")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 

@@ -153,7 +153,7 @@ def _v2_body(name, datatype, shape, data: str, extra: dict) -> bytes:
     return json.dumps({"inputs": [tensor], **extra}).replace(json.dumps(DATA_MARK), data, 1).encode()
 
 
-def _good_v2(texts: list[str], layout: str) -> tuple[list, list]:
+def _good_v2(texts: list[str], layout: str) -> tuple[list, object]:
     n = len(texts)
     return {
         "flat": ([n], texts),
