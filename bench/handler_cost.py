@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common.paths import ROOT
+
 BATCH_SIZES = (1, 16)
 REQUESTS = 3200  # per batch size and round
 # what the worker sends with a request from a typical client (TorchServe passes every header on)
@@ -185,7 +186,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure_one(args.child, json.loads(args.texts.read_text()))))
         return 0
-    from server.paths import DEFAULT_MODEL_DIR
+    from common.paths import DEFAULT_MODEL_DIR
     from training.tweets import split_tweets
 
     texts = [t.text for t in split_tweets()[1]]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from locust import HttpUser, between, task
 
-from server.paths import ROOT
+from common.paths import ROOT
 from training.tweets import split_tweets
 
 KEY = json.loads(Path(os.environ.get("KEY_FILE", ROOT / "key_file.json")).read_text())["inference"]["key"]

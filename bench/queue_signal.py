@@ -38,7 +38,8 @@ from pathlib import Path
 import requests
 
 from bench.loadgen import json_bodies, run_load
-from server.paths import MODEL_STORE, ROOT
+from common import events
+from common.paths import MODEL_STORE, ROOT
 from testbed.local_server import LocalTorchServe
 from testbed.prometheus import LocalPrometheus
 from training.tweets import split_tweets
@@ -52,7 +53,7 @@ MEAN_BATCH = "sum(increase(SentimentBatchSize_sum[{w}s])) / sum(increase(Sentime
 
 
 def log(message: str) -> None:
-    print(f"[queue_signal {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    events.log("queue_signal", message)
 
 
 def query_at(prom: LocalPrometheus, expr: str, at: float) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from server.paths import MODEL_CONFIG
+from common.paths import MODEL_CONFIG
 
 
 def main() -> int:

@@ -49,9 +49,10 @@ from bench.loadgen import json_bodies, run_load
 from bench.soak import soak, workers_rss_mib
 from bench.wrk import run_wrk
 from clients.metrics import total as metric
-from clients.net import free_port, wait_for_port
-from clients.torchserve import read_properties
-from server.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT, archive_modules
+from common import events
+from common.net import free_port, wait_for_port
+from common.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT, archive_modules
+from common.torchserve_files import read_properties
 from testbed.local_server import LocalTorchServe
 from training.tweets import LABELS, split_tweets
 
@@ -83,7 +84,7 @@ HANDLER_REVISIONS = (
 
 
 def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    events.log("bench", message)
 
 
 def machine() -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from bench.loadgen import json_bodies, run_load
-from server.paths import MODEL_STORE
+from common.paths import MODEL_STORE
 from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clients.torchserve import http, read_keys
+from common.net import http
+from common.torchserve_files import read_keys
 
 
 def colour(value: float, scale: float) -> tuple[int, int, int]:

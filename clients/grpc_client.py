@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from clients.torchserve import KEY_FILE, read_keys, read_properties
-from server.paths import CONFIG
+from common.paths import CONFIG
+from common.torchserve_files import KEY_FILE, read_keys, read_properties
 
 
 def _stubs() -> tuple[Any, Any]:

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from server.paths import ROOT
+from common.paths import ROOT
 
 DEFAULT_OUT = ROOT / "build" / "grpc"
 PTH_FILE = Path(sysconfig.get_paths()["purelib"]) / "torchserve-grpc-stubs.pth"

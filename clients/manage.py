@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from clients.torchserve import KEY_FILE, TorchServeClient
-from server.paths import CONFIG
+from clients.torchserve import TorchServeClient
+from common.paths import CONFIG
+from common.torchserve_files import KEY_FILE
 
 
 def _model_path(name: str, version: str | None) -> str:

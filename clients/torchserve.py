@@ -9,48 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clients.metrics import parse_samples
-
-KEY_FILE = "key_file.json"
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
-def read_keys(key_file: Path) -> dict[str, str]:
-    """{"inference": ..., "management": ..., "API": ...} from TorchServe's key_file.json."""
-    data = json.loads(Path(key_file).read_text())
-    return {name: entry["key"] for name, entry in data.items()}
-
-
-def http(
-    url: str,
-    method: str = "GET",
-    body: bytes | None = None,
-    headers: dict[str, Any] | None = None,
-    timeout: float = 30,
-) -> tuple[int, bytes]:
-    """(status, body) of one request; HTTP errors are returned, not raised."""
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+from common.net import http
+from common.torchserve_files import read_keys, read_properties
 
 
 def key_refused(status: int, body: bytes) -> bool:

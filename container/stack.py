@@ -38,23 +38,17 @@ from pathlib import Path
 
 import yaml
 
-from server import events
-from server.paths import tool
+from common import events
+from common.paths import ROOT, tool
+from testbed.podman import podman
 from testbed.prometheus import LocalPrometheus
 
-REPO = Path(__file__).resolve().parent.parent
-OVERLAY = REPO / "deploy" / "kubernetes" / "overlays" / "local"
-CONTAINERS_CONF = REPO / "container" / "containers.conf"
+OVERLAY = ROOT / "deploy" / "kubernetes" / "overlays" / "local"
 GRACE_S = 95  # podman stop -t: above the pod's terminationGracePeriodSeconds (90)
 
 
 def log(message: str) -> None:
     events.log("stack", message)
-
-
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CONTAINERS_CONF=os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)))
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, env=env, timeout=timeout)
 
 
 def render_overlay(image: str | None) -> list[dict]:
@@ -299,7 +293,7 @@ def down(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="container/stack.py", description=__doc__.splitlines()[0])
     p.add_argument("--name", default="sentiment")
-    p.add_argument("--state-dir", type=Path, default=REPO / "build" / "stack")
+    p.add_argument("--state-dir", type=Path, default=ROOT / "build" / "stack")
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up")
     u.add_argument("--replicas", type=int, default=2)

@@ -34,9 +34,9 @@ import threading
 import time
 from pathlib import Path
 
+from common import events
+from common.paths import ROOT
 from gateway.nginx import Gateway, GatewaySettings, JwtSettings, Node, check_clients, read_clients_file
-from server import events
-from server.paths import ROOT
 
 
 def log(message: str) -> None:

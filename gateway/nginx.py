@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clients.keys import ROTATION_LOCK  # beside key_file.json, held for a key switch
-from clients.net import wait_for_port
-from clients.torchserve import KEY_FILE, http, read_keys, read_properties
+from common.keys import ROTATION_LOCK  # beside key_file.json, held for a key switch
+from common.net import http, wait_for_port
+from common.torchserve_files import KEY_FILE, read_keys, read_properties
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 SCRIPT = Path(__file__).resolve().parent / "gateway.js"

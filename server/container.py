@@ -28,9 +28,11 @@ import threading
 import time
 from pathlib import Path
 
-from clients.keys import rotate
-from clients.torchserve import KEY_FILE, TorchServeClient, read_properties
-from server import events, launch
+from clients.torchserve import TorchServeClient
+from common import events
+from common.keys import rotate
+from common.torchserve_files import KEY_FILE, read_properties
+from server import launch
 
 
 def log(message: str, **fields: object) -> None:

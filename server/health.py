@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from clients.torchserve import KEY_FILE, http, read_keys, read_properties
+from common.net import http
+from common.torchserve_files import KEY_FILE, read_keys, read_properties
 
 
 def main(argv: list[str] | None = None) -> int:

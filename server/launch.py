@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clients.torchserve import KEY_FILE, read_keys, read_properties
-from server.paths import CONFIG, LOG_CONFIG, ROOT, ROOT_RELATIVE_KEYS
+from common.paths import CONFIG, LOG_CONFIG, ROOT, ROOT_RELATIVE_KEYS
+from common.torchserve_files import KEY_FILE, read_keys, read_properties
 
 
 def derived_config(overrides: dict[str, str], base: Path = CONFIG) -> dict[str, str]:

@@ -13,10 +13,11 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from clients.net import port_is_open
-from clients.torchserve import KEY_FILE, TorchServeClient, read_properties
+from clients.torchserve import TorchServeClient
+from common.net import port_is_open
+from common.paths import CONFIG, ROOT
+from common.torchserve_files import KEY_FILE, read_properties
 from server import launch
-from server.paths import CONFIG, ROOT
 
 
 def main() -> int:

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.net import free_port
-from clients.torchserve import KEY_FILE, TorchServeClient
+from clients.torchserve import TorchServeClient
+from common.net import free_port
+from common.torchserve_files import KEY_FILE
 from server import launch
 
 PORT_KEYS = {

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from clients.net import free_port, wait_for_port
-from clients.torchserve import http
-from server.paths import ROOT
+from common.net import free_port, http, wait_for_port
+from common.paths import ROOT
 
 SCRAPE_CONFIG = ROOT / "monitoring" / "prometheus.yml"
 PROMETHEUS_RULE = ROOT / "monitoring" / "prometheusrule.yaml"

@@ -8,14 +8,23 @@ of the real default model that `make test` builds first; tests that change a ser
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from server.paths import MODEL_STORE
+from common.paths import MODEL_STORE
 from testbed.local_server import LocalTorchServe
 
 DEFAULT_MAR = MODEL_STORE / "sentiment.mar"
+
+# Hypothesis profiles for every property test, whichever module runs first:
+# HYPOTHESIS_PROFILE=long for a longer hunt (tests/unit/test_fuzz.py's docstring)
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import requests
 import yaml
 
 from clients.metrics import total as metric
-from server.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
+from common.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
 
 __all__ = [
     "ONE_WORKER_MODELS",
@@ -105,7 +105,7 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
     no rate or open-request limit to speak of unless `settings` give one (a test's burst
     may hold more requests open than the shipped per-key limit of 64: that limit has its
     own tests in test_gateway_hardening)."""
-    from clients.net import free_port
+    from common.net import free_port
     from gateway.nginx import Gateway, GatewaySettings, Node
 
     servers = servers if isinstance(servers, (list, tuple)) else [servers]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.paths import HANDLERS, MODEL_STORE, ROOT
 from helpers import handler_imports
-from server.paths import HANDLERS, MODEL_STORE, ROOT
 
 
 def archive(*args: str) -> subprocess.CompletedProcess:

@@ -20,19 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from test_bad_input import CASES
+from request_cases import CASES
 
-from clients.net import free_port
-from server.paths import ROOT
+from common.net import free_port
+from common.paths import ROOT
+from testbed.podman import podman, podman_env
 from training.tweets import split_tweets
 
 pytestmark = pytest.mark.container
 IMAGE = os.environ.get("SENTIMENT_IMAGE", "localhost/sentiment-serve:dev")
-ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "container" / "containers.conf"))
-
-
-def podman(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, env=ENV, timeout=timeout)
+ENV = podman_env()
 
 
 def stack(*args, timeout=600) -> dict:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from clients.torchserve import KEY_FILE
+from common.paths import ROOT
+from common.torchserve_files import KEY_FILE
 from gateway.nginx import Node, node_socket
 from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, metric, metric_samples
-from server.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}

@@ -7,9 +7,10 @@ import subprocess
 import sys
 import time
 
-from clients.torchserve import KEY_FILE, TorchServeClient, key_refused, read_keys
+from clients.torchserve import TorchServeClient, key_refused
+from common.paths import ROOT
+from common.torchserve_files import KEY_FILE, read_keys
 from helpers import ONE_WORKER_MODELS, predict
-from server.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
 

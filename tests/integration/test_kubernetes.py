@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from server.paths import ROOT, tool
+from common.paths import ROOT, tool
 
 KUSTOMIZATIONS = [
     "deploy/kubernetes/base",

@@ -15,7 +15,7 @@ import sys
 import pytest
 import requests
 
-from server.paths import ROOT
+from common.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
 

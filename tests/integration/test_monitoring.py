@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from server.paths import ROOT
+from common.paths import ROOT
 from testbed.prometheus import LocalPrometheus, rule_groups
 from training.tweets import split_tweets
 

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 import requests
 
-from clients.torchserve import read_properties
+from common.paths import CONFIG, ROOT
+from common.torchserve_files import read_properties
 from helpers import predict
-from server.paths import CONFIG, ROOT
 
 BODY = b'{"text": "I love this"}'
 

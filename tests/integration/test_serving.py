@@ -95,8 +95,8 @@ def test_shipped_model_settings_are_live(server):
     serves with: neither is silently overridden by the other."""
     import yaml
 
-    from clients.torchserve import read_properties
-    from server.paths import CONFIG, ROOT
+    from common.paths import CONFIG, ROOT
+    from common.torchserve_files import read_properties
 
     wanted = json.loads(read_properties(CONFIG)["models"])["sentiment"]["1.0"]
     wanted["responseTimeout"] = yaml.safe_load((ROOT / "model-config.yaml").read_text())["responseTimeout"]

@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clients.net import free_port
-from clients.torchserve import KEY_FILE, TorchServeClient, read_keys
+from clients.torchserve import TorchServeClient
+from common.net import free_port
+from common.paths import ROOT
+from common.torchserve_files import KEY_FILE, read_keys
 from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front
-from server.paths import ROOT
 
 CLIENTS = {"supervised": "supervised-client-key-0123456789"}
 

@@ -3,8 +3,8 @@ read by archive.sh and bench/run.py) names every module the handler imports, and
 
 from __future__ import annotations
 
+from common.paths import HANDLERS, archive_modules
 from helpers import handler_imports
-from server.paths import HANDLERS, archive_modules
 
 
 def test_the_archive_list_is_what_the_handler_imports():

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from server.paths import ROOT
+from common.paths import ROOT
 
 
 @pytest.fixture
