@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 import yaml
@@ -22,11 +25,41 @@ __all__ = [
     "SteadyLoad",
     "gateway_in_front",
     "handler_imports",
+    "poll",
+    "settled",
     "metric",
     "metric_samples",
     "predict",
     "tiny_archive",
 ]
+
+
+T = TypeVar("T")
+
+
+def poll(probe: Callable[[], T], until: Callable[[T], bool], timeout: float = 10.0, interval: float = 0.1) -> T:
+    """probe() until until(its result) holds or `timeout` seconds pass; its last result,
+    for the caller to assert on (instead of a fixed sleep before an exact assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if until(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def settled(read: Callable[[], T], timeout: float = 10.0, interval: float = 0.3) -> T:
+    """read() until two readings `interval` apart agree (a log or a count that stopped
+    growing), or `timeout` seconds pass; the last reading."""
+    last = read()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def handler_imports(handler: Path) -> set[str]:

@@ -10,62 +10,10 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from request_cases import CASES
 
 from helpers import predict
 from training.tweets import split_tweets
-
-JSON = "application/json"
-TEXT = "text/plain"
-MIB = 1 << 20
-
-# (case, path, body, Content-Type, status, error type; None: a prediction is expected)
-CASES = [
-    ("empty body", "", b"", JSON, 400, "EmptyBody"),
-    ("empty text", "", b'{"text": ""}', JSON, 400, "EmptyText"),
-    ("whitespace only", "", json.dumps({"text": " \n\t "}).encode(), JSON, 400, "EmptyText"),
-    ("whitespace plain body", "", b"   ", TEXT, 400, "EmptyText"),
-    ("empty list", "", b'{"text": []}', JSON, 400, "EmptyText"),
-    ("invalid JSON", "", b'{"text": ', JSON, 400, "InvalidJSON"),
-    ("JSON not an object", "", b'["I love this"]', JSON, 400, "InvalidInput"),
-    ("no text field", "", b'{"txt": "I love this"}', JSON, 400, "InvalidInput"),
-    ("extra field", "", b'{"text": "I love this", "lang": "en"}', JSON, 400, "InvalidInput"),
-    ("text of the wrong type", "", b'{"text": 42}', JSON, 400, "InvalidInput"),
-    ("text an object", "", b'{"text": {"a": 1}}', JSON, 400, "InvalidInput"),
-    ("list with a non-string", "", b'{"text": ["ok", 3]}', JSON, 400, "InvalidInput"),
-    ("too many texts", "", json.dumps({"text": ["ok"] * 33}).encode(), JSON, 413, "TooManyTexts"),
-    ("text over max_text_chars", "", json.dumps({"text": "good " * 2001}).encode(), JSON, 413, "TextTooLong"),
-    ("not UTF-8", "", b"\xff\xfe\xfd", TEXT, 400, "InvalidEncoding"),
-    ("not UTF-8 inside JSON", "", b'{"text": "\xc3\x28"}', JSON, 400, "InvalidEncoding"),
-    ("XML", "", b"<text>I love this</text>", "application/xml", 415, "UnsupportedMediaType"),
-    (
-        "form without a text field",
-        "",
-        b"comment=I+love+this",
-        "application/x-www-form-urlencoded",
-        415,
-        "UnsupportedMediaType",
-    ),
-    ("body over max_request_size", "", b'{"text": "' + b"a" * (2 * MIB) + b'"}', JSON, 413, None),
-    ("unknown model", "/predictions/no-such-model", b'{"text": "I love this"}', JSON, 404, "ModelNotFoundException"),
-    (
-        "unknown version",
-        "/predictions/sentiment/9.9",
-        b'{"text": "I love this"}',
-        JSON,
-        404,
-        "ModelVersionNotFoundException",
-    ),
-    # accepted: far past max_length tokens is truncated, control characters and emoji are text
-    ("long text, truncated", "", json.dumps({"text": "great movie " * 800}).encode(), JSON, 200, None),
-    (
-        "control characters and emoji",
-        "",
-        json.dumps({"text": "I love this \u0000\u0007\u200b 😍🎉"}).encode(),
-        JSON,
-        200,
-        None,
-    ),
-]
 
 
 def send(server, path, body, content_type):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import gateway_in_front, metric, metric_samples
+from helpers import gateway_in_front, metric, metric_samples, poll
 from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 
@@ -148,7 +148,7 @@ def test_forms_are_refused_before_torchserve_sees_them(front):
 
 def test_hostile_bodies_through_the_gateway_cost_no_good_request(front):
     """The hostile mix of test_hostile.py, sent through the gateway among good requests."""
-    from test_hostile import hostile_requests
+    from request_cases import hostile_requests
 
     gateway, node = front
     _, heldout = split_tweets()
@@ -246,15 +246,15 @@ def test_open_requests_are_capped_per_key_and_other_keys_go_on(front):
             sock = connect(gateway)
             sock.sendall(request_bytes(b'{"text": "I love this"}', key=CLIENTS["bob"])[:-4])
             held.append(sock)
-        time.sleep(0.3)
-        over = ask(gateway, key=CLIENTS["bob"])
+        # until nginx has read the held requests' headers (each answer meanwhile is a 200)
+        over = poll(lambda: ask(gateway, key=CLIENTS["bob"]), lambda r: r.status_code == 429)
         assert over.status_code == 429 and over.json()["type"] == "TooManyRequests"
         assert ask(gateway).status_code == 200  # alice is not bob
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.3)
-    assert ask(gateway, key=CLIENTS["bob"]).status_code == 200
+    # until nginx has seen the held connections close
+    assert poll(lambda: ask(gateway, key=CLIENTS["bob"]), lambda r: r.status_code == 200).status_code == 200
 
 
 def test_the_total_cap_counts_every_request_whoever_sends_it(server, tmp_path):
@@ -270,8 +270,7 @@ def test_the_total_cap_counts_every_request_whoever_sends_it(server, tmp_path):
                 sock = connect(gateway)
                 sock.sendall(request[:-4])
                 held.append(sock)
-            time.sleep(0.3)
-            over = ask(gateway, key=list(keys.values())[total])
+            over = poll(lambda: ask(gateway, key=list(keys.values())[total]), lambda r: r.status_code == 429)
             assert over.status_code == 429 and over.json()["type"] == "TooManyRequests"
             assert over.headers["Retry-After"] == "1"
             for sock, request in zip(held, full, strict=True):

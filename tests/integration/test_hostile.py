@@ -14,50 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from request_cases import hostile_requests
 
 from training.tweets import split_tweets
 
 ROUNDS = 8
 GOOD_PER_ROUND = 15
-
-
-def hostile_requests(rng: random.Random) -> list[tuple]:
-    """(name, path, body, headers); the path is /predictions/sentiment unless it says otherwise."""
-    json_ct = {"Content-Type": "application/json"}
-    surrogate = rng.choice(["\\ud800", "\\udfff", "\\udc00", "\\ud83d"])
-    cases = [
-        ("lone surrogate", "", f'{{"text": "abc {surrogate}"}}'.encode(), json_ct),
-        ("lone surrogate in a list", "", f'{{"text": ["fine", "x{surrogate}y"]}}'.encode(), json_ct),
-        ("nested 10,000 deep", "", b'{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", json_ct),
-        ("nested 100,000 deep, unclosed", "", b"[" * 100_000, json_ct),
-        ("a number of 5,000 digits", "", b'{"text": ' + b"9" * 5_000 + b"}", json_ct),
-        ("infinity", "", b'{"text": 1e999999}', json_ct),
-        ("NaN", "", b'{"text": NaN}', json_ct),
-        ("UTF-16 JSON", "", '{"text": "I love this"}'.encode("utf-16"), json_ct),
-        ("UTF-8 BOM", "", b'\xef\xbb\xbf{"text": "I love this"}', json_ct),
-        ("random bytes", "", rng.randbytes(rng.randint(1, 2000)), {"Content-Type": "text/plain"}),
-        ("random bytes, no type", "", rng.randbytes(rng.randint(1, 2000)), {}),
-        (
-            "random unicode",
-            "",
-            "".join(chr(rng.randint(1, 0x10FFFF)) for _ in range(200)).encode("utf-8", "surrogatepass"),
-            {"Content-Type": "text/plain"},
-        ),
-        ("duplicate keys", "", b'{"text": "a", "text": {"deep": [1, 2, {"x": null}]}}', json_ct),
-        ("explain header on a prediction", "", b'{"text": "I love this"}', {**json_ct, "explain": "True"}),
-        ("an explanation", "/explanations/sentiment", b'{"text": "I love this"}', json_ct),
-        ("an explanation, lone surrogate", "/explanations/sentiment", f'{{"text": "x {surrogate}"}}'.encode(), json_ct),
-        (
-            "junk header bytes",
-            "",
-            b'{"text": "I love this"}',
-            {**json_ct, "X-Junk": rng.randbytes(40).replace(b"\r", b"").replace(b"\n", b"")},
-        ),
-        ("malformed form", "", b"text=I%20love%ZZthis", {"Content-Type": "application/x-www-form-urlencoded"}),
-        ("charset utf-16 label", "", b'{"text": "I love this"}', {"Content-Type": "application/json; charset=utf-16"}),
-    ]
-    rng.shuffle(cases)
-    return cases
 
 
 def handler_refusal(response) -> bool:

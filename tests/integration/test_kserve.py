@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from test_bad_input import CASES
+from request_cases import CASES
 
 from helpers import gateway_in_front, metric, metric_samples
 from training.tweets import split_tweets

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from handler_helpers import initialized_handler, make_context, run_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_handler import initialized_handler, make_context, run_batch
 
 from backends import TorchBackend, select_device
 from sentiment_handler import SentimentHandler

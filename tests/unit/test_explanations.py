@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from test_handler import initialized_handler, run_batch
+from handler_helpers import initialized_handler, run_batch
 
 from explanations import ExplainLimits, merge_word_pieces, parse_explanation
 from text_classification import Limits, RequestError
@@ -108,7 +108,7 @@ def test_captum_is_imported_only_when_an_explanation_is_asked_for(tiny_model_dir
     script = f"""
 import sys
 sys.path[:0] = ["handlers", "tests/unit", "tests"]
-from test_handler import initialized_handler, run_batch
+from handler_helpers import initialized_handler, run_batch
 handler, context = initialized_handler({str(tiny_model_dir)!r})
 run_batch(handler, context, [({{"body": b"fine"}}, "text/plain")])
 before = "captum" in sys.modules

@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 
 import pytest
-from test_handler import emitted_metrics, initialized_handler, run_batch
+from handler_helpers import emitted_metrics, initialized_handler, run_batch
 
 JSON = "application/json"
 MARK = "kaboom"

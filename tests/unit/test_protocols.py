@@ -274,7 +274,7 @@ def test_errors_in_each_protocols_shape():
 
 
 def test_one_batch_of_three_protocols_through_the_handler(tiny_model_dir):
-    from test_handler import initialized_handler, run_batch
+    from handler_helpers import initialized_handler, run_batch
 
     handler, context = initialized_handler(tiny_model_dir)
     alone = run_batch(handler, context, [({"body": b'{"text": "I love it"}'}, JSON)])[0][1]
