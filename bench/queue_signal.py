@@ -26,6 +26,7 @@ step), interpolated between the two steps around it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -70,7 +71,7 @@ def suggest_target(steps: list[dict], fraction: float) -> dict:
     interpolated between the steps below and above that throughput."""
     saturation = max(s["throughput_rps"] for s in steps)
     goal = fraction * saturation
-    for below, above in zip(steps, steps[1:], strict=True):
+    for below, above in itertools.pairwise(steps):
         if below["throughput_rps"] < goal <= above["throughput_rps"]:
             share = (goal - below["throughput_rps"]) / (above["throughput_rps"] - below["throughput_rps"])
             signal = below["queued_requests"] + share * (above["queued_requests"] - below["queued_requests"])
