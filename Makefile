@@ -99,6 +99,23 @@ stack: image system-test
 stack-down:
 	$(PY) container/stack.py down
 
+# Faults under load on three replicas, each in a network namespace of its own (root):
+# make chaos runs every fault once (bench/results/chaos.json, docs/chaos.md's table);
+# make soak, a fault every five minutes for SOAK_S seconds (bench/results/soak_faults.*)
+SOAK_S ?= 3600
+.PHONY: chaos soak system-chaos
+chaos: system-chaos $(MAR)
+	$(PY) -m bench.chaos
+
+soak: system-chaos $(MAR)
+	$(PY) -m bench.soak_faults --duration $(SOAK_S)
+
+system-chaos: system-serve
+	@$(call need,nginx,nginx-light)
+	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
+	@$(call need,haproxy,haproxy)
+	@$(call need,iptables,iptables)
+
 # The serving image (container/Containerfile) with the archive that `make archive` built;
 # podman's layer cache makes a rebuild of an unchanged tree take seconds.
 image: system-image $(MAR)
