@@ -1,0 +1,140 @@
+"""Faults under load, the short form of `make chaos` (docs/chaos.md): three replicas, each
+a host of its own (a network namespace), HAProxy in front as the Service's stand-in, and
+keep-alive clients that never stop. A worker killed, a replica frozen for 10 s, its
+packets dropped for 10 s, a whole replica killed: the front takes it out, the clients get
+answers again, the replica comes back by itself, and the only requests that fail are the
+ones the fault must cost. No timing thresholds here: the times are measured by make chaos.
+
+Needs root (namespaces, veths, iptables, tmpfs, cgroups); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from common.net import free_port
+from testbed.chaos import FAULTS, Load, Result, run_fault
+from testbed.netns import Testbed
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, iptables and cgroups need root")
+
+CLIENTS = 4
+HOLD_S = 10.0
+# a request that reached no replica: the connection to it was refused (SC) or not made in time (sC)
+NEVER_SENT = ("SC", "sC")
+
+
+@pytest.fixture(scope="module")
+def bed(default_store, tmp_path_factory) -> Iterator[tuple[Testbed, Load]]:
+    with Testbed(tmp_path_factory.mktemp("chaos"), replicas=3) as testbed, Load(testbed, CLIENTS, rate=8) as load:
+        yield testbed, load
+
+
+def front_failures(result: Result) -> dict[str, int]:
+    """What failed at the front, by termination state's first two letters (HAProxy's log)."""
+    out: dict[str, int] = {}
+    for key, n in result.front_failed.items():
+        term = key.split()[-1][:2]
+        out[term] = out.get(term, 0) + n
+    return out
+
+
+def no_client_timeouts(result: Result) -> None:
+    assert not [o for o in result.failed_by_outcome if "Timeout" in o or o == "front-timeout"], result
+
+
+def test_the_load_runs_without_failures_before_any_fault(bed):
+    testbed, load = bed
+    time.sleep(5)
+    requests = load.between(0, time.monotonic())
+    assert len(requests) > 20
+    assert [q.outcome for q in requests if q.outcome != "ok"] == []
+    assert {testbed.front_state(r) for r in testbed.replicas} == {"UP"}
+
+
+def test_a_killed_worker_costs_at_most_its_batch_and_is_replaced(bed):
+    testbed, load = bed
+    replica = testbed.replicas[0]
+    before = replica.worker_pids()
+    result = run_fault(testbed, load, FAULTS["worker-kill"], replica)
+    assert result.back_s is not None, result
+    assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(before)
+    # only TorchServe's answers for the batch the worker held: one batch of at most batchSize (8)
+    assert set(result.failed_by_outcome) <= {"replica-500", "replica-503", "replica-507"}, result
+    assert result.failed <= 8, result
+    no_client_timeouts(result)
+
+
+def test_a_frozen_replica_is_taken_out_holds_what_it_had_and_comes_back(bed):
+    testbed, load = bed
+    replica = testbed.replicas[1]
+    result = run_fault(testbed, load, FAULTS["freeze"], replica, hold_s=HOLD_S)
+    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, result  # out while frozen
+    assert result.back_s is not None and result.back_after_restore_s is not None, result
+    # the kernel holds the connections of a stopped process: what it had is answered after SIGCONT
+    assert result.failed == 0, result
+    assert testbed.front_state(replica) == "UP"
+    no_client_timeouts(result)
+
+
+def test_a_cut_off_replica_costs_only_requests_that_never_reached_it(bed):
+    testbed, load = bed
+    replica = testbed.replicas[2]
+    result = run_fault(testbed, load, FAULTS["net-drop"], replica, hold_s=HOLD_S)
+    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, result
+    assert result.back_s is not None, result
+    # failures: only connections the front could not open to it (timeout connect, retries 0);
+    # what it had in flight is answered once the packets pass again
+    assert set(front_failures(result)) <= set(NEVER_SENT), result
+    assert set(result.failed_by_outcome) <= {"not-sent", "client-ConnectionError"}, result
+    no_client_timeouts(result)
+
+
+def test_a_killed_replica_loses_at_most_what_it_held_and_restarts(bed):
+    testbed, load = bed
+    replica = testbed.replicas[0]
+    result = run_fault(testbed, load, FAULTS["replica-kill"], replica)
+    assert result.taken_out_s is not None and result.back_s is not None, result
+    # each container restarted once: the gateway does not fail on what the killed one left behind
+    assert sum("restarted gateway" in r for r in result.restarts) == 1, result.restarts
+    assert sum("restarted torchserve" in r for r in result.restarts) == 1, result.restarts
+    failures = front_failures(result)
+    # lost in flight (the connection closed under the request): at most one per client
+    assert failures.get("SH", 0) + failures.get("SD", 0) <= CLIENTS, result
+    # the rest never reached TorchServe: refused connections, or the restarted gateway's 502
+    # NodeUnavailable before TorchServe was up
+    assert set(failures) <= {*NEVER_SENT, "SH", "SD", "--"}, result
+    assert set(result.failed_by_outcome) <= {"not-sent", "lost", "replica-502", "client-ConnectionError"}, result
+    no_client_timeouts(result)
+
+
+def test_a_gateway_killed_outright_starts_again_over_its_stale_sockets(tmp_path):
+    """SIGKILL (or the OOM killer) leaves nginx's node sockets in the gateway's workdir, an
+    emptyDir that outlives the container in a pod: the next start must not fail on them."""
+    from gateway.nginx import Gateway, GatewaySettings, Node, node_socket
+
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "config.properties").write_text(f"inference_address=http://127.0.0.1:{free_port()}\n")
+    (node / "key_file.json").write_text(json.dumps({"inference": {"key": "k" * 16}}))
+    clients = {"client": "client-key-0123456789"}
+    settings = GatewaySettings(free_port(), clients)
+    first = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node)])
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    first.proc = None
+    if first.poller is not None:
+        first.poller.stop()
+    assert node_socket(tmp_path / "gateway", 1).exists()  # left behind
+    second = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node)])
+    try:
+        assert second.proc is not None and second.proc.poll() is None
+    finally:
+        second.stop()
