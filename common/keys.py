@@ -4,7 +4,8 @@ request (the CLI is clients/keys.py; server/container.py rotates on a schedule).
 TorchServe refuses the old inference key the moment it makes the new one. So that a
 gateway in front loses no request across the switch, an inference rotation holds a lock
 file (key_rotation.lock) beside key_file.json from HOLD_BEFORE_S before the switch until
-the new key is in the file: the gateway holds requests for this node while the lock
+the new key is in the file (a management rotation holds it while TorchServe rewrites the
+file, which holds the inference key too): the gateway holds requests for this node while the lock
 exists, then sends them with the new key (gateway/gateway.js). Requests already on their
 way to TorchServe when the lock appears have HOLD_BEFORE_S to arrive with the old key.
 """
@@ -30,9 +31,12 @@ def rotate(management_url: str, key_file: Path, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     api_key = json.loads(Path(key_file).read_text())["API"]["key"]
-    lock = Path(key_file).parent / ROTATION_LOCK if kind == "inference" else None
-    if lock is not None:
-        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600))
+    # Either rotation rewrites the whole file (truncated, then written): a gateway reading
+    # it meanwhile could find no key. The lock holds its requests for either; only an
+    # inference rotation changes the key in flight, and waits for requests on their way.
+    lock = Path(key_file).parent / ROTATION_LOCK
+    os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600))
+    if kind == "inference":
         time.sleep(HOLD_BEFORE_S)
     try:
         status, body = http(
@@ -43,5 +47,4 @@ def rotate(management_url: str, key_file: Path, kind: str) -> str:
         # TorchServe has written the file by the time it answers; read it whole once
         return expiries(key_file)[kind]
     finally:
-        if lock is not None:
-            lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,9 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     workdir = args.workdir
+    # TorchServe unpacks the archive into tmp/ at every start: a restarted container (its
+    # emptyDir kept) would pile up a copy per restart until the pod is evicted
+    shutil.rmtree(workdir / "tmp", ignore_errors=True)
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     overrides: dict[str, str] = {}
     for profile in args.profile:
