@@ -9,6 +9,7 @@ is stopped by that group's id, never by process name.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,23 @@ from clients.torchserve import TorchServeClient
 from common.net import free_port
 from common.torchserve_files import KEY_FILE
 from server import launch
+
+# config.properties' models=: the default model with one worker, for a lighter server
+# (the tests' servers, the chaos testbed's three replicas on two cores)
+ONE_WORKER_MODELS = json.dumps(
+    {
+        "sentiment": {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": "sentiment.mar",
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "batchSize": 8,
+                "maxBatchDelay": 2,
+            }
+        }
+    }
+)
 
 PORT_KEYS = {
     "inference_address": "inference",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import re
@@ -58,27 +57,13 @@ from pathlib import Path
 from common import events
 from common.paths import ROOT
 from container.stack import FRONT_CONF
+from testbed.local_server import ONE_WORKER_MODELS
 
 NET = "10.213"
 GATEWAY_PORT = 8000
 CGROUP_V2 = Path("/sys/fs/cgroup/unified")
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PRODUCTION_PROFILE = ROOT / "container" / "production.properties"
-# config.properties' models=: the default model with one worker (three replicas on two cores)
-ONE_WORKER_MODELS = json.dumps(
-    {
-        "sentiment": {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": "sentiment.mar",
-                "minWorkers": 1,
-                "maxWorkers": 1,
-                "batchSize": 8,
-                "maxBatchDelay": 2,
-            }
-        }
-    }
-)
 # the ports of TorchServe in every replica: its namespace's loopback
 PORTS_PROFILE = (
     "inference_address=http://127.0.0.1:8080\n"

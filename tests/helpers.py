@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import yaml
 
 from clients.metrics import total as metric
 from common.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
+from testbed.local_server import ONE_WORKER_MODELS
 
 __all__ = [
     "ONE_WORKER_MODELS",
@@ -81,23 +81,6 @@ def handler_imports(handler: Path) -> set[str]:
                     found.add(top)
                     todo.append(folder / f"{top}.py")
     return found
-
-
-# config.properties' models= for a lighter server: the default model with one worker
-ONE_WORKER_MODELS = json.dumps(
-    {
-        "sentiment": {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": "sentiment.mar",
-                "minWorkers": 1,
-                "maxWorkers": 1,
-                "batchSize": 8,
-                "maxBatchDelay": 2,
-            }
-        }
-    }
-)
 
 
 def predict(server, data, content_type="application/json", token=None, path="/predictions/sentiment"):
