@@ -85,6 +85,8 @@ system-test: system-serve system-image
 	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
 	@$(call need,haproxy,haproxy)
 	@$(call need,prometheus,prometheus)
+	@$(call need,iptables,iptables)  # the chaos tests (test_chaos.py) cut replicas off with it
+	@$(call need,ip,iproute2)
 
 system-image:
 	@$(call need,podman,podman)
