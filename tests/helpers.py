@@ -17,10 +17,12 @@ import requests
 import yaml
 
 from clients.metrics import total as metric
-from common.paths import ARCHIVE_SCRIPT, MODEL_CONFIG
+from common.paths import ARCHIVE_SCRIPT, MODEL_CONFIG, ROOT
+from common.torchserve_files import KEY_FILE
 from testbed.local_server import ONE_WORKER_MODELS
 
 __all__ = [
+    "keys_cli",
     "ONE_WORKER_MODELS",
     "SteadyLoad",
     "gateway_in_front",
@@ -182,3 +184,23 @@ class SteadyLoad:
         self.stop_event.set()
         for t in self.threads:
             t.join(timeout=90)
+
+
+def keys_cli(server, *args: str) -> subprocess.CompletedProcess:
+    """`python -m clients.keys ARGS` against a running server's config and key file."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clients.keys",
+            *args,
+            "--config",
+            str(server.workdir / "config.properties"),
+            "--key-file",
+            str(server.workdir / KEY_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.paths import ROOT
-from common.torchserve_files import KEY_FILE
 from gateway.nginx import Node, node_socket
-from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, metric, metric_samples, poll, settled
+from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, keys_cli, metric, metric_samples, poll, settled
 from testbed.local_server import LocalTorchServe
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
@@ -214,23 +210,7 @@ def test_over_the_rate_gets_429_and_other_clients_are_unaffected(cluster):
 
 
 def rotate_inference_key(node):
-    rotated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clients.keys",
-            "rotate",
-            "inference",
-            "--config",
-            str(node.workdir / "config.properties"),
-            "--key-file",
-            str(node.workdir / KEY_FILE),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    rotated = keys_cli(node, "rotate", "inference")
     assert rotated.returncode == 0, rotated.stderr
 
 

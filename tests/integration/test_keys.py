@@ -3,14 +3,11 @@ README says keeps working across a rotation; old and expired keys are refused.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 from clients.torchserve import TorchServeClient, key_refused
-from common.paths import ROOT
 from common.torchserve_files import KEY_FILE, read_keys
-from helpers import ONE_WORKER_MODELS, predict
+from helpers import ONE_WORKER_MODELS, keys_cli, predict
 from testbed.local_server import LocalTorchServe
 
 
@@ -22,25 +19,6 @@ def start(store, workdir, expiry_min, wait_for_models=True):
     ).start(wait_for_models=wait_for_models)
 
 
-def tokens(server, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clients.keys",
-            *args,
-            "--config",
-            str(server.workdir / "config.properties"),
-            "--key-file",
-            str(server.workdir / KEY_FILE),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-
-
 def test_a_client_keeps_working_across_a_rotation(default_store, tmp_path):
     server = start(default_store, tmp_path / "ts", 1440)
     try:
@@ -49,7 +27,7 @@ def test_a_client_keeps_working_across_a_rotation(default_store, tmp_path):
         old = dict(client.keys)
 
         for kind in ("inference", "management"):
-            result = tokens(server, "rotate", kind)
+            result = keys_cli(server, "rotate", kind)
             assert result.returncode == 0, result.stderr
             assert old[kind] not in result.stdout + result.stderr  # keys are never printed
         new = read_keys(server.workdir / KEY_FILE)
@@ -65,7 +43,7 @@ def test_a_client_keeps_working_across_a_rotation(default_store, tmp_path):
         assert client.management("/models")[0] == 200
         assert client.keys == new
 
-        shown = tokens(server, "show")
+        shown = keys_cli(server, "show")
         assert shown.returncode == 0 and "inference: expires" in shown.stdout
         assert new["inference"] not in shown.stdout
     finally:
@@ -82,7 +60,7 @@ def test_keys_expire_and_a_rotation_renews_them(default_store, tmp_path):
             time.sleep(1)
         assert key_refused(*_post(server, key)), "the inference key did not expire"
         for kind in ("inference", "management"):
-            result = tokens(server, "rotate", kind)
+            result = keys_cli(server, "rotate", kind)
             assert result.returncode == 0, result.stderr
         server.client.wait_until_ready(180)  # re-reads the rotated keys when refused
         fresh = read_keys(server.workdir / KEY_FILE)["inference"]
