@@ -27,6 +27,7 @@ __all__ = [
     "SteadyLoad",
     "gateway_in_front",
     "handler_imports",
+    "imported_modules",
     "poll",
     "settled",
     "metric",
@@ -64,24 +65,27 @@ def settled(read: Callable[[], T], timeout: float = 10.0, interval: float = 0.3)
     return last
 
 
+def imported_modules(path: Path) -> list[str]:
+    """The top-level module of every absolute import statement in a file, at any depth
+    (inside functions too)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".")[0])
+    return names
+
+
 def handler_imports(handler: Path) -> set[str]:
     """The modules of the handler's folder that `handler` imports, directly or through one
     another (every import statement, at any depth): what its archive must pack."""
     folder, found, todo = handler.parent, set(), [handler]
     while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top not in found and (folder / f"{top}.py").is_file():
-                    found.add(top)
-                    todo.append(folder / f"{top}.py")
+        for top in imported_modules(todo.pop()):
+            if top not in found and (folder / f"{top}.py").is_file():
+                found.add(top)
+                todo.append(folder / f"{top}.py")
     return found
 
 

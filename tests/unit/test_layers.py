@@ -4,9 +4,8 @@ import statement counts, those inside functions too."""
 
 from __future__ import annotations
 
-import ast
-
 from common.paths import ROOT
+from helpers import imported_modules
 
 PACKAGES = ("common", "training", "clients", "server", "gateway", "testbed", "bench")
 
@@ -15,17 +14,9 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     """{other package: the files of `package` that import it}."""
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / package).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top in PACKAGES and top != package:
-                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+        for top in imported_modules(path):
+            if top in PACKAGES and top != package:
+                found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
 
