@@ -3,20 +3,22 @@
 
 `POST /explanations/<model>` takes the bodies predictions take (text/plain, {"text": str},
 {"text": [...]}), and a JSON object may also say how many integration steps it wants
-({"text": "...", "steps": 20}). Each text is answered with its prediction and, per word of
-the text, its attribution toward the predicted label, with character offsets. The
-attributions of a text add up to the predicted label's probability for the text minus its
-probability for the baseline (the same text with every word token replaced by the padding
-token), up to the integral's error, which is reported as `convergence_delta`.
+({"text": "...", "steps": 20}). Each text is answered with its prediction, the one
+`/predictions` gives (label, score and scores of the model served, whatever its backend),
+and, per word of the text, its attribution toward that label, with character offsets.
 
-The model explained is the PyTorch fp32 model of the archive's weights: gradients need it,
-and with backend onnxruntime (or int8) it is loaded on the first explanation. Captum is
-imported then too, never at start.
+Attributions need gradients, so they are computed on the PyTorch fp32 model of the
+archive's weights (the served model itself when it is that; else loaded on the first
+explanation, with Captum, never at start), always toward the served label, even on the
+rare text where the fp32 copy would pick another one. They add up to the fp32 copy's
+probability of that label for the text (`target_score`) minus its probability for the
+baseline (the same text with every word token replaced by the padding token), up to the
+integral's error, which is reported as `convergence_delta`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +101,11 @@ class Explainer:
 
         return cls(AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer, labels, threads)
 
-    def explain(self, text: str, steps: int, max_tokens: int) -> dict[str, Any]:
+    def explain(
+        self, text: str, steps: int, max_tokens: int, served: Callable[[str], Sequence[float]]
+    ) -> dict[str, Any]:
+        """`text`'s prediction by `served` (the served model's class probabilities) and its
+        words' attributions toward that prediction's label."""
         torch = self.torch
         encoded = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
         n_tokens = encoded["input_ids"].shape[1]
@@ -113,9 +119,10 @@ class Explainer:
         ).bool()
         baseline = torch.where(special, input_ids[0], torch.tensor(self.tokenizer.pad_token_id)).unsqueeze(0)
         torch.set_num_threads(self.threads)
+        probabilities = list(served(text))
+        target = max(range(len(probabilities)), key=probabilities.__getitem__)
         with torch.no_grad():
-            probabilities = torch.softmax(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, -1)[0]
-            target = int(probabilities.argmax())
+            target_score = float(self.probability(input_ids, attention_mask, target)[0])
             baseline_score = float(self.probability(baseline, attention_mask, target)[0])
         attributions, delta = self.lig.attribute(
             input_ids,
@@ -126,7 +133,7 @@ class Explainer:
             return_convergence_delta=True,
         )
         per_token = attributions.sum(dim=-1)[0].tolist()
-        scores = {name: round(float(p), 6) for name, p in zip(self.labels, probabilities.tolist(), strict=True)}
+        scores = {name: round(float(p), 6) for name, p in zip(self.labels, probabilities, strict=True)}
         return {
             "label": self.labels[target],
             "score": scores[self.labels[target]],
@@ -135,6 +142,7 @@ class Explainer:
                 "target": self.labels[target],
                 "method": METHOD,
                 "steps": steps,
+                "target_score": round(target_score, 6),
                 "baseline_score": round(baseline_score, 6),
                 "convergence_delta": round(float(delta[0]), 6),
                 "words": merge_word_pieces(text, encoded["offset_mapping"][0].tolist(), encoded.word_ids(0), per_token),

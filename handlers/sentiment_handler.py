@@ -230,7 +230,9 @@ class SentimentHandler(BaseHandler):
                 row, self.options.limits, self.explain_limits, self._header(idx, "content-type")
             )
             explainer = self._explainer()
-            results = [explainer.explain(text, steps, self.explain_limits.max_tokens) for text in request.texts]
+            results = [
+                explainer.explain(text, steps, self.explain_limits.max_tokens, self._served) for text in request.texts
+            ]
             status, body = 200, json.dumps(results if request.is_list else results[0])
             tally.explain_seconds.append(time.perf_counter() - started)
         except Exception as e:
@@ -244,6 +246,10 @@ class SentimentHandler(BaseHandler):
         self.context.set_response_content_type(idx, "application/json")
         self.context.set_response_status(status, "", idx)
         return body
+
+    def _served(self, text: str) -> list[float]:
+        """One text's class probabilities from the served model, as /predictions computes them."""
+        return self._forward(self._tokenize([text]))[0]
 
     def _explainer(self) -> Explainer:
         """Loaded on the first explanation: the serving model itself when it is PyTorch fp32,

@@ -80,7 +80,9 @@ def test_attributions_add_up_to_the_prediction_minus_the_baseline(handler_and_co
     assert [w["word"] for w in explanation["words"]] == ["I", "love", "this", "film"]
     assert explanation["target"] == answer["label"] and explanation["steps"] == 32
     total = sum(w["attribution"] for w in explanation["words"])
-    assert total == pytest.approx(answer["score"] - explanation["baseline_score"], abs=1e-3)
+    # the fp32 PyTorch model is the one served here: what is explained is what was answered
+    assert explanation["target_score"] == pytest.approx(answer["score"], abs=1e-5)
+    assert total == pytest.approx(explanation["target_score"] - explanation["baseline_score"], abs=1e-3)
     assert abs(explanation["convergence_delta"]) < 1e-3
 
 
@@ -126,3 +128,23 @@ def test_onnxruntime_explains_from_the_archives_weights(onnx_model_dir):
     ((status, answer, _),) = run_batch(handler, context, [({"body": b"I love it"}, "text/plain", EXPLAIN)])
     assert status == 200 and [w["word"] for w in answer["explanation"]["words"]] == ["I", "love", "it"]
     assert type(handler.explainer.model).__name__ == "BertForSequenceClassification"
+    # label and scores are the served int8 graph's, the very ones /predictions answers
+    ((_, predicted, _),) = run_batch(handler, context, [({"body": b"I love it"}, "text/plain")])
+    assert {k: answer[k] for k in ("label", "score", "scores")} == predicted
+    assert answer["explanation"]["target"] == predicted["label"]
+
+
+def test_attributions_are_toward_the_served_label_even_where_the_fp32_copy_disagrees(handler_and_context):
+    """A served model that ranks the labels the other way round from the fp32 copy: the
+    answer is the served one, and the attributions explain that label, not the copy's."""
+    handler, _ = handler_and_context
+    explainer = handler._explainer()  # loaded on the first explanation: here, or by another test
+    own = explainer.explain("I love this film", 8, 24, handler._served)
+    flipped = explainer.explain("I love this film", 8, 24, lambda text: list(reversed(handler._served(text))))
+    assert flipped["label"] != own["label"] and flipped["explanation"]["target"] == flipped["label"]
+    negative, positive = own["scores"]
+    assert flipped["scores"] == {negative: own["scores"][positive], positive: own["scores"][negative]}
+    # toward the other label: the copy's probabilities of the two labels add up to one
+    assert flipped["explanation"]["target_score"] == pytest.approx(1 - own["explanation"]["target_score"], abs=1e-5)
+    for a, b in zip(own["explanation"]["words"], flipped["explanation"]["words"], strict=True):
+        assert b["attribution"] == pytest.approx(-a["attribution"], abs=1e-4)

@@ -1,0 +1,136 @@
+"""What an explanation costs, and what it costs the predictions around it.
+
+    .venv/bin/python -m bench.explanation_cost [--seconds 12] [--out bench/results]
+
+Starts a real TorchServe with the shipped archive (model_store/sentiment.mar, the repo's
+config.properties) and the gateway in front of it (one client key, rate limit lifted; the
+gateway's one-explanation-at-a-time limit as shipped). Predictions of held-out tweets at
+concurrency 4 for --seconds, alone, then beside one client asking for explanations of a
+10-word sentence (50 steps) back to back. Writes explanation_cost.json to --out: one
+explanation's median time, and the predictions' p50 and p99 in each phase, with the
+machine. docs/explanations.md reads its figures from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench.run import machine
+from common import events
+from common.net import free_port
+from common.paths import MODEL_STORE, ROOT
+from gateway.nginx import Gateway, GatewaySettings, Node
+from testbed.local_server import LocalTorchServe
+from training.tweets import split_tweets
+
+SENTENCE = "the food was great but the service was awful"
+KEY = "bench-explanations-key-31415"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def predictions(url: str, texts: list[str], seconds: float, clients: int = 4) -> list[float]:
+    """Closed-loop predictions for `seconds`: each answer's latency in ms (all must be 200)."""
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def client(n: int) -> None:
+        session, i = requests.Session(), n
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            answer = session.post(url, json={"text": texts[i % len(texts)]}, headers=AUTH, timeout=60)
+            if answer.status_code != 200:
+                raise RuntimeError(f"a prediction got {answer.status_code}: {answer.text[:200]}")
+            latencies.append((time.monotonic() - started) * 1000)
+            i += clients
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(client, range(clients)))
+    return latencies
+
+
+def measure(gateway: Gateway, seconds: float) -> dict:
+    texts = [t.text for t in split_tweets()[1][:300]]
+    predict_url, explain_url = gateway.url("/predictions/sentiment"), gateway.url("/explanations/sentiment")
+    predictions(predict_url, texts, 3)  # warm-up
+    alone = predictions(predict_url, texts, seconds)
+    explained: list[float] = []
+    stop = threading.Event()
+
+    def explainer() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            started = time.monotonic()
+            answer = session.post(explain_url, json={"text": SENTENCE}, headers=AUTH, timeout=120)
+            if answer.status_code == 200:
+                explained.append((time.monotonic() - started) * 1000)
+
+    thread = threading.Thread(target=explainer)
+    thread.start()
+    try:
+        beside = predictions(predict_url, texts, seconds)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    return {
+        "explanation_ms_median": round(statistics.median(explained), 1),
+        "explanations": len(explained),
+        "predictions_alone": {
+            "count": len(alone),
+            "p50_ms": round(percentile(alone, 0.5), 1),
+            "p99_ms": round(percentile(alone, 0.99), 1),
+        },
+        "predictions_beside_explanations": {
+            "count": len(beside),
+            "p50_ms": round(percentile(beside, 0.5), 1),
+            "p99_ms": round(percentile(beside, 0.99), 1),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=12.0, help="each phase's measured window")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="explanation-cost-") as tmp:
+        server = LocalTorchServe(model_store=MODEL_STORE, workdir=Path(tmp) / "ts")
+        server.start()
+        try:
+            settings = GatewaySettings(free_port(), {"bench": KEY}, rate_per_s=1000, burst=1000)
+            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(server.workdir)])
+            try:
+                events.log("explanation_cost", f"measuring, {args.seconds:.0f} s a phase")
+                result = measure(gateway, args.seconds)
+            finally:
+                gateway.stop()
+        finally:
+            server.stop()
+    result = {
+        "what": "predictions at concurrency 4 through the gateway, alone and beside one client explaining "
+        f'"{SENTENCE}" (50 steps) back to back; the shipped archive and config.properties',
+        "seconds_per_phase": args.seconds,
+        "machine": machine(),
+        **result,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "explanation_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
