@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="explanation-cost-") as tmp:
-        server = LocalTorchServe(model_store=MODEL_STORE, workdir=Path(tmp) / "ts")
+        workdir = Path(tmp) / "ts"
+        server = LocalTorchServe(model_store=MODEL_STORE, workdir=workdir)
         server.start()
         try:
             settings = GatewaySettings(free_port(), {"bench": KEY}, rate_per_s=1000, burst=1000)
-            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(server.workdir)])
+            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(workdir)])
             try:
                 events.log("explanation_cost", f"measuring, {args.seconds:.0f} s a phase")
                 result = measure(gateway, args.seconds)
