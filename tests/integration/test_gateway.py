@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,10 @@ def paced(gateway, n, client="alice"):
     return answers
 
 
-@pytest.fixture(scope="module")
-def cluster(default_store, tmp_path_factory):
+@contextmanager
+def two_nodes_behind_a_gateway(default_store, tmp: Path):
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         pytest.fail("nginx is missing: apt-get install nginx-light (.ci/run does)")
-    tmp = tmp_path_factory.mktemp("cluster")
     nodes = [
         LocalTorchServe(model_store=default_store, workdir=tmp / f"node{i}", overrides={"models": ONE_WORKER_MODELS})
         for i in (1, 2)
@@ -90,6 +90,13 @@ def cluster(default_store, tmp_path_factory):
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(default_store, tmp_path_factory):
+    """Two nodes and a gateway the module's tests share; none of them stops a node."""
+    with two_nodes_behind_a_gateway(default_store, tmp_path_factory.mktemp("cluster")) as both:
+        yield both
 
 
 def test_clients_need_a_gateway_key(cluster):
@@ -137,11 +144,10 @@ def test_an_anonymous_flood_of_every_open_route_costs_the_nodes_no_inference(clu
         window = 10.0
 
         def count_over(work):
-            time.sleep(1)  # the workers' metrics reach the frontend asynchronously
-            before = inferences(nodes)
+            # the workers' metrics reach the frontend asynchronously: a count that stopped moving
+            before = settled(lambda: inferences(nodes))
             work(time.monotonic() + window)
-            time.sleep(1)
-            return inferences(nodes) - before
+            return settled(lambda: inferences(nodes)) - before
 
         def flood_until(stop):
             def flood(path):
@@ -263,8 +269,13 @@ def test_a_changed_clients_file_counts_at_once_and_loses_no_request(cluster, tmp
     assert load.failed == [] and load.ok > 20, (load.ok, load.failed[:5])
 
 
-def test_both_nodes_serve_and_a_stopped_node_fails_over(cluster):
-    gateway, nodes = cluster
+def test_both_nodes_serve_and_a_stopped_node_fails_over(default_store, tmp_path):
+    """Stops both nodes: a cluster of its own, so that no test after it finds them down."""
+    with two_nodes_behind_a_gateway(default_store, tmp_path) as (gateway, nodes):
+        both_serve_then_each_stop(gateway, nodes)
+
+
+def both_serve_then_each_stop(gateway, nodes):
     since = settled(lambda: log_length(gateway))  # earlier tests' requests all logged
     answers = paced(gateway, 20)
     assert [a.status_code for a in answers] == [200] * 20
