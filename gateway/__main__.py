@@ -75,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--rate", type=int, default=50, help="requests/s per client")
     p.add_argument("--burst", type=int, default=100)
+    p.add_argument(
+        "--in-flight-per-node",
+        type=int,
+        default=GatewaySettings.in_flight_per_node,
+        help="requests in progress per node, all clients together; past it 429 at once",
+    )
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "gateway")
     p.add_argument("--wait-for-nodes", type=float, default=300.0, help="seconds to wait for the key files")
     p.add_argument(
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nodes = wait_for_nodes(args.node, args.wait_for_nodes, stopping)
     settings = GatewaySettings(args.port, clients, args.rate, args.burst, listen=args.listen, jwt=jwt)
+    settings.in_flight_per_node = args.in_flight_per_node
     gateway = Gateway(args.workdir, settings, output=None).start(nodes)
     log(f"gateway on {gateway.url()} in front of {len(nodes)} node(s)")
 

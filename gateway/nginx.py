@@ -76,7 +76,11 @@ class GatewaySettings:
     idle_timeout_s: int = 30  # an idle keep-alive connection
     conn_per_key: int = 64  # requests in progress per gateway key
     conn_per_address: int = 256  # per client address
-    conn_total: int = 1024
+    # requests in progress per node behind the gateway, all keys together: what a node answers
+    # within a few of its unloaded p50s (bench/results/overload.json). Past it the next one gets
+    # 429 at once rather than a place in TorchServe's queue it would wait in for longer than
+    # its answer is worth (the handler's queue_budget_ms sheds those, at a higher cost).
+    in_flight_per_node: int = 48
     worker_connections: int = 4096
     probe_rate_per_s: int = 20  # anonymous routes, per client address
     probe_burst: int = 40
@@ -150,11 +154,13 @@ def node_socket(workdir: Path, index: int) -> Path:
 
 
 # What every proxying location sends on: the headers the handler reads are the gateway's
-# (the protocol by route; explain and describe never from a client), and the client's
+# (the protocol by route; explain and describe never from a client; the time it sends the
+# request on, which the handler's queue budget counts from), and the client's
 # key or token stays here (the node's server block puts in the node's key).
 NODE_HEADERS = """            proxy_set_header Connection "";
             proxy_set_header Authorization "";
             proxy_set_header sentiment-protocol $protocol;
+            proxy_set_header sentiment-sent-at $msec;
             proxy_set_header explain "";
             proxy_set_header describe "";"""
 
@@ -245,7 +251,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "IDLE_TIMEOUT": f"{settings.idle_timeout_s}s",
         "CONN_PER_KEY": str(settings.conn_per_key),
         "CONN_PER_ADDRESS": str(settings.conn_per_address),
-        "CONN_TOTAL": str(settings.conn_total),
+        "CONN_TOTAL": str(settings.in_flight_per_node * len(nodes)),
         "WORKER_CONNECTIONS": str(settings.worker_connections),
         "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,

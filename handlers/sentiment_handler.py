@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 
 OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
+# set by the gateway on every request it sends on (a client's own value is replaced):
+# its clock then, which the queue budget counts from
+SENT_AT_HEADER = "sentiment-sent-at"
 
 
 def deployment_overrides() -> dict[str, Any]:
@@ -160,8 +163,13 @@ class SentimentHandler(BaseHandler):
         bug. Nothing escapes to TorchServe, which would fail the whole batch.
         """
         self.context = context
-        explain = {i for i in range(len(data)) if context.get_request_header(i, "explain") == "True"}
         tally = Tally()
+        # requests that waited past the queue budget are not run: their clients are gone
+        # or about to be, and the model's time goes to requests that can still be answered
+        now = time.time()
+        late = {i: error for i in range(len(data)) if (error := self._overdue(i, now)) is not None}
+        live = [i for i in range(len(data)) if i not in late]
+        explain = {i for i in live if context.get_request_header(i, "explain") == "True"}
 
         def attempt(rows: Sequence[int]) -> list[str]:
             mine = Tally()
@@ -175,23 +183,51 @@ class SentimentHandler(BaseHandler):
             tally.add(mine)
             return answers
 
-        answers = run_isolated(list(range(len(data))), attempt)
+        answered = dict(zip(live, run_isolated(live, attempt), strict=True))
         out: list[str] = []
-        for idx, answer in enumerate(answers):
-            if isinstance(answer, Exception):
+        for idx in range(len(data)):
+            answer = answered[idx] if idx in answered else late[idx]
+            if isinstance(answer, RequestError):  # over the queue budget
+                out.append(self._refuse(idx, answer, tally))
+                self.context.set_response_header(idx, "Retry-After", "1")
+            elif isinstance(answer, Exception):
                 _log_failure("answering", answer)
-                envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
-                error = internal_error("answering")
-                tally.errors.append(error.kind)
-                status, answer = render(envelope, error, self.labels, self.served_model)
-                self.context.set_response_content_type(idx, "application/json")
-                self.context.set_response_status(status, "", idx)
-            out.append(answer)
+                out.append(self._refuse(idx, internal_error("answering"), tally))
+            else:
+                out.append(answer)
         try:
-            self._emit_batch(tally, len(data) - len(explain))
+            self._emit_batch(tally, len(live) - len(explain))
         except Exception as e:  # the answers stand without their metrics
             _log_failure("counting the metrics of", e)
         return out
+
+    def _overdue(self, idx: int, now: float) -> RequestError | None:
+        """The 503 of a request that waited longer than `queue_budget_ms` since the gateway
+        sent it on (its `sentiment-sent-at` header, seconds since the epoch on the pod's
+        clock); None for one in time, and for one without the header (straight to port 8080)."""
+        budget = self.options.queue_budget_ms
+        sent = self._header(idx, SENT_AT_HEADER) if budget else None
+        try:
+            waited_ms = (now - float(sent)) * 1000 if sent is not None else 0.0
+        except ValueError:
+            return None
+        if waited_ms <= budget:
+            return None
+        return RequestError(
+            503,
+            "Overloaded",
+            f"waited {waited_ms:.0f} ms for a worker, over the {budget} ms the service keeps a request: "
+            "it is over capacity; retry after a second",
+        )
+
+    def _refuse(self, idx: int, error: RequestError, tally: Tally) -> str:
+        """Request `idx`'s error answer, in its protocol, counted."""
+        envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
+        tally.errors.append(error.kind)
+        status, body = render(envelope, error, self.labels, self.served_model)
+        self.context.set_response_content_type(idx, "application/json")
+        self.context.set_response_status(status, "", idx)
+        return body
 
     def _emit_batch(self, tally: Tally, predictions: int) -> None:
         """The handler metrics of one batch, each once (docs/metrics.md): its size and texts

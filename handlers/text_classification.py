@@ -58,6 +58,10 @@ class HandlerOptions:
     explain_max_steps: int = 200  # the most a request may ask for (413 beyond)
     explain_max_texts: int = 4  # texts per explanation request (413 beyond)
     explain_max_tokens: int = 64  # tokens per text to explain, special tokens included (413 beyond)
+    # a request that waited longer than this from the gateway to its batch gets a 503 Overloaded
+    # (Retry-After: 1) instead of the model's time; 0: never (requests without the gateway's
+    # sentiment-sent-at header, straight to TorchServe, are always run)
+    queue_budget_ms: int = 0
     simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod

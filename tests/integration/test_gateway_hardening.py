@@ -257,12 +257,12 @@ def test_open_requests_are_capped_per_key_and_other_keys_go_on(front):
     assert poll(lambda: ask(gateway, key=CLIENTS["bob"]), lambda r: r.status_code == 200).status_code == 200
 
 
-def test_the_total_cap_counts_every_request_whoever_sends_it(server, tmp_path):
-    """conn_total requests in progress, from as many keys as the test has, and the next one
-    is refused while those are answered once their bodies arrive."""
+def test_the_in_flight_cap_counts_every_request_whoever_sends_it(server, tmp_path):
+    """in_flight_per_node requests in progress (one node), from as many keys as the test has,
+    and the next one is refused while those are answered once their bodies arrive."""
     total = 3
     keys = {f"client{i}": f"client{i}-key-" + "k" * 40 for i in range(total + 1)}
-    with gateway_in_front(server, tmp_path / "gateway", keys, conn_total=total) as gateway:
+    with gateway_in_front(server, tmp_path / "gateway", keys, in_flight_per_node=total) as gateway:
         held = []
         full = [request_bytes(b'{"text": "I love this"}', key=key) for key in keys.values()]
         try:
@@ -404,3 +404,39 @@ def test_a_busy_node_stays_ready(one_slow_node):
         statuses = [s for f in flood for s in f.result()]
     assert 503 in statuses, "the slow node's queue never filled: the test did not load it"
     assert verdicts and all(verdicts), f"{verdicts.count(False)} of {len(verdicts)} polls said not ready"
+
+
+def test_requests_that_waited_past_the_queue_budget_get_503_with_retry_after(tiny_model_dir, tmp_path):
+    """A node of the tiny model at 300 ms a batch of 4, queue budget 200 ms, and 20
+    requests at once through the gateway: the first batch is answered, and the requests
+    that then waited past the budget are answered 503 Overloaded (JSON, Retry-After: 1,
+    through TorchServe and nginx) instead of being run late."""
+    from helpers import tiny_archive
+
+    store = tmp_path / "store"
+    store.mkdir()
+    tiny_archive(
+        tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300", "queue_budget_ms=200"]
+    )
+    models = {
+        "sentiment": {
+            "1.0": {"defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1, "maxWorkers": 1}
+            | {"batchSize": 4, "maxBatchDelay": 5}
+        }
+    }
+    node = LocalTorchServe(model_store=store, workdir=tmp_path / "node", overrides={"models": json.dumps(models)})
+    node.start()
+    try:
+        with (
+            gateway_in_front(node, tmp_path / "gateway", CLIENTS) as gateway,
+            ThreadPoolExecutor(max_workers=20) as pool,
+        ):
+            answers = list(pool.map(lambda _: ask(gateway), range(20)))
+    finally:
+        node.stop()
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 8, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    for refused in (a for a in answers if a.status_code == 503):
+        assert refused.json()["type"] == "Overloaded", refused.text
+        assert refused.headers.get("Retry-After") == "1" and refused.headers["Content-Type"] == "application/json"

@@ -201,3 +201,45 @@ def test_torchserve_finds_the_handler_class_in_its_module():
 
     handle, initialize = TsModelLoader()._get_class_entry_point(sentiment_handler)
     assert handle.__self__.__class__ is SentimentHandler and initialize.__self__ is handle.__self__
+
+
+def test_requests_past_the_queue_budget_get_503_and_cost_the_model_nothing(tiny_model_dir, monkeypatch, caplog):
+    """The gateway stamps each request with its clock when it sends it on; one that waited
+    longer than queue_budget_ms gets a 503 Overloaded with Retry-After, in its protocol,
+    and the others of its batch are answered as if it were not there."""
+    import time
+
+    handler, context = initialized_handler(tiny_model_dir, {"queue_budget_ms": 200})
+    now = time.time()
+    fresh, stale = {"sentiment-sent-at": f"{now - 0.05:.3f}"}, {"sentiment-sent-at": f"{now - 0.5:.3f}"}
+    alone = run_batch(handler, context, [({"body": b'{"text": "fine"}'}, JSON)])[0]
+    forwarded: list[int] = []
+    real = handler._forward
+    monkeypatch.setattr(handler, "_forward", lambda features: forwarded.append(len(features)) or real(features))
+    with caplog.at_level(logging.INFO):
+        answers = run_batch(
+            handler,
+            context,
+            [
+                ({"body": b'{"text": "fine"}'}, JSON, fresh),
+                ({"body": b'{"text": ["a", "b", "c"]}'}, JSON, stale),
+                ({"body": b'{"text": "fine"}'}, JSON),  # no stamp: straight to TorchServe, always run
+                ({"body": b'{"instances": ["a"]}'}, JSON, {**stale, "sentiment-protocol": "kserve-v1"}),
+                ({"body": b'{"text": "fine"}'}, JSON, {"sentiment-sent-at": "not a time"}),  # run, not refused
+            ],
+        )
+    assert [a[0] for a in answers] == [200, 503, 200, 503, 200]
+    assert answers[0] == answers[2] == answers[4] == alone
+    assert answers[1][1]["type"] == "Overloaded" and answers[1][2] == JSON
+    assert answers[3][1]["error"].startswith("Overloaded")  # KServe v1's error shape
+    assert [context.get_response_headers(i).get("Retry-After") for i in range(5)] == [None, "1", None, "1", None]
+    assert sum(forwarded) == 3  # the three in time; none of the stale requests' four texts
+    batch_sizes = [v for name, v, _ in emitted_metrics(caplog) if name == "SentimentBatchSize"]
+    errors = [d["ErrorType"] for name, _, d in emitted_metrics(caplog) if name == "SentimentRequestErrors"]
+    assert batch_sizes == [3] and errors == ["Overloaded", "Overloaded"]
+
+
+def test_no_queue_budget_runs_every_request_however_long_it_waited(tiny_model_dir):
+    handler, context = initialized_handler(tiny_model_dir)  # queue_budget_ms 0
+    old = {"sentiment-sent-at": "1000000000.000"}  # 2001
+    assert run_batch(handler, context, [({"body": b'{"text": "fine"}'}, JSON, old)])[0][0] == 200

@@ -1,0 +1,134 @@
+"""Overload, measured: goodput and latency with arrivals past what the service can do.
+
+    .venv/bin/python -m bench.overload [--seconds 60] [--multiples 0.8,1.5,3] [--out bench/results]
+
+Starts a real TorchServe with the shipped archive and config.properties (its workers,
+batching and job queue) and the gateway in front of it (the shipped per-key limit of 64
+open requests; the request rate limit lifted, as for one heavy client the operator let
+in). Then:
+
+1. capacity: closed-loop clients at concurrency 16 straight to port 8080 for 15 s
+   (bench/loadgen.py): its throughput is the capacity, 4x its p50 the deadline an answer
+   must meet to count as goodput;
+2. for each way in (straight to port 8080; through the gateway with one client key;
+   through it with four keys) and each multiple of the capacity: open-loop arrivals
+   (bench/openloop.py, a new connection per request) at that rate for --seconds, then at
+   half the capacity for 6 s, started on schedule while the overload's last answers are
+   still coming. Recorded: the statuses, goodput, p50/p99 of the 2xx answers, the
+   refusals' (429/503) p50/p99 and whether each carried Retry-After, how late the
+   generator was, the seconds after the overload until the 2xx p50 over half-second
+   windows is back within 1.5x the unloaded one, and whether any worker restarted.
+
+The handler's queue budget (`queue_budget_ms`, model-config.yaml) sheds what waited too
+long through the gateway; straight to port 8080 there is no stamp to count from, so that
+row shows TorchServe alone. Writes overload.json and overload.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from bench.loadgen import json_bodies, run_load
+from bench.openloop import recovery, run_open_loop
+from bench.run import machine
+from common import events
+from common.net import free_port
+from common.paths import MODEL_STORE, ROOT
+from gateway.nginx import Gateway, GatewaySettings, Node
+from testbed.local_server import LocalTorchServe
+from training.tweets import split_tweets
+
+KEYS = {f"client{i}": f"bench-overload-key-{i}-{'x' * 24}" for i in range(4)}
+RECOVERY_SECONDS = 6.0
+
+
+def log(message: str) -> None:
+    events.log("overload", message)
+
+
+def overloads(server: LocalTorchServe, url: str, headers: list[dict], bodies: list[bytes], args, capacity) -> list:
+    """One way in: each multiple of the capacity for args.seconds, then half the capacity."""
+    runs = []
+    rate = capacity.throughput_rps
+    for multiple in args.multiples:
+        before = sorted(server.client.worker_pids("sentiment"))
+        log(f"{url}, {len(headers)} key(s): {multiple} x capacity ({multiple * rate:.0f}/s) for {args.seconds:.0f} s")
+        phases = [(multiple * rate, args.seconds), (0.5 * rate, RECOVERY_SECONDS)]
+        (over, _), (_, after) = run_open_loop(url, bodies, headers, phases, 4 * capacity.p50_ms)
+        run = {"multiple": multiple, **over.as_dict()}
+        run["recovery_s"] = recovery(after, capacity.p50_ms)
+        run["worker_restarts"] = sorted(server.client.worker_pids("sentiment")) != before
+        runs.append(run)
+        log(json.dumps(run))
+    return runs
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (good, tail) = plt.subplots(1, 2, figsize=(11, 4.2))
+    capacity = result["capacity"]["throughput_rps"]
+    for way, runs in result["runs"].items():
+        offered = [r["offered_rps"] for r in runs]
+        good.plot(offered, [r["goodput_rps"] for r in runs], marker="o", label=way)
+        tail.plot(offered, [r["ok_p99_ms"] for r in runs], marker="o", label=way)
+    good.axhline(capacity, color="grey", linestyle="--", linewidth=1, label="capacity (closed loop, c=16)")
+    good.axhline(0.9 * capacity, color="grey", linestyle=":", linewidth=1, label="0.9 x capacity")
+    tail.axhline(result["deadline_ms"], color="grey", linestyle="--", linewidth=1, label="deadline (4 x p50 at c=16)")
+    good.set(xlabel="offered requests/s (open loop)", ylabel="answers within the deadline /s", title="goodput")
+    tail.set(xlabel="offered requests/s (open loop)", ylabel="ms", title="p99 of the 2xx answers", yscale="log")
+    for ax in (good, tail):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Overload on {result['machine']['usable_cores']} cores: {result['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="each overload's length")
+    parser.add_argument("--multiples", default="0.8,1.5,3", help="offered load as multiples of the capacity")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    args.multiples = [float(m) for m in args.multiples.split(",")]
+    bodies = json_bodies([t.text for t in split_tweets()[1]])
+    result: dict = {"machine": machine(), "seconds": args.seconds, "multiples": args.multiples, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
+        workdir = Path(tmp) / "ts"
+        with LocalTorchServe(model_store=MODEL_STORE, workdir=workdir) as server:
+            direct = server.url("inference", "/predictions/sentiment")
+            node_headers = {"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"}
+            run_load(direct, bodies, node_headers, concurrency=16, duration=5, warmup=2)  # warm-up
+            capacity = run_load(direct, bodies, node_headers, concurrency=16, duration=15, warmup=3)
+            result["capacity"] = capacity.as_dict()
+            result["deadline_ms"] = round(4 * capacity.p50_ms, 1)
+            log(f"capacity {capacity.throughput_rps:.0f}/s at c=16, p50 {capacity.p50_ms:.0f} ms")
+            settings = GatewaySettings(free_port(), KEYS, rate_per_s=100_000, burst=100_000)
+            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(workdir)])
+            try:
+                through = gateway.url("/predictions/sentiment")
+                keyed = [{"Authorization": f"Bearer {k}", "Content-Type": "application/json"} for k in KEYS.values()]
+                ways = {
+                    "straight to TorchServe": (direct, [node_headers]),
+                    "gateway, one key": (through, keyed[:1]),
+                    "gateway, four keys": (through, keyed),
+                }
+                for way, (url, headers) in ways.items():
+                    result["runs"][way] = overloads(server, url, headers, bodies, args, capacity)
+            finally:
+                gateway.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "overload.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "overload.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
