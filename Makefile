@@ -59,6 +59,7 @@ lint: $(VENV)/.installed
 bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	@$(call need,wrk,wrk)
 	$(PY) -m bench.run
+	$(PY) -m bench.overload
 	$(PY) -m bench.explanation_cost
 
 # $(call need,COMMAND,DEBIAN PACKAGES): install the packages with apt-get when COMMAND is missing;

@@ -1,11 +1,15 @@
 """LitServe 0.2.19 serving the same model, the peer in the benchmark.
 
     python -m bench.litserve_app --model DIR --port 8000 [--batch 16] [--timeout-ms 10]
-                                 [--workers 1] [--threads 2]
+                                 [--workers 1] [--threads 2] [--onnx]
 
 The same request and answer as this project's API ({"text": "..."} -> label, score,
-scores), the same tokenizer, max_length and PyTorch model, with LitServe's own dynamic
-batching (max_batch_size, batch_timeout) and its worker processes.
+scores), the same tokenizer and max_length, with LitServe's own dynamic batching
+(max_batch_size, batch_timeout) and its worker processes. The model: PyTorch fp32 from
+DIR; or, with --onnx, the very graph the shipped archive serves (DIR/model.onnx, int8,
+exported by handlers/export_onnx.py) run by the handler's own backend and micro-batching
+code (handlers/backends.py, text_classification.py; handlers/ on PYTHONPATH), the
+shipped micro_batch_size included: like for like, only the server differs.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import litserve as ls
 
 
 class SentimentAPI(ls.LitAPI):
-    def __init__(self, model_dir: str, threads: int, max_length: int, **kwargs):
+    def __init__(self, model_dir: str, threads: int, max_length: int, onnx: bool, **kwargs):
         super().__init__(**kwargs)
-        self.model_dir, self.threads, self.max_length = model_dir, threads, max_length
+        self.model_dir, self.threads, self.max_length, self.onnx = model_dir, threads, max_length, onnx
 
     def setup(self, device):
+        if self.onnx:
+            self.setup_onnx()
+            return
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -34,6 +41,33 @@ class SentimentAPI(ls.LitAPI):
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
 
+    def setup_onnx(self):
+        import yaml
+        from transformers import AutoTokenizer
+
+        import backends
+        import text_classification as tc
+        from common.paths import MODEL_CONFIG
+
+        shipped = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
+        options = tc.HandlerOptions(backend="onnxruntime", quantize=shipped["quantize"], torch_threads=self.threads)
+        self.backend = backends.load(self.model_dir, options, None, False, self.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tc, self.micro_batch_size = tc, shipped["micro_batch_size"]
+        self.pad_values = tc.pad_values(self.tokenizer)
+        self.labels = tc.label_names(self.backend.config.id2label, self.backend.config.num_labels)
+
+    def predict_onnx(self, texts):
+        """What the handler's inference does: tokenize, length-sorted micro-batches, padded."""
+        tc = self.tc
+        encodings = tc.tokenize(self.tokenizer, texts, self.max_length)
+        out = [None] * len(texts)
+        for group in tc.micro_batches([len(e["input_ids"]) for e in encodings], self.micro_batch_size):
+            batch = tc.pad([encodings[i] for i in group], self.pad_values, self.tokenizer.padding_side == "left")
+            for i, probabilities in zip(group, self.backend.probabilities(batch), strict=True):
+                out[i] = probabilities
+        return out
+
     def decode_request(self, request):
         return request["text"]
 
@@ -41,6 +75,8 @@ class SentimentAPI(ls.LitAPI):
         return list(inputs)
 
     def predict(self, texts):
+        if self.onnx:
+            return self.predict_onnx(texts)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with self.torch.inference_mode():
             return self.torch.softmax(self.model(**enc).logits, dim=-1).tolist()
@@ -62,11 +98,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--onnx", action="store_true", help="DIR/model.onnx through the handler's backend code")
     args = p.parse_args()
     api = SentimentAPI(
         args.model,
         args.threads,
         args.max_length,
+        args.onnx,
         max_batch_size=args.batch,
         batch_timeout=args.timeout_ms / 1000,
         api_path="/predict",

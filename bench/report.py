@@ -46,6 +46,25 @@ def targets(results: dict) -> list[dict]:
             "measured": ratio(ship["load"][c]["throughput_rps"], lit[c]["throughput_rps"]),
             "met": ship["load"][c]["throughput_rps"] >= 2.5 * lit[c]["throughput_rps"],
         },
+    ]
+    # like for like: LitServe on the very graph and backend code the shipped archive runs
+    like = results["litserve_int8"]
+    for cc, bar in (("16", 1.5), ("64", 1.8)):
+        rows.append(
+            {
+                "target": f"shipped at c={cc} >= {bar} x LitServe on the same int8 graph ({like['best']})",
+                "measured": ratio(ship["load"][cc]["throughput_rps"], like["load"][cc]["throughput_rps"]),
+                "met": ship["load"][cc]["throughput_rps"] >= bar * like["load"][cc]["throughput_rps"],
+            }
+        )
+    rows.append(
+        {
+            "target": "shipped p50 at c=1 no slower than LitServe's on the same int8 graph",
+            "measured": f"{ship['load']['1']['p50_ms']:.1f} ms vs {like['load']['1']['p50_ms']:.1f} ms",
+            "met": ship["load"]["1"]["p50_ms"] <= like["load"]["1"]["p50_ms"],
+        }
+    )
+    rows += [
         {
             "target": f"shipped accuracy within 1 point of {s['reference']}",
             "measured": f"{ship['heldout_accuracy']:.4f} vs {ref['heldout_accuracy']:.4f} "
@@ -171,7 +190,10 @@ def markdown(results: dict) -> str:
     ]
     systems = {f"TorchServe, {name}": side["load"][c] for name, side in results["served"].items()}
     systems["TorchServe floor (no model)"] = results["floor"][c]
-    systems[f"LitServe ({results['litserve']['best']})"] = results["litserve"]["load"][c]
+    systems[f"LitServe, PyTorch fp32 ({results['litserve']['best']})"] = results["litserve"]["load"][c]
+    systems[f"LitServe, the shipped int8 graph ({results['litserve_int8']['best']})"] = results["litserve_int8"][
+        "load"
+    ][c]
     systems["naive FastAPI"] = results["baseline"][c]
     out += [_load_row(k, r) for k, r in systems.items()]
 
@@ -248,13 +270,24 @@ def markdown(results: dict) -> str:
 
     out += [
         "",
-        f"## LitServe: its batching at c={c}",
+        f"## LitServe on PyTorch fp32: its batching at c={c}",
         "",
         *_table("setting", {k: v[c] for k, v in results["litserve"]["sweep"].items()}),
         "",
         f"**best: {results['litserve']['best']}**",
         "",
         *_table("concurrency", results["litserve"]["load"]),
+    ]
+
+    out += [
+        "",
+        f"## LitServe on the shipped int8 ONNX graph (the handler's backend code): its batching at c={c}",
+        "",
+        *_table("setting", {k: v[c] for k, v in results["litserve_int8"]["sweep"].items()}),
+        "",
+        f"**best: {results['litserve_int8']['best']}**",
+        "",
+        *_table("concurrency", results["litserve_int8"]["load"]),
     ]
 
     out += [
@@ -373,7 +406,8 @@ def charts(results: dict, out: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     series = {f"TorchServe {name}": side["load"] for name, side in results["served"].items()}
-    series["LitServe (best)"] = results["litserve"]["load"]
+    series["LitServe, PyTorch fp32 (best)"] = results["litserve"]["load"]
+    series["LitServe, int8 graph (best)"] = results["litserve_int8"]["load"]
     series["naive FastAPI"] = results["baseline"]
     for name, load in series.items():
         cs = [int(k) for k in load]

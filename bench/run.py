@@ -459,13 +459,16 @@ def baseline_command(port: int) -> list[str]:
     ]
 
 
-def litserve_command(port: int, batch: int, timeout_ms: int, workers: int, threads: int) -> list[str]:
+def litserve_command(
+    port: int, batch: int, timeout_ms: int, workers: int, threads: int, onnx_dir: Path | None = None
+) -> list[str]:
+    onnx = [] if onnx_dir is None else ["--onnx"]
     return [
         sys.executable,
         "-m",
         "bench.litserve_app",
         "--model",
-        str(MODEL_DIR),
+        str(MODEL_DIR if onnx_dir is None else onnx_dir),
         "--port",
         str(port),
         "--batch",
@@ -478,7 +481,32 @@ def litserve_command(port: int, batch: int, timeout_ms: int, workers: int, threa
         str(threads),
         "--max-length",
         str(shipped_handler_options()["max_length"]),
+        *onnx,
     ]
+
+
+def litserve_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT / "handlers"))  # --onnx runs the handler's backend code
+
+
+def litserve_runs(work: Path, bodies: list[bytes], args, onnx_dir: Path | None) -> dict:
+    """LitServe's settings swept at the target concurrency; its best at every concurrency."""
+    sweep = {}
+    for setting in LITSERVE_SWEEP:
+        port = free_port()
+        with http_app(litserve_command(port, *setting, onnx_dir), port, work, "litserve", litserve_env()) as proc:
+            log(f" {litserve_label(setting)}")
+            sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
+    best = max(LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
+    port = free_port()
+    with http_app(litserve_command(port, *best, onnx_dir), port, work, "litserve", litserve_env()) as proc:
+        log(f" best: {litserve_label(best)}")
+        return {
+            "sweep": sweep,
+            "best": litserve_label(best),
+            "best_setting": list(best),
+            "load": app_load(port, bodies, proc, args),
+        }
 
 
 def litserve_label(setting) -> str:
@@ -549,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     log("the handler's own cost per request at each cut (bench/handler_cost.py)")
     costs = measure_revisions([rev for _, rev in HANDLER_REVISIONS], MODEL_DIR, texts)
     results["handler_cost"] = {label: {"revision": rev, **costs[rev]} for label, rev in HANDLER_REVISIONS}
-    results["raw"] = {v: raw_limit(texts_file, v, raw_model_dir(work, v), args) for v in VARIANTS}
+    raw_dirs = {v: raw_model_dir(work, v) for v in VARIANTS}
+    results["raw"] = {v: raw_limit(texts_file, v, raw_dirs[v], args) for v in VARIANTS}
 
     n = 0
 
@@ -651,27 +680,19 @@ def main(argv: list[str] | None = None) -> int:
             "naive FastAPI", f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
         )
 
-    log(f"LitServe: its batching at concurrency {TARGET_CONCURRENCY}, then its best at every concurrency")
-    sweep = {}
-    for setting in LITSERVE_SWEEP:
+    for key, name, onnx_dir in (
+        ("litserve", "LitServe", None),
+        ("litserve_int8", "LitServe int8", raw_dirs[shipped_name]),
+    ):
+        what = "PyTorch fp32" if onnx_dir is None else "the shipped int8 ONNX graph, the handler's backend code"
+        log(f"{name} ({what}): its batching at concurrency {TARGET_CONCURRENCY}, then its best at every concurrency")
+        results[key] = litserve_runs(work, bodies, args, onnx_dir)
+        best_setting = next(s for s in LITSERVE_SWEEP if litserve_label(s) == results[key]["best"])
         port = free_port()
-        with http_app(litserve_command(port, *setting), port, work, "litserve") as proc:
-            log(f" {litserve_label(setting)}")
-            sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
-    best_setting = max(
-        LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"]
-    )
-    port = free_port()
-    with http_app(litserve_command(port, *best_setting), port, work, "litserve") as proc:
-        log(f" best: {litserve_label(best_setting)}")
-        results["litserve"] = {
-            "sweep": sweep,
-            "best": litserve_label(best_setting),
-            "load": app_load(port, bodies, proc, args),
-        }
-        wrk_checks["LitServe"] = compare_with_wrk(
-            "LitServe", f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
-        )
+        with http_app(litserve_command(port, *best_setting, onnx_dir), port, work, key, litserve_env()):
+            wrk_checks[name] = compare_with_wrk(
+                name, f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
+            )
     results["wrk_check"] = wrk_checks
 
     log(f"soak: {args.soak_minutes} min at concurrency {TARGET_CONCURRENCY}, as shipped")
