@@ -1,0 +1,113 @@
+"""What a worker's memory is made of, step by step, for each backend.
+
+    PYTHONPATH=handlers .venv/bin/python -m bench.worker_memory [--out bench/results/worker_memory.json]
+
+Each backend in a fresh process of its own that does what a TorchServe worker with this
+handler does, in order, and records the process's unique (USS) and resident (RSS) memory
+after each step:
+
+  1. Python alone;
+  2. TorchServe's worker imports (ts.protocol.otf_message_handler imports torch, whatever
+     the backend) and ts's BaseHandler: the floor every worker pays, the no-op handler's;
+  3. transformers' tokenizer, loaded;
+  4. the model: ONNX Runtime's session on the archive's int8 graph, or PyTorch fp32
+     weights (and the int8 quantized copy for torch-int8);
+  5. after the warm-up passes and a run over 200 held-out tweets at the shipped batch
+     and micro-batch sizes: the arenas and caches a serving worker holds.
+
+The model's own bytes (its file on disk) are recorded beside it. Writes one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from common.paths import MODEL_STORE, ROOT
+
+VARIANTS = {  # name: (archive, handler options)
+    "onnxruntime-int8 (shipped)": ("sentiment.mar", {"backend": "onnxruntime", "quantize": "int8"}),
+    "torch-fp32": ("sentiment-torch.mar", {"backend": "torch", "quantize": "none"}),
+}
+
+STEPS = r"""
+import json, os, sys
+import psutil
+me = psutil.Process()
+out = []
+def mark(step):
+    info = me.memory_full_info()
+    out.append({"step": step, "uss_mib": round(info.uss / 2**20, 1), "rss_mib": round(info.rss / 2**20, 1)})
+model_dir, options, texts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+mark("python")
+import ts.protocol.otf_message_handler  # what every TorchServe worker imports: torch with it
+from ts.torch_handler.base_handler import BaseHandler
+mark("TorchServe worker imports (torch included)")
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+mark("tokenizer")
+import backends, text_classification as tc
+opts = tc.HandlerOptions(torch_threads=1, **options)
+backend = backends.load(model_dir, opts, None, False, 1)
+mark("model loaded")
+values = tc.pad_values(tokenizer)
+def forward(batch):
+    encodings = tc.tokenize(tokenizer, batch, 128)
+    for group in tc.micro_batches([len(e["input_ids"]) for e in encodings], options["micro_batch_size"]):
+        backend.probabilities(tc.pad([encodings[i] for i in group], values, False))
+for i in range(0, len(texts), 16):
+    forward(texts[i:i + 16])
+forward([" ".join(["warm"] * 120)] * 16)
+mark("after serving 200 texts and a full batch at max_length")
+print(json.dumps(out))
+"""
+
+
+def measure(archive: Path, options: dict, texts: list[str]) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        zipfile.ZipFile(archive).extractall(tmp)
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'handlers'}:{ROOT}", TOKENIZERS_PARALLELISM="false")
+        done = subprocess.run(
+            [sys.executable, "-c", STEPS, tmp, json.dumps(options), json.dumps(texts)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=tmp,
+        )
+        steps: list[dict] = json.loads(done.stdout.strip().splitlines()[-1])
+        model_files = {
+            p.name: round(p.stat().st_size / 2**20, 1)
+            for p in Path(tmp).iterdir()
+            if p.suffix in (".onnx", ".safetensors")
+        }
+    return [{**s, "model_files_mib": model_files} if i == 3 else s for i, s in enumerate(steps)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    from training.tweets import split_tweets
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "worker_memory.json")
+    args = parser.parse_args(argv)
+    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())["handler"]
+    texts = [t.text for t in split_tweets()[1][:200]]
+    result = {}
+    for name, (archive, options) in VARIANTS.items():
+        micro = shipped["micro_batch_size"] if options["quantize"] == "int8" else 8
+        result[name] = measure(MODEL_STORE / archive, {**options, "micro_batch_size": micro}, texts)
+        print(name, json.dumps(result[name], indent=1))
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
