@@ -426,9 +426,87 @@ def charts(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def overload_section(overload: dict) -> list[str]:
+    """The open-loop overload runs (bench/overload.py's overload.json), with their targets."""
+    cap = overload["capacity"]
+    out = [
+        "",
+        "## Overload: open-loop arrivals past the capacity (bench/overload.py)",
+        "",
+        f"Capacity: {cap['throughput_rps']:.1f} requests/s (closed loop, c=16, straight to TorchServe, p50 "
+        f"{cap['p50_ms']:.1f} ms); goodput counts 2xx answers within {overload['deadline_ms']:.0f} ms (4 x that "
+        f"p50). {overload['seconds']:.0f} s per rate, a new connection per request, then half the capacity for "
+        "6 s; recovery: seconds until the 2xx p50 over half-second windows is within 1.5x the unloaded p50.",
+        "",
+        "![goodput and p99 against offered load](overload.png)",
+        "",
+        "| way in | offered /s | statuses | goodput /s (of capacity) | 2xx p50 / p99 ms | refusals p50 / p99 ms "
+        "| refusals without Retry-After | generator lag p99 ms | recovery s | worker restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for way, runs in overload["runs"].items():
+        for r in runs:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+            out.append(
+                f"| {way} | {r['offered_rps']:.0f} ({r['multiple']}x) | {statuses} | {r['goodput_rps']:.1f} "
+                f"({r['goodput_rps'] / cap['throughput_rps']:.2f}) | {r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} | "
+                f"{r['refused_p50_ms']:.1f} / {r['refused_p99_ms']:.1f} | {r['refused_without_retry_after']} | "
+                f"{r['schedule_lag_p99_ms']:.1f} | {r['recovery_s']} | {'yes' if r['worker_restarts'] else 'no'} |"
+            )
+    out += ["", "| target (through the gateway, every overload) | measured | met |", "|---|---|---|"]
+    gateway = [
+        r for way, runs in overload["runs"].items() if way.startswith("gateway") for r in runs if r["multiple"] > 1
+    ]
+    checks = (
+        ("goodput >= 0.9 x capacity", min(r["goodput_rps"] / cap["throughput_rps"] for r in gateway), 0.9, ">="),
+        ("refusals answered in under 10 ms (p99)", max(r["refused_p99_ms"] for r in gateway), 10, "<"),
+        (
+            "p50 back to normal within 2 s",
+            max(r["recovery_s"] if r["recovery_s"] is not None else 99 for r in gateway),
+            2,
+            "<=",
+        ),
+        ("refusals without Retry-After", sum(r["refused_without_retry_after"] for r in gateway), 0, "<="),
+        ("worker restarts", sum(r["worker_restarts"] for r in gateway), 0, "<="),
+    )
+    for name, value, bar, op in checks:
+        met = value >= bar if op == ">=" else value < bar if op == "<" else value <= bar
+        out.append(f"| {name} | {value:.2f} (worst) | {'yes' if met else 'no'} |")
+    return out
+
+
+def worker_memory_section(memory: dict) -> list[str]:
+    out = [
+        "",
+        "## A worker's memory, step by step (bench/worker_memory.py)",
+        "",
+        "Unique memory (USS) of one process doing what a worker does, after each step; the increase in brackets.",
+        "",
+        "| step | " + " | ".join(memory) + " |",
+        "|---|" + "---|" * len(memory),
+    ]
+    names = [s["step"] for s in next(iter(memory.values()))]
+    for i, step in enumerate(names):
+        cells = []
+        for steps in memory.values():
+            grew = steps[i]["uss_mib"] - (steps[i - 1]["uss_mib"] if i else 0)
+            cells.append(f"{steps[i]['uss_mib']:.0f} MiB (+{grew:.0f})")
+        out.append(f"| {step} | " + " | ".join(cells) + " |")
+    files = {n: s[3].get("model_files_mib", {}) for n, s in memory.items()}
+    out += ["", "Model files in each archive (MiB): " + "; ".join(f"{n}: {f}" for n, f in files.items()) + "."]
+    return out
+
+
 def write_report(results: dict, out: Path) -> None:
+    """README.md from results.json, with the sections of the other benchmarks' files that are there."""
     charts(results, out)
-    (out / "README.md").write_text(markdown(results))
+    text = markdown(results)
+    extra: list[str] = []
+    if (out / "overload.json").is_file():
+        extra += overload_section(json.loads((out / "overload.json").read_text()))
+    if (out / "worker_memory.json").is_file():
+        extra += worker_memory_section(json.loads((out / "worker_memory.json").read_text()))
+    (out / "README.md").write_text(text + "\n".join(extra) + ("\n" if extra else ""))
 
 
 if __name__ == "__main__":
