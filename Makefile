@@ -82,6 +82,8 @@ endef
 
 system-serve:
 	@$(call need,java,openjdk-17-jre-headless)
+	@# TorchServe scales workers down with /bin/kill (not the shell's builtin): procps
+	@$(call need_file,/bin/kill,procps)
 
 system-test: system-serve system-image
 	@$(call need,nginx,nginx-light)
@@ -90,6 +92,7 @@ system-test: system-serve system-image
 	@$(call need,prometheus,prometheus)
 	@$(call need,iptables,iptables)  # the chaos tests (test_chaos.py) cut replicas off with it
 	@$(call need,ip,iproute2)
+	@$(call need,git,git)  # test_security asks git what it would commit
 
 system-image:
 	@$(call need,podman,podman)

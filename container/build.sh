@@ -35,13 +35,18 @@ set -- --build-arg "BASE=$BASE" --build-arg "ARCHIVE=$ARCHIVE" --build-arg "VERS
 python3 -c "import urllib.request as u; u.urlopen('$TORCH_INDEX/torch/', timeout=5)" 2>/dev/null \
     || TORCH_INDEX=""  # the machine's pip offers the CPU wheel itself (find-links below)
 set -- "$@" --build-arg "TORCH_INDEX=$TORCH_INDEX"
-links=$(python3 -m pip config get global.find-links 2>/dev/null || true)
-links=${PIP_FIND_LINKS:-$links}
+# pip's settings from every file it reads (site, user, PIP_CONFIG_FILE), through the venv's
+# pip: the system python3 may have none, and `pip config get` reads the user's file only.
+# A PIP_* variable wins, as for pip itself.
+pip_setting() {
+    { .venv/bin/python -m pip config list 2>/dev/null || python3 -m pip config list 2>/dev/null || true; } \
+        | sed -n "s/^[a-z:]*[.]$1='\(.*\)'\$/\1/p" | tail -n 1
+}
+links=${PIP_FIND_LINKS:-$(pip_setting find-links)}
 if [ -n "$links" ] && [ -d "$links" ]; then
     set -- "$@" --build-context "wheels=$links" --build-arg PIP_FIND_LINKS=/opt/wheels
 fi
-cert=$(python3 -m pip config get global.cert 2>/dev/null || true)
-cert=${PIP_CERT:-$cert}
+cert=${PIP_CERT:-$(pip_setting cert)}
 if [ -n "$cert" ] && [ -f "$cert" ]; then
     set -- "$@" --secret "id=ca,src=$cert" --build-arg PIP_CERT=/run/secrets/ca.crt
 fi

@@ -61,8 +61,23 @@ from testbed.local_server import ONE_WORKER_MODELS
 
 NET = "10.213"
 GATEWAY_PORT = 8000
-CGROUP_V2 = Path("/sys/fs/cgroup/unified")
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_parents() -> tuple[Path, Path, bool]:
+    """Where a container's cgroups go: (the one whose cgroup.procs lists its processes, the
+    one that limits its CPU, whether that limit is cgroup v2's cpu.max). On a machine with
+    cgroup v2 alone (Debian 12's default) one group does both; on the hybrid layout (v1
+    controllers, v2 mounted at unified, as here) the v2 group lists and v1's cpu limits."""
+    if (CGROUP_ROOT / "cgroup.controllers").is_file():
+        try:  # let the children limit CPU; the root group may hold processes itself
+            (CGROUP_ROOT / "cgroup.subtree_control").write_text("+cpu")
+        except OSError:
+            pass
+        return CGROUP_ROOT, CGROUP_ROOT, True
+    return CGROUP_ROOT / "unified", CGROUP_ROOT / "cpu", False
+
+
 PRODUCTION_PROFILE = ROOT / "container" / "production.properties"
 # the ports of TorchServe in every replica: its namespace's loopback
 PORTS_PROFILE = (
@@ -117,11 +132,11 @@ class Container:
 
     @property
     def cgroup(self) -> Path:
-        return CGROUP_V2 / self.name
+        return cgroup_parents()[0] / self.name
 
     @property
     def cpu_cgroup(self) -> Path:
-        return CGROUP_CPU / self.name
+        return cgroup_parents()[1] / self.name
 
     def create_cgroups(self) -> None:
         self.cgroup.mkdir(exist_ok=True)
@@ -190,10 +205,14 @@ class Container:
             time.sleep(0.1)
 
     def set_cpu_limit(self, fraction: float | None) -> None:
-        """At most `fraction` of one CPU (None: no limit), through the v1 cpu controller."""
-        quota = -1 if fraction is None else max(1000, int(100_000 * fraction))
+        """At most `fraction` of one CPU (None: no limit): cpu.max on cgroup v2, else the v1
+        cpu controller's quota."""
+        quota = None if fraction is None else max(1000, int(100_000 * fraction))
+        if cgroup_parents()[2]:
+            (self.cpu_cgroup / "cpu.max").write_text(f"{quota or 'max'} 100000")
+            return
         (self.cpu_cgroup / "cpu.cfs_period_us").write_text("100000")
-        (self.cpu_cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+        (self.cpu_cgroup / "cpu.cfs_quota_us").write_text(str(quota or -1))
 
     def rss_kib(self) -> dict[int, tuple[str, int, int]]:
         """{pid: (command, RSS in KiB, open file descriptors)} of the container's processes."""
@@ -210,7 +229,7 @@ class Container:
         return out
 
     def remove_cgroups(self) -> None:
-        for group in (self.cgroup, self.cpu_cgroup):
+        for group in dict.fromkeys((self.cgroup, self.cpu_cgroup)):  # one group on cgroup v2 alone
             for _ in range(50):
                 try:
                     group.rmdir()

@@ -280,6 +280,13 @@ def test_image_layers_hold_no_key_no_training_data_no_test_files(image, tmp_path
     assert "app/model_store/sentiment.mar" in names
 
 
+def test_the_image_has_the_kill_torchserve_scales_workers_down_with(image):
+    """TorchServe stops a worker it scales down by running `kill -9 PID`, the command, not a
+    shell's builtin; without procps the management API's scale-down fails with a 500."""
+    ran = podman("run", "--rm", "--network", "none", "--entrypoint", "/bin/kill", image, "-l", check=False, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-300:]
+
+
 @pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive clients", "a connection per request"])
 def test_a_replica_stopped_under_load_loses_no_request(replicas, keep_alive, capsys):
     """Load through the front while one replica gets SIGTERM (as the kubelet sends it): its
