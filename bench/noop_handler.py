@@ -9,11 +9,14 @@ handler cost by themselves. bench/run.py archives it (never a shipped archive).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from backends import Backend
 from sentiment_handler import SentimentHandler
+
+if TYPE_CHECKING:  # for mypy only: bench/handler_cost.py loads revisions of handlers/ without it
+    from backends import Backend
 
 
 class NoopHandler(SentimentHandler):

@@ -480,7 +480,9 @@ def worker_memory_section(memory: dict) -> list[str]:
         "",
         "## A worker's memory, step by step (bench/worker_memory.py)",
         "",
-        "Unique memory (USS) of one process doing what a worker does, after each step; the increase in brackets.",
+        "Unique memory (USS) of one process doing what a worker does, after each step, the increase in "
+        "brackets (measured with no other process mapping the same libraries: two workers of one server share "
+        "the library pages, which the JSON's PSS figures split).",
         "",
         "| step | " + " | ".join(memory) + " |",
         "|---|" + "---|" * len(memory),

@@ -15,7 +15,11 @@ after each step:
   5. after the warm-up passes and a run over 200 held-out tweets at the shipped batch
      and micro-batch sizes: the arenas and caches a serving worker holds.
 
-The model's own bytes (its file on disk) are recorded beside it. Writes one JSON file.
+The model's own bytes (its file on disk) are recorded beside it. Unique memory (USS) is
+what this process alone holds; the pages of shared libraries (torch's above all) count
+there only while no other process maps the same files, so run it on a quiet machine;
+two workers of one server share those pages, which PSS splits between them. Writes one
+JSON file.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ me = psutil.Process()
 out = []
 def mark(step):
     info = me.memory_full_info()
-    out.append({"step": step, "uss_mib": round(info.uss / 2**20, 1), "rss_mib": round(info.rss / 2**20, 1)})
+    out.append({"step": step, **{k + "_mib": round(getattr(info, k) / 2**20, 1) for k in ("uss", "pss", "rss")}})
 model_dir, options, texts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 mark("python")
 import ts.protocol.otf_message_handler  # what every TorchServe worker imports: torch with it
