@@ -207,11 +207,13 @@ class SentimentHandler(BaseHandler):
         clock); None for one in time, and for one without the header (straight to port 8080)."""
         budget = self.options.queue_budget_ms
         sent = self._header(idx, SENT_AT_HEADER) if budget else None
+        if sent is None:
+            return None
         try:
-            waited_ms = (now - float(sent)) * 1000 if sent is not None else 0.0
+            waited_ms = (now - float(sent)) * 1000
         except ValueError:
             return None
-        if waited_ms <= budget:
+        if not waited_ms > budget:  # in time, or a stamp that is not a time ("nan")
             return None
         return RequestError(
             503,

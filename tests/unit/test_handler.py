@@ -226,17 +226,18 @@ def test_requests_past_the_queue_budget_get_503_and_cost_the_model_nothing(tiny_
                 ({"body": b'{"text": "fine"}'}, JSON),  # no stamp: straight to TorchServe, always run
                 ({"body": b'{"instances": ["a"]}'}, JSON, {**stale, "sentiment-protocol": "kserve-v1"}),
                 ({"body": b'{"text": "fine"}'}, JSON, {"sentiment-sent-at": "not a time"}),  # run, not refused
+                ({"body": b'{"text": "fine"}'}, JSON, {"sentiment-sent-at": "nan"}),  # nor this
             ],
         )
-    assert [a[0] for a in answers] == [200, 503, 200, 503, 200]
-    assert answers[0] == answers[2] == answers[4] == alone
+    assert [a[0] for a in answers] == [200, 503, 200, 503, 200, 200]
+    assert answers[0] == answers[2] == answers[4] == answers[5] == alone
     assert answers[1][1]["type"] == "Overloaded" and answers[1][2] == JSON
     assert answers[3][1]["error"].startswith("Overloaded")  # KServe v1's error shape
-    assert [context.get_response_headers(i).get("Retry-After") for i in range(5)] == [None, "1", None, "1", None]
-    assert sum(forwarded) == 3  # the three in time; none of the stale requests' four texts
+    assert [context.get_response_headers(i).get("Retry-After") for i in range(6)] == [None, "1", None, "1", None, None]
+    assert sum(forwarded) == 4  # the four in time; none of the stale requests' four texts
     batch_sizes = [v for name, v, _ in emitted_metrics(caplog) if name == "SentimentBatchSize"]
     errors = [d["ErrorType"] for name, _, d in emitted_metrics(caplog) if name == "SentimentRequestErrors"]
-    assert batch_sizes == [3] and errors == ["Overloaded", "Overloaded"]
+    assert batch_sizes == [4] and errors == ["Overloaded", "Overloaded"]
 
 
 def test_no_queue_budget_runs_every_request_however_long_it_waited(tiny_model_dir):
