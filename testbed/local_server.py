@@ -23,22 +23,17 @@ from common.net import free_port
 from common.torchserve_files import KEY_FILE
 from server import launch
 
-# config.properties' models=: the default model with one worker, for a lighter server
-# (the tests' servers, the chaos testbed's three replicas on two cores)
-ONE_WORKER_MODELS = json.dumps(
-    {
-        "sentiment": {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": "sentiment.mar",
-                "minWorkers": 1,
-                "maxWorkers": 1,
-                "batchSize": 8,
-                "maxBatchDelay": 2,
-            }
-        }
-    }
-)
+
+def models_setting(batch_size: int, max_batch_delay_ms: int, workers: int = 1, mar: str = "sentiment.mar") -> str:
+    """A config.properties models= value: the model `sentiment` from `mar`, with these
+    workers and batching."""
+    entry = {"defaultVersion": True, "marName": mar, "minWorkers": workers, "maxWorkers": workers}
+    return json.dumps({"sentiment": {"1.0": {**entry, "batchSize": batch_size, "maxBatchDelay": max_batch_delay_ms}}})
+
+
+# the default model with one worker, for a lighter server (the tests' servers, the chaos
+# testbed's three replicas on two cores)
+ONE_WORKER_MODELS = models_setting(8, 2)
 
 PORT_KEYS = {
     "inference_address": "inference",

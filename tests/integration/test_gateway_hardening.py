@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from helpers import gateway_in_front, metric, metric_samples, poll, settled
-from testbed.local_server import LocalTorchServe
+from testbed.local_server import LocalTorchServe, models_setting
 from training.tweets import split_tweets
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
@@ -341,20 +341,7 @@ def one_slow_node(server, tiny_model_dir, tmp_path_factory):
     store = tmp / "store"
     store.mkdir()
     tiny_archive(tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300"])
-    slow_models = json.dumps(
-        {
-            "sentiment": {
-                "1.0": {
-                    "defaultVersion": True,
-                    "marName": "sentiment.mar",
-                    "minWorkers": 1,
-                    "maxWorkers": 1,
-                    "batchSize": 1,
-                    "maxBatchDelay": 1,
-                }
-            }
-        }
-    )
+    slow_models = models_setting(1, 1)
     slow = LocalTorchServe(
         model_store=store, workdir=tmp / "slow", overrides={"models": slow_models, "job_queue_size": "1"}
     )
@@ -418,13 +405,7 @@ def test_requests_that_waited_past_the_queue_budget_get_503_with_retry_after(tin
     tiny_archive(
         tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300", "queue_budget_ms=200"]
     )
-    models = {
-        "sentiment": {
-            "1.0": {"defaultVersion": True, "marName": "sentiment.mar", "minWorkers": 1, "maxWorkers": 1}
-            | {"batchSize": 4, "maxBatchDelay": 5}
-        }
-    }
-    node = LocalTorchServe(model_store=store, workdir=tmp_path / "node", overrides={"models": json.dumps(models)})
+    node = LocalTorchServe(model_store=store, workdir=tmp_path / "node", overrides={"models": models_setting(4, 5)})
     node.start()
     try:
         with (
