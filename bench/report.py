@@ -475,6 +475,47 @@ def overload_section(overload: dict) -> list[str]:
     return out
 
 
+def layouts_section(layouts: dict) -> list[str]:
+    """Workers, batch size and delay of the shipped archive against the raw limit (bench/layouts.py)."""
+    raw = layouts["raw_per_core"]
+    shipped = layouts["settings"]["shipped"]
+    out = [
+        "",
+        "## Workers, batch size and delay at moderate load (bench/layouts.py)",
+        "",
+        f"The shipped archive ({layouts['settings']['variant']}, {layouts['settings']['threads_per_worker']} thread "
+        f"per worker) alone in a TorchServe, closed-loop clients, {layouts['settings']['duration_s']:.0f} s measured "
+        f"per point; run on {layouts['machine']['date']}. Raw limit: {raw['texts_per_s']:.1f} texts/s, one "
+        f"single-threaded process per core running the backend in a loop (batch {raw['batch_size']}). Shipped then: "
+        f"{shipped['maxWorkers']} workers, batch {shipped['batchSize']}, {shipped['maxBatchDelay']} ms.",
+        "",
+        "| setting | c=16 requests/s (of raw) | c=16 p50 / p99 ms (p99/p50) | c=16 mean batch "
+        "| c=16 cores: frontend / workers / machine | c=64 requests/s (of raw) | c=64 p99/p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, point in layouts["points"].items():
+        a, b = point["load"]["16"], point["load"]["64"]
+        cores = a["cores_used"]
+        out.append(
+            f"| {name} | {a['throughput_rps']:.1f} ({a['of_raw']:.2f}) | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} "
+            f"({a['p99_over_p50']}) | {a['mean_batch_size']:.1f} | {cores['frontend']:.2f} / {cores['workers']:.2f} / "
+            f"{cores['machine']:.2f} | {b['throughput_rps']:.1f} ({b['of_raw']:.2f}) | {b['p99_over_p50']} |"
+        )
+    best16 = max(layouts["points"].values(), key=lambda p: p["load"]["16"]["of_raw"])["load"]["16"]
+    best64 = max(layouts["points"].values(), key=lambda p: p["load"]["64"]["of_raw"])["load"]["64"]
+    fair16 = [p["load"]["16"] for p in layouts["points"].values() if p["load"]["16"]["p99_over_p50"] <= 2]
+    out += [
+        "",
+        "| target (issue 23) | best measured | met |",
+        "|---|---|---|",
+        f"| c=16: >= 0.85 of raw with p99 <= 2 x p50 | {max((p['of_raw'] for p in fair16), default=0):.2f} "
+        f"(best ratio at any p99: {best16['of_raw']:.2f}) | "
+        f"{'yes' if any(p['of_raw'] >= 0.85 for p in fair16) else '**no**'} |",
+        f"| c=64: >= 0.95 of raw | {best64['of_raw']:.2f} | {'yes' if best64['of_raw'] >= 0.95 else '**no**'} |",
+    ]
+    return out
+
+
 def worker_memory_section(memory: dict) -> list[str]:
     out = [
         "",
@@ -506,6 +547,8 @@ def write_report(results: dict, out: Path) -> None:
     extra: list[str] = []
     if (out / "overload.json").is_file():
         extra += overload_section(json.loads((out / "overload.json").read_text()))
+    if (out / "layouts.json").is_file():
+        extra += layouts_section(json.loads((out / "layouts.json").read_text()))
     if (out / "worker_memory.json").is_file():
         extra += worker_memory_section(json.loads((out / "worker_memory.json").read_text()))
     (out / "README.md").write_text(text + "\n".join(extra) + ("\n" if extra else ""))
