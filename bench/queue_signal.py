@@ -40,7 +40,8 @@ import requests
 
 from bench.loadgen import json_bodies, run_load
 from common import events
-from common.paths import MODEL_STORE, ROOT
+from common.paths import CONFIG, MODEL_STORE, ROOT
+from common.torchserve_files import read_properties
 from testbed.local_server import LocalTorchServe
 from testbed.prometheus import LocalPrometheus
 from training.tweets import split_tweets
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             time.sleep(65)
             after = query_at(prom, "sentiment:queued_requests:rate1m", time.time())
+    properties = read_properties(CONFIG)
+    served = json.loads(properties["models"])["sentiment"]["1.0"]
     result = {
         "what": "one TorchServe pod's queue signal (sentiment_queued_requests, the HPA's Pods metric) against "
         "closed-loop load; queued_requests is rate(ts_queue_latency_microseconds)/1e6 over each "
@@ -204,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "note": "2 cores shared with the load generator and with other work on the machine",
         },
-        "server": f"{args.archive_note} with config.properties: 2 workers x 1 thread, batchSize 16, "
-        "maxBatchDelay 2 ms, job_queue_size 256 (the Kubernetes ConfigMap's settings)",
+        "server": f"{args.archive_note} with config.properties: {served['maxWorkers']} workers, batchSize "
+        f"{served['batchSize']}, maxBatchDelay {served['maxBatchDelay']} ms, job_queue_size "
+        f"{properties['job_queue_size']} (the Kubernetes ConfigMap's settings)",
         "load": {
             "kind": "closed loop",
             "texts": "held-out tweets, one per request, JSON body",

@@ -19,7 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
-from common.paths import ROOT, tool
+from common.paths import CONFIG, ROOT, tool
+from common.torchserve_files import read_properties
 
 KUSTOMIZATIONS = [
     "deploy/kubernetes/base",
@@ -187,6 +188,21 @@ def test_the_hpa_queue_target_is_the_measured_one():
     assert 0.7 <= suggested["fraction"] <= 0.8
     assert target == pytest.approx(suggested["queued_requests"], rel=0.25, abs=0.1)
     assert target < max(s["queued_requests"] for s in measured["steps"]), "a target the signal never reaches"
+
+
+def test_the_config_map_serves_the_model_as_config_properties_does(tmp_path):
+    """The pod's workers and batching are the ones `make serve` runs and bench/ measured
+    (config.properties' models= and the keys beside it), not a second copy that drifts."""
+    config_map = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "base" / "configmap.yaml").read_text())
+    (tmp_path / "pod.properties").write_text(config_map["data"]["torchserve.properties"])
+    pod = read_properties(tmp_path / "pod.properties")
+    shipped = read_properties(CONFIG)
+    assert pod.keys() >= {"models", "default_workers_per_model", "job_queue_size"}
+    for key, value in pod.items():
+        if key == "models":
+            assert json.loads(value) == json.loads(shipped[key])
+        else:
+            assert value == shipped[key], key
 
 
 def test_disruptions_take_one_pod_at_a_time(rendered):
