@@ -30,10 +30,9 @@ from common.paths import MODEL_CONFIG
 
 def main() -> int:
     import yaml
-    from transformers import AutoTokenizer
 
     from backends import load
-    from text_classification import HandlerOptions, micro_batches, pad, pad_values, tokenize
+    from text_classification import HandlerOptions, TextTokenizer, micro_batches, pad
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -51,14 +50,14 @@ def main() -> int:
     max_length = handler_options["max_length"]
     micro_size = args.micro_batch_size if args.micro_batch_size is not None else handler_options["micro_batch_size"]
     texts = json.loads(args.texts.read_text())
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = TextTokenizer(args.model)
     options = HandlerOptions(backend=args.backend, quantize=args.quantize, torch_threads=args.threads)
     backend = load(str(args.model), options, None, False, args.threads)
 
-    values = pad_values(tokenizer)
+    values = tokenizer.pad_values
 
     def features(batch: list[str]) -> list[dict[str, list[int]]]:
-        return tokenize(tokenizer, batch, max_length)  # the handler's own tokenizing
+        return tokenizer.tokenize(batch, max_length)  # the handler's own tokenizing
 
     def plain(batch: list[str]) -> None:
         backend.probabilities(pad(features(batch), values))

@@ -9,7 +9,8 @@ after each step:
   1. Python alone;
   2. TorchServe's worker imports (ts.protocol.otf_message_handler imports torch, whatever
      the backend) and ts's BaseHandler: the floor every worker pays, the no-op handler's;
-  3. transformers' tokenizer, loaded;
+  3. the tokenizer, loaded as the handler loads it (text_classification.TextTokenizer:
+     the `tokenizers` library alone, no transformers);
   4. the model: ONNX Runtime's session on the archive's int8 graph, or PyTorch fp32
      weights (and the int8 quantized copy for torch-int8);
   5. after the warm-up passes and a run over 200 held-out tweets at the shipped batch
@@ -53,16 +54,15 @@ mark("python")
 import ts.protocol.otf_message_handler  # what every TorchServe worker imports: torch with it
 from ts.torch_handler.base_handler import BaseHandler
 mark("TorchServe worker imports (torch included)")
-from transformers import AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
-mark("tokenizer")
 import backends, text_classification as tc
+tokenizer = tc.TextTokenizer(model_dir)
+mark("tokenizer")
 opts = tc.HandlerOptions(torch_threads=1, **options)
 backend = backends.load(model_dir, opts, None, False, 1)
 mark("model loaded")
-values = tc.pad_values(tokenizer)
+values = tokenizer.pad_values
 def forward(batch):
-    encodings = tc.tokenize(tokenizer, batch, 128)
+    encodings = tokenizer.tokenize(batch, 128)
     for group in tc.micro_batches([len(e["input_ids"]) for e in encodings], options["micro_batch_size"]):
         backend.probabilities(tc.pad([encodings[i] for i in group], values, False))
 for i in range(0, len(texts), 16):

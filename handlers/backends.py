@@ -10,9 +10,12 @@ GPU (PyTorch only).
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +43,7 @@ class Backend(Protocol):
     def threads(self) -> int: ...
 
     @property
-    def config(self) -> Any: ...  # transformers' PretrainedConfig: id2label, num_labels
+    def config(self) -> Any: ...  # id2label, num_labels, max_position_embeddings (CheckpointConfig's fields)
 
     def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]: ...
 
@@ -64,6 +67,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """What the handler reads of a checkpoint's config.json, read without transformers
+    (which the ONNX Runtime path never imports): labels by class index and the longest
+    input the position embeddings cover. Labels default as transformers' do (2 classes,
+    LABEL_i)."""
+
+    id2label: dict[int, str]
+    max_position_embeddings: int | None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @classmethod
+    def read(cls, model_dir: str) -> CheckpointConfig:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        labels = config.get("id2label") or {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+        positions = config.get("max_position_embeddings")
+        return cls({int(k): str(v) for k, v in labels.items()}, positions if isinstance(positions, int) else None)
+
+
 class TorchBackend:
     def __init__(self, model_dir: str, options: HandlerOptions, device: str, threads: int) -> None:
         import torch
@@ -82,10 +107,14 @@ class TorchBackend:
         self.model: Any = model
         self.config: Any = model.config
         self.threads: int = torch.get_num_threads()
+        # the tokenizer gives every input (TextTokenizer); the model takes those its forward names
+        self.inputs = set(inspect.signature(model.forward).parameters)
 
     def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]:
         with self.torch.inference_mode():
-            inputs = {key: self.torch.from_numpy(array).to(self.device) for key, array in batch.items()}
+            inputs = {
+                key: self.torch.from_numpy(array).to(self.device) for key, array in batch.items() if key in self.inputs
+            }
             logits = self.model(**inputs).logits
         probabilities: list[list[float]] = self.torch.softmax(logits.float(), dim=-1).cpu().tolist()
         return probabilities
@@ -108,7 +137,6 @@ def quantize_int8(model: Any) -> Any:
 class OnnxRuntimeBackend:
     def __init__(self, model_dir: str, options: HandlerOptions, threads: int) -> None:
         import onnxruntime as ort
-        from transformers import AutoConfig
 
         path = Path(model_dir) / ONNX_FILE
         if not path.is_file():
@@ -123,7 +151,7 @@ class OnnxRuntimeBackend:
         settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.config: Any = AutoConfig.from_pretrained(model_dir)
+        self.config: Any = CheckpointConfig.read(model_dir)
         self.threads = threads
         self.device = "cpu"
 

@@ -96,10 +96,16 @@ class Explainer:
         self.lig = LayerIntegratedGradients(probability, self.model.get_input_embeddings())
 
     @classmethod
-    def from_checkpoint(cls, model_dir: str, tokenizer: Any, labels: Sequence[str], threads: int) -> Explainer:
-        from transformers import AutoModelForSequenceClassification
+    def from_checkpoint(cls, model_dir: str, labels: Sequence[str], threads: int, model: Any = None) -> Explainer:
+        """On the checkpoint's PyTorch model (loaded here unless `model` is it already) and
+        its transformers tokenizer, which gives the offsets and word ids the words need:
+        both load on the first explanation, so a worker that never explains never imports
+        transformers."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        return cls(AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer, labels, threads)
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), labels, threads)
 
     def explain(
         self, text: str, steps: int, max_tokens: int, served: Callable[[str], Sequence[float]]

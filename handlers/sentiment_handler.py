@@ -31,16 +31,15 @@ from text_classification import (
     ParsedRequest,
     RequestError,
     Tally,
+    TextTokenizer,
     flatten,
     internal_error,
     label_names,
     micro_batches,
     outcomes,
     pad,
-    pad_values,
     run_isolated,
     threads_per_worker,
-    tokenize,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,6 @@ class SentimentHandler(BaseHandler):
 
     def initialize(self, context: Context) -> None:
         import torch
-        from transformers import AutoTokenizer
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         started = time.time()
@@ -94,8 +92,7 @@ class SentimentHandler(BaseHandler):
         )
         self.backend = self._load_backend(model_dir, properties.get("gpu_id"), torch.cuda.is_available())
         self.device = self.backend.device
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.pad_values = pad_values(self.tokenizer)
+        self.tokenizer = TextTokenizer(model_dir)
         config = self.backend.config
         self.labels = label_names(config.id2label, config.num_labels, self.options.labels)
         self.max_length = min(self.options.max_length, self._model_max_length(config))
@@ -296,10 +293,9 @@ class SentimentHandler(BaseHandler):
             model = getattr(self.backend, "model", None)
             reuse = self.options.backend == "torch" and self.options.quantize == "none" and not self.options.half
             threads = threads_per_worker(self.options)
-            if reuse and model is not None:
-                self.explainer = Explainer(model, self.tokenizer, self.labels, threads)
-            else:
-                self.explainer = Explainer.from_checkpoint(self.model_dir, self.tokenizer, self.labels, threads)
+            self.explainer = Explainer.from_checkpoint(
+                self.model_dir, self.labels, threads, model if reuse and model is not None else None
+            )
         return self.explainer
 
     def _parse(self, row: dict[str, Any], idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:
@@ -331,10 +327,10 @@ class SentimentHandler(BaseHandler):
         return Preprocessed(batch, encodings, [envelope for _, envelope in parsed], tally)
 
     def _tokenize(self, texts: Sequence[str]) -> list[Encoding]:
-        return tokenize(self.tokenizer, texts, self.max_length)
+        return self.tokenizer.tokenize(texts, self.max_length)
 
     def _forward(self, features: Sequence[Encoding]) -> list[list[float]]:
-        return self.backend.probabilities(pad(features, self.pad_values, self.tokenizer.padding_side == "left"))
+        return self.backend.probabilities(pad(features, self.tokenizer.pad_values, self.tokenizer.padding_left))
 
     def inference(self, data: Preprocessed, *args: Any, **kwargs: Any) -> Inferred:
         """Forward passes over length-sorted micro-batches of the texts that tokenized;

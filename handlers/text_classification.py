@@ -344,18 +344,48 @@ def micro_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[start : start + size] for start in range(0, len(order), size)]
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
-    """Each text's tokens (input_ids, attention_mask, ...) from a Hugging Face tokenizer,
-    truncated to `max_length`, unpadded (`pad` pads each forward pass to its own longest):
-    the handler's tokenizing, and the benchmark's (bench/raw.py)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    keys = list(encoded.keys())
-    return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
+class TextTokenizer:
+    """A checkpoint's fast tokenizer (its tokenizer.json) through the `tokenizers` library
+    alone: what a transformers tokenizer gives for `tokenizer(texts, truncation=True,
+    max_length=n)`, and its padding values, without importing transformers (a worker
+    holds about 28 MiB less: bench/results/worker_memory.json). The handler's tokenizing
+    and the benchmark's (bench/raw.py). Settings come from tokenizer_config.json as
+    transformers reads them: the pad token, the pad token type, the padding and
+    truncation sides, model_max_length."""
 
+    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+        from tokenizers import Tokenizer
 
-def pad_values(tokenizer: Any) -> dict[str, int]:
-    """What a Hugging Face tokenizer pads each model input with (attention_mask: 0)."""
-    return {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id}
+        folder = os.fspath(model_dir)
+        config_file = os.path.join(folder, "tokenizer_config.json")
+        settings: dict[str, Any] = {}
+        if os.path.isfile(config_file):
+            with open(config_file) as f:
+                settings = json.load(f)
+        self.backend = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        self.backend.no_padding()  # `pad` pads each forward pass to its own longest
+        self.truncation_side = str(settings.get("truncation_side", "right"))
+        self.padding_left = settings.get("padding_side", "right") == "left"
+        pad_token = settings.get("pad_token")
+        if isinstance(pad_token, dict):  # an AddedToken written out in full
+            pad_token = pad_token.get("content")
+        pad_id = self.backend.token_to_id(pad_token) if isinstance(pad_token, str) else None
+        self.pad_values = {"input_ids": pad_id or 0, "token_type_ids": int(settings.get("pad_token_type_id", 0))}
+        limit = settings.get("model_max_length")
+        self.model_max_length = limit if isinstance(limit, int) else None
+        self.truncated_at: int | None = None
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+        """Each text's tokens (input_ids, token_type_ids, attention_mask), special tokens
+        added, truncated to `max_length`, unpadded. A backend passes on the inputs its
+        model takes."""
+        if self.truncated_at != max_length:
+            self.backend.enable_truncation(max_length, direction=self.truncation_side)
+            self.truncated_at = max_length
+        return [
+            {"input_ids": e.ids, "token_type_ids": e.type_ids, "attention_mask": e.attention_mask}
+            for e in self.backend.encode_batch(list(texts))
+        ]
 
 
 def pad(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from backends import TorchBackend, select_device
 from sentiment_handler import SentimentHandler
-from text_classification import HandlerOptions, pad, pad_values
+from text_classification import HandlerOptions, TextTokenizer, pad
 
 JSON = "application/json"
 TEXTS = ["I love it", "terrible service, never again", "meh", "a long one " * 20]
@@ -133,8 +133,78 @@ def test_pad_gives_what_the_tokenizers_own_pad_gives(tokenizer, texts, left):
         expected = tokenizer.pad(features, return_tensors="np")
     finally:
         tokenizer.padding_side = "right"
-    got = pad(features, pad_values(tokenizer), left)
+    values = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+    got = pad(features, values, left)
     assert set(got) == set(expected.keys())
     for key in got:
         assert got[key].dtype == np.int64
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def both_tokenizers(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=400), min_size=1, max_size=6),
+    max_length=st.sampled_from([4, 16, 128]),
+)
+def test_the_handlers_tokenizer_gives_what_transformers_gives(both_tokenizers, texts, max_length):
+    """The handler tokenizes with the `tokenizers` library alone (no transformers in a
+    worker); every text, truncated or not, must get the very tokens transformers' tokenizer
+    of the same checkpoint gives, and the same padding values."""
+    ours, theirs = both_tokenizers
+    expected = theirs(texts, truncation=True, max_length=max_length)
+    got = ours.tokenize(texts, max_length)
+    for i, features in enumerate(got):
+        assert features == {key: expected[key][i] for key in expected.keys()}
+    assert ours.pad_values == {"input_ids": theirs.pad_token_id, "token_type_ids": theirs.pad_token_type_id}
+    assert ours.padding_left == (theirs.padding_side == "left")
+    assert ours.model_max_length == theirs.model_max_length
+
+
+def test_the_handlers_tokenizer_gives_what_transformers_gives_on_the_held_out_tweets(both_tokenizers):
+    from training.tweets import split_tweets
+
+    ours, theirs = both_tokenizers
+    texts = [t.text for t in split_tweets()[1]]
+    expected = theirs(texts, truncation=True, max_length=128)
+    got = ours.tokenize(texts, 128)
+    assert [g["input_ids"] for g in got] == expected["input_ids"]
+    assert [g["attention_mask"] for g in got] == expected["attention_mask"]
+    assert [g["token_type_ids"] for g in got] == expected["token_type_ids"]
+
+
+def test_an_onnx_worker_never_imports_transformers(onnx_model_dir):
+    """The point of TextTokenizer and CheckpointConfig: a worker serving the ONNX graph loads,
+    warms up and answers without transformers (it would add ~28 MiB a worker)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    handlers = Path(__file__).resolve().parents[2] / "handlers"
+    script = (
+        "import sys; from handler_helpers import initialized_handler, run_batch; "
+        f"h, c = initialized_handler({str(onnx_model_dir['int8'])!r}, "
+        "{'backend': 'onnxruntime', 'quantize': 'int8', 'micro_batch_size': 1}); "
+        "[(status, answer, _)] = run_batch(h, c, [({'body': b'{\"text\": \"I love it\"}'}, 'application/json')]); "
+        "assert status == 200 and 'label' in answer, answer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))"
+    )
+    tests = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={
+            "PYTHONPATH": f"{handlers}:{tests}:{tests.parent}",
+            "PATH": "/usr/bin:/bin",
+            "TOKENIZERS_PARALLELISM": "false",
+        },
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
