@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from bench.loadgen import json_bodies
 from bench.run import (
     VARIANTS,
     archive,
@@ -37,6 +35,7 @@ from bench.run import (
     shipped_handler_options,
     shipped_model_settings,
     shipped_variant,
+    workspace,
 )
 from common import events
 from common.paths import ROOT
@@ -79,14 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.time()
-    _, heldout = split_tweets()
-    texts = [t.text for t in heldout]
-    bodies = json_bodies(texts)
-    work = Path(tempfile.mkdtemp(prefix="bench-layouts-"))
-    texts_file = work / "texts.json"
-    texts_file.write_text(json.dumps(texts))
-    store = work / "store"
-    store.mkdir()
+    _, bodies, work, texts_file, store = workspace("bench-layouts-", [t.text for t in split_tweets()[1]])
     variant = shipped_variant()
     threads = shipped_handler_options()["torch_threads"]
     archive(store, "shipped.mar", "1.0", {**VARIANTS[variant], "torch_threads": threads})

@@ -527,6 +527,17 @@ def compare_with_wrk(name: str, url: str, bodies: list[bytes], headers: dict, ar
     return {"loadgen": ours, "wrk": theirs, "ratio": round(ratio, 3)}
 
 
+def workspace(prefix: str, texts: list[str]) -> tuple[list[str], list[bytes], Path, Path, Path]:
+    """The held-out texts, their request bodies, a fresh work folder, the texts as a JSON
+    file in it (for bench/raw.py) and an empty model store in it."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    store = work / "store"
+    store.mkdir()
+    return texts, json_bodies(texts), work, texts_file, store
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")
@@ -540,13 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{MODEL_DIR} is missing: run `make bench`, which builds it")
     started = time.time()
     _, heldout = split_tweets()
-    texts = [t.text for t in heldout]
-    bodies = json_bodies(texts)
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    texts_file = work / "texts.json"
-    texts_file.write_text(json.dumps(texts))
-    store = work / "store"
-    store.mkdir()
+    texts, bodies, work, texts_file, store = workspace("bench-", [t.text for t in heldout])
     log(f"building archives in {store}")
     archives = build_archives(store)
     shipped_name = shipped_variant()
