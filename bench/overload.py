@@ -18,6 +18,9 @@ in). Then:
    refusals' (429/503) p50/p99 and whether each carried Retry-After, how late the
    generator was, the seconds after the overload until the 2xx p50 over half-second
    windows is back within 1.5x the unloaded one, and whether any worker restarted.
+   Through the gateway, also the refusals' p50/p99 as nginx timed them ($request_time in
+   its access log): the server's own time, without the generator's, which at 3x shares
+   the cores with the server and starts and reads requests late.
 
 The handler's queue budget (`queue_budget_ms`, model-config.yaml) sheds what waited too
 long through the gateway; straight to port 8080 there is no stamp to count from, so that
@@ -29,9 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
-from bench.loadgen import json_bodies, run_load
+from bench.loadgen import json_bodies, percentile, run_load
 from bench.openloop import recovery, run_open_loop
 from bench.run import machine
 from common import events
@@ -49,18 +53,52 @@ def log(message: str) -> None:
     events.log("overload", message)
 
 
-def overloads(server: LocalTorchServe, url: str, headers: list[dict], bodies: list[bytes], args, capacity) -> list:
+def gateway_refusal_ms(log_file: Path, offset: int) -> list[float]:
+    """How long the gateway itself took over each refusal (429/503) it logged past `offset`
+    bytes of its access log: nginx's $request_time, from the request's first byte read to
+    the answer's last byte written (millisecond resolution), with none of the load
+    generator's own delays in it."""
+    with open(log_file, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    times = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # an error-log line
+        if isinstance(entry, dict) and entry.get("status") in (429, 503):
+            times.append(float(entry["seconds"]) * 1000)
+    return sorted(times)
+
+
+def overloads(
+    server: LocalTorchServe,
+    url: str,
+    headers: list[dict],
+    bodies: list[bytes],
+    args,
+    capacity,
+    gateway_log: Path | None = None,
+) -> list:
     """One way in: each multiple of the capacity for args.seconds, then half the capacity."""
     runs = []
     rate = capacity.throughput_rps
     for multiple in args.multiples:
         before = sorted(server.client.worker_pids("sentiment"))
+        offset = gateway_log.stat().st_size if gateway_log is not None else 0
         log(f"{url}, {len(headers)} key(s): {multiple} x capacity ({multiple * rate:.0f}/s) for {args.seconds:.0f} s")
         phases = [(multiple * rate, args.seconds), (0.5 * rate, RECOVERY_SECONDS)]
         (over, _), (_, after) = run_open_loop(url, bodies, headers, phases, 4 * capacity.p50_ms)
         run = {"multiple": multiple, **over.as_dict()}
         run["recovery_s"] = recovery(after, capacity.p50_ms)
         run["worker_restarts"] = sorted(server.client.worker_pids("sentiment")) != before
+        if gateway_log is not None:
+            time.sleep(1)  # nginx writes its log lines as the answers go out
+            own = gateway_refusal_ms(gateway_log, offset)
+            run["gateway_refusals"] = len(own)
+            run["gateway_refusal_p50_ms"] = percentile(own, 50)
+            run["gateway_refusal_p99_ms"] = percentile(own, 99)
         runs.append(run)
         log(json.dumps(run))
     return runs
@@ -121,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     "gateway, four keys": (through, keyed),
                 }
                 for way, (url, headers) in ways.items():
-                    result["runs"][way] = overloads(server, url, headers, bodies, args, capacity)
+                    log_file = gateway.log_file if url == through else None
+                    result["runs"][way] = overloads(server, url, headers, bodies, args, capacity, log_file)
             finally:
                 gateway.stop()
     args.out.mkdir(parents=True, exist_ok=True)

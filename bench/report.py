@@ -426,6 +426,13 @@ def charts(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def gateway_refusals(run: dict) -> str:
+    """The refusals' p50 / p99 as the gateway timed them, where the run went through it."""
+    if not run.get("gateway_refusals"):
+        return "-"
+    return f"{run['gateway_refusal_p50_ms']:.1f} / {run['gateway_refusal_p99_ms']:.1f}"
+
+
 def overload_section(overload: dict) -> list[str]:
     """The open-loop overload runs (bench/overload.py's overload.json), with their targets."""
     cap = overload["capacity"]
@@ -440,9 +447,13 @@ def overload_section(overload: dict) -> list[str]:
         "",
         "![goodput and p99 against offered load](overload.png)",
         "",
+        "Refusal times are taken twice: by the client (from opening the connection to the answer read, with "
+        "the generator's own delays in it) and, through the gateway, by nginx ($request_time in its access log).",
+        "",
         "| way in | offered /s | statuses | goodput /s (of capacity) | 2xx p50 / p99 ms | refusals p50 / p99 ms "
-        "| refusals without Retry-After | generator lag p99 ms | recovery s | worker restarts |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(client) | refusals p50 / p99 ms (gateway) | refusals without Retry-After | generator lag p99 ms "
+        "| recovery s | worker restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for way, runs in overload["runs"].items():
         for r in runs:
@@ -450,7 +461,8 @@ def overload_section(overload: dict) -> list[str]:
             out.append(
                 f"| {way} | {r['offered_rps']:.0f} ({r['multiple']}x) | {statuses} | {r['goodput_rps']:.1f} "
                 f"({r['goodput_rps'] / cap['throughput_rps']:.2f}) | {r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} | "
-                f"{r['refused_p50_ms']:.1f} / {r['refused_p99_ms']:.1f} | {r['refused_without_retry_after']} | "
+                f"{r['refused_p50_ms']:.1f} / {r['refused_p99_ms']:.1f} | {gateway_refusals(r)} | "
+                f"{r['refused_without_retry_after']} | "
                 f"{r['schedule_lag_p99_ms']:.1f} | {r['recovery_s']} | {'yes' if r['worker_restarts'] else 'no'} |"
             )
     out += ["", "| target (through the gateway, every overload) | measured | met |", "|---|---|---|"]
@@ -459,7 +471,17 @@ def overload_section(overload: dict) -> list[str]:
     ]
     checks = (
         ("goodput >= 0.9 x capacity", min(r["goodput_rps"] / cap["throughput_rps"] for r in gateway), 0.9, ">="),
-        ("refusals answered in under 10 ms (p99)", max(r["refused_p99_ms"] for r in gateway), 10, "<"),
+        *(
+            [("refusals answered in under 10 ms (p99, as the gateway timed them)", max(own), 10, "<")]
+            if (own := [r["gateway_refusal_p99_ms"] for r in gateway if r.get("gateway_refusals")])
+            else []
+        ),
+        (
+            "refusals answered in under 10 ms (p99, as the client timed them)",
+            max(r["refused_p99_ms"] for r in gateway),
+            10,
+            "<",
+        ),
         (
             "p50 back to normal within 2 s",
             max(r["recovery_s"] if r["recovery_s"] is not None else 99 for r in gateway),
