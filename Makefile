@@ -108,16 +108,17 @@ stack: image system-test
 stack-down:
 	$(PY) container/stack.py down
 
-# Faults under load on three replicas, each in a network namespace of its own (root):
+# Faults under load on three replicas of the pod, each in a network namespace of its own
+# (root), its two containers run from the image with podman:
 # make chaos runs every fault once (bench/results/chaos.json, docs/chaos.md's table);
 # make soak, a fault every five minutes for SOAK_S seconds (bench/results/soak_faults.*)
 SOAK_S ?= 3600
 .PHONY: chaos soak system-chaos
-chaos: system-chaos $(MAR)
-	$(PY) -m bench.chaos
+chaos: system-chaos image
+	$(PY) -m bench.chaos --image $(IMAGE)
 
-soak: system-chaos $(MAR)
-	$(PY) -m bench.soak_faults --duration $(SOAK_S)
+soak: system-chaos image
+	$(PY) -m bench.soak_faults --image $(IMAGE) --duration $(SOAK_S)
 
 system-chaos: system-serve
 	@$(call need,nginx,nginx-light)

@@ -88,7 +88,8 @@ def write_doc(report: dict[str, Any]) -> None:
     text = (
         f"{BEGIN}\n"
         f"Measured by `make chaos` on {report['date']}: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB,"
-        f" kernel {m['kernel']}; {report['clients']} keep-alive clients at up to {report['rate']} requests/s each"
+        f" kernel {m['kernel']}; each replica runs {report.get('pod', 'as processes')};"
+        f" {report['clients']} keep-alive clients at up to {report['rate']} requests/s each"
         f" ({report['baseline_rps']} requests/s before the first fault, none failed), holds of {report['hold_s']:g} s."
         f" Raw: bench/results/chaos.json.\n\n"
         f"{table(report['results'])}\n"
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=8.0, help="requests/s per client at most")
     p.add_argument("--faults", default=",".join(ORDER))
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "chaos" / "run")
+    p.add_argument("--image", help="run the pod's containers from this image (podman), not as processes")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-doc", action="store_true", help="leave docs/chaos.md as it is")
     p.add_argument("--table-only", action="store_true", help="rewrite docs/chaos.md's table from --out, run nothing")
@@ -119,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown faults {unknown}: {sorted(FAULTS)}")
     results: list[Result] = []
     started = time.monotonic()
-    with Testbed(args.workdir, replicas=3) as bed, Load(bed, clients=args.clients, rate=args.rate) as load:
+    with (
+        Testbed(args.workdir, replicas=3, image=args.image) as bed,
+        Load(bed, clients=args.clients, rate=args.rate) as load,
+    ):
         time.sleep(15)
         baseline = load.between(0, time.monotonic())
         baseline_rps = round(len(baseline) / 15, 1)
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "replicas": 3,
+        "pod": f"the image {args.image} (podman)" if args.image else "the image's supervisors and configs as processes",
         "clients": args.clients,
         "rate": args.rate,
         "hold_s": args.hold,

@@ -117,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--rate", type=float, default=5.0, help="requests/s per client at most")
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "chaos" / "soak")
+    p.add_argument("--image", help="run the pod's containers from this image (podman), not as processes")
     p.add_argument("--out", type=Path, default=OUT, help="results: OUT.json and OUT.png")
     args = p.parse_args(argv)
     samples: list[dict[str, Any]] = []
     faults: list[dict[str, Any]] = []
-    with Testbed(args.workdir, replicas=3) as bed, Load(bed, clients=args.clients, rate=args.rate) as load:
+    with (
+        Testbed(args.workdir, replicas=3, image=args.image) as bed,
+        Load(bed, clients=args.clients, rate=args.rate) as load,
+    ):
         t0 = time.monotonic()
         stop = threading.Event()
 
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             thread.join(timeout=30)
         samples.append(sample(bed, load, t0))
     report = {
+        "pod": f"the image {args.image} (podman)" if args.image else "the image's supervisors and configs as processes",
         "duration_s": args.duration,
         "every_s": args.every,
         "sample_s": args.sample,

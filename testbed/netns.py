@@ -6,8 +6,9 @@ address, a front HAProxy over them, and a small kubelet that restarts what exits
         bed.replicas[0].freeze() ...             # faults: testbed/chaos.py
 
 What each replica is, as the Kubernetes pod is (deploy/kubernetes/base/deployment.yaml),
-with the same supervisors and configs run as processes (docs/chaos.md says why not the
-image):
+its two containers run from the image with podman (`image=`: `make chaos`, `make soak`),
+or the same supervisors and configs run as processes (the default: the CI's short form,
+tests/integration/test_chaos.py, which needs no image):
 
 - a network namespace `chaos-<tag>-r<i>` with loopback and one veth to the root namespace:
   10.213.N.2/24 inside, 10.213.N.1/24 on the host end (N free on this machine, chosen at
@@ -15,11 +16,14 @@ image):
   ports in every replica, as in every pod), the gateway on 10.213.N.2:8000.
 - its writable directories (TorchServe's working directory, the gateway's) on a tmpfs of
   its own (the pod's emptyDir, `--disk-mb`): a disk that can be filled.
-- two "containers", each a command in the namespace and in cgroups of its own (v2 for the
-  processes, v1 `cpu` for a CPU limit): `torchserve` (python -m server.container with the
-  production profile, one worker) and `gateway` (python -m gateway). Every process a
-  container starts stays in its cgroup, so a container is stopped, frozen or killed whole,
-  by the pids its cgroup lists.
+- two containers, each in cgroups of its own (v2 for the processes, v1 `cpu` for a CPU
+  limit): `torchserve` (python -m server.container with the production profile, one
+  worker) and `gateway` (python -m gateway). As processes, each is a command in the
+  namespace; from the image, `podman run --network ns:...` with the deployment's
+  arguments, read-only root and no capabilities, its processes in a cgroup podman makes
+  below the container's own (--cgroup-parent; `ip netns exec` would hide the cgroup mounts
+  from runc). Every process a container starts stays in its cgroups, so a container is
+  stopped, frozen or killed whole, by the pids they list.
 - a kubelet (one thread for all replicas) that restarts a container whose process exited
   (restartPolicy Always, without the back-off) and runs TorchServe's liveness probe
   (python -m server.health in the namespace: every 10 s, 3 failures restart it; a startup
@@ -58,9 +62,11 @@ from common import events
 from common.paths import ROOT
 from container.stack import FRONT_CONF
 from testbed.local_server import ONE_WORKER_MODELS
+from testbed.podman import podman, podman_env
 
 NET = "10.213"
 GATEWAY_PORT = 8000
+IMAGE_UID = 10001  # the image's user (container/Containerfile's USER)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -121,11 +127,15 @@ def free_octets(count: int) -> list[int]:
 class Container:
     """A command run in a namespace and in cgroups of its own; every process it starts stays there."""
 
-    name: str  # unique on this machine: the cgroups' names
+    name: str  # unique on this machine: the cgroups' names (and the podman container's)
     netns: str
     argv: list[str]
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    # argv is a `podman run` that joins the namespace and puts the container's processes
+    # in cgroups below this container's own (--cgroup-parent); the podman client stays out
+    # of them, so that they hold the container's processes only
+    podman: bool = False
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -145,21 +155,11 @@ class Container:
     def start(self) -> None:
         # the shell puts itself into the cgroups, then becomes `ip netns exec`, then the command
         script = 'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"'
+        cgroups = [str(self.cgroup / "cgroup.procs"), str(self.cpu_cgroup / "cgroup.procs")]
+        command = self.argv if self.podman else ["sh", "-c", script, "sh", *cgroups, "ip", "netns", "exec", self.netns]
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                    str(self.cgroup / "cgroup.procs"),
-                    str(self.cpu_cgroup / "cgroup.procs"),
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.netns,
-                    *self.argv,
-                ],
+                command + ([] if self.podman else self.argv),
                 cwd=ROOT,
                 stdout=out,
                 stderr=out,
@@ -170,10 +170,14 @@ class Container:
         self.started_at = time.monotonic()
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            return []
+        """The processes in the container's cgroup and the groups below it (podman's)."""
+        pids = []
+        for procs in [self.cgroup / "cgroup.procs", *self.cgroup.glob("**/cgroup.procs")]:
+            try:
+                pids += [int(p) for p in procs.read_text().split()]
+            except FileNotFoundError:
+                pass
+        return list(dict.fromkeys(pids))
 
     def signal(self, sig: int) -> list[int]:
         pids = self.pids()
@@ -198,7 +202,11 @@ class Container:
                     self.proc.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:
                     pass
+            if self.podman and self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()  # the podman client, outside the cgroups
             if not pids and (self.proc is None or self.proc.poll() is not None):
+                if self.podman:  # what is left of the container in podman's state: by its name
+                    podman("rm", "--force", "--time", "0", self.name, check=False, timeout=60)
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: processes {pids} left after SIGKILL")
@@ -229,15 +237,21 @@ class Container:
         return out
 
     def remove_cgroups(self) -> None:
-        for group in dict.fromkeys((self.cgroup, self.cpu_cgroup)):  # one group on cgroup v2 alone
-            for _ in range(50):
-                try:
-                    group.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:  # busy: a process still leaving
-                    time.sleep(0.1)
+        groups = [self.cgroup, self.cpu_cgroup]  # one group on cgroup v2 alone
+        if self.podman:  # podman made one below this name in every controller
+            groups += CGROUP_ROOT.glob(f"*/{self.name}")
+        for top in dict.fromkeys(groups):
+            below = [p for p in top.rglob("*") if p.is_dir()] if top.is_dir() else []
+            # deepest first: a group goes only once the groups below it have
+            for group in sorted(below, key=lambda p: len(p.parts), reverse=True) + [top]:
+                for _ in range(50):
+                    try:
+                        group.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:  # busy: a process still leaving
+                        time.sleep(0.1)
 
 
 @dataclass
@@ -248,6 +262,7 @@ class Replica:
     root: Path  # its tmpfs: the pod's writable directories
     disk_mb: int
     clients_file: Path
+    image: str | None = None  # run the pod's containers from this image (podman), else as processes
     containers: dict[str, Container] = field(default_factory=dict)
     paused: bool = False  # a frozen host: its kubelet is frozen too
     # the kubelet's view of the TorchServe container: probes, by the container's start
@@ -288,6 +303,10 @@ class Replica:
         return self.root / "gateway"
 
     @property
+    def ts_tmp(self) -> Path:  # the image's /tmp for TorchServe: the unpacked archive, the workers' sockets
+        return self.root / "torchserve-tmp"
+
+    @property
     def logs(self) -> Path:  # the node's container logs: not the pod's disk
         return self.root.parent / f"{self.name}-logs"
 
@@ -295,10 +314,13 @@ class Replica:
         return run("ip", "netns", "exec", self.netns, *cmd, timeout=timeout, check=check)
 
     def make_containers(self) -> None:
-        py = sys.executable
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = self.logs / "ports.properties"
         ports.write_text(PORTS_PROFILE)
+        if self.image is not None:
+            self._make_image_containers(self.image, ports)
+            return
+        py = sys.executable
         marker = self.gw_dir / "gateway-drained"
         env = {"SENTIMENT_LOG_TO": "stdout", "PYTHONUNBUFFERED": "1"}
         self.containers = {
@@ -319,6 +341,61 @@ class Replica:
                 self.logs / "gateway.log",
                 env,
             ),
+        }
+
+    def _make_image_containers(self, image: str, ports: Path) -> None:
+        """The pod's two containers from the image, as deployment.yaml runs them: the same
+        arguments, a read-only root, no capabilities, the image's user, the emptyDirs as
+        directories of the replica's tmpfs (owned by that user), the clients file read-only."""
+        for d in (self.ts_dir, self.ts_tmp, self.gw_dir):
+            d.mkdir(exist_ok=True)
+            os.chown(d, IMAGE_UID, IMAGE_UID)
+        os.chown(self.clients_file, IMAGE_UID, IMAGE_UID)  # the Secret's file, readable by the pod's user only
+
+        def podman_run(name: str, mounts: dict[Path, str], args: list[str]) -> list[str]:
+            volumes = [a for source, target in mounts.items() for a in ("--volume", f"{source}:{target}")]
+            return [
+                "podman",
+                "run",
+                "--rm",
+                "--replace",
+                "--name",
+                name,
+                "--network",
+                f"ns:/run/netns/{self.netns}",
+                "--cgroup-parent",
+                f"/{name}",
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+                *volumes,
+                image,
+                *args,
+            ]
+
+        names = {c: f"chaos-{self.tag}-r{self.index}-{c}" for c in ("torchserve", "gateway")}
+        env = {"CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"]}
+        torchserve = podman_run(
+            names["torchserve"],
+            {self.ts_dir: "/run/torchserve", self.ts_tmp: "/tmp", ports: "/etc/chaos/ports.properties:ro"},
+            ["python", "-m", "server.container", "--profile", "/app/container/production.properties"]
+            + ["--profile", "/etc/chaos/ports.properties", "--drain-marker", "/run/torchserve/gateway-drained"]
+            + ["--grace", "30"],
+        )
+        secret = "/etc/sentiment-clients/clients"
+        gateway = podman_run(
+            names["gateway"],
+            {self.ts_dir: "/run/torchserve", self.gw_dir: "/tmp", self.clients_file: f"{secret}:ro"},
+            ["python", "-m", "gateway", "--node", "/run/torchserve", "--clients-file", secret]
+            + ["--listen", self.address, "--port", str(GATEWAY_PORT), "--workdir", "/tmp/gateway"]
+            + ["--rate", "10000", "--burst", "20000", "--drain-delay", "2"]
+            + ["--drained-marker", "/run/torchserve/gateway-drained"],
+        )
+        self.containers = {
+            c: Container(names[c], self.netns, argv, self.logs / f"{c}.log", env, podman=True)
+            for c, argv in (("torchserve", torchserve), ("gateway", gateway))
         }
 
     def all_pids(self) -> list[int]:
@@ -461,12 +538,13 @@ class Testbed:
         front_port: int | None = None,
         disk_mb: int = 384,
         retry_connect: bool = False,
+        image: str | None = None,
     ):
         from common.net import free_port
 
         self.workdir = Path(workdir).resolve()
         self.tag = secrets.token_hex(2)
-        self.count, self.disk_mb, self.retry_connect = replicas, disk_mb, retry_connect
+        self.count, self.disk_mb, self.retry_connect, self.image = replicas, disk_mb, retry_connect, image
         self.front_port = front_port or free_port()
         self.client_key = secrets.token_urlsafe(24)
         self.replicas: list[Replica] = []
@@ -506,7 +584,7 @@ class Testbed:
         with os.fdopen(fd, "w") as f:
             f.write(f"chaos={self.client_key}\n")
         for i, octet in enumerate(free_octets(self.count), 1):
-            replica = Replica(i, self.tag, octet, self.workdir / f"replica{i}", self.disk_mb, clients_file)
+            replica = Replica(i, self.tag, octet, self.workdir / f"replica{i}", self.disk_mb, clients_file, self.image)
             self.replicas.append(replica)
             self._network(replica)
             self._disk(replica)
