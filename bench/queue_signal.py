@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "note": "2 cores shared with the load generator and with other work on the machine",
+            "note": f"{len(os.sched_getaffinity(0))} cores shared with the load generator",
         },
         "server": f"{args.archive_note} with config.properties: {served['maxWorkers']} workers, batchSize "
         f"{served['batchSize']}, maxBatchDelay {served['maxBatchDelay']} ms, job_queue_size "
