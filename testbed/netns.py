@@ -153,13 +153,15 @@ class Container:
         self.cpu_cgroup.mkdir(exist_ok=True)
 
     def start(self) -> None:
-        # the shell puts itself into the cgroups, then becomes `ip netns exec`, then the command
-        script = 'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"'
-        cgroups = [str(self.cgroup / "cgroup.procs"), str(self.cpu_cgroup / "cgroup.procs")]
-        command = self.argv if self.podman else ["sh", "-c", script, "sh", *cgroups, "ip", "netns", "exec", self.netns]
+        if self.podman:  # podman joins the namespace and places the processes itself
+            command = self.argv
+        else:  # the shell puts itself into the cgroups, then becomes `ip netns exec`, then the command
+            script = 'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"'
+            cgroups = [str(self.cgroup / "cgroup.procs"), str(self.cpu_cgroup / "cgroup.procs")]
+            command = ["sh", "-c", script, "sh", *cgroups, "ip", "netns", "exec", self.netns, *self.argv]
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                command + ([] if self.podman else self.argv),
+                command,
                 cwd=ROOT,
                 stdout=out,
                 stderr=out,
@@ -172,7 +174,7 @@ class Container:
     def pids(self) -> list[int]:
         """The processes in the container's cgroup and the groups below it (podman's)."""
         pids = []
-        for procs in [self.cgroup / "cgroup.procs", *self.cgroup.glob("**/cgroup.procs")]:
+        for procs in self.cgroup.glob("**/cgroup.procs"):  # its own first
             try:
                 pids += [int(p) for p in procs.read_text().split()]
             except FileNotFoundError:

@@ -46,7 +46,11 @@ def test_replicas_from_the_image_serve_and_a_killed_one_comes_back(tmp_path):
         assert sum("restarted gateway" in r for r in result.restarts) == 1, result.restarts
         assert sum("restarted torchserve" in r for r in result.restarts) == 1, result.restarts
         assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(workers)
-        assert set(result.failed_by_outcome) <= {"not-sent", "lost", "replica-502", "client-ConnectionError"}, result
+        # never sent, lost in flight, the restarted gateway's 502 before TorchServe listens, or,
+        # from the image, whose TorchServe listens sooner than its worker is up: the queue
+        # budget's 503 Overloaded for what waited there past it (none of these ran the model)
+        allowed = {"not-sent", "lost", "replica-502", "replica-503", "client-ConnectionError"}
+        assert set(result.failed_by_outcome) <= allowed, result
         assert result.failed <= result.requests // 2, result
     left = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
     assert not set(names) & set(left), left
