@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from bench.loadgen import percentile
 from bench.run import machine
 from common import events
 from common.net import free_port
@@ -35,11 +36,6 @@ from training.tweets import split_tweets
 SENTENCE = "the food was great but the service was awful"
 KEY = "bench-explanations-key-31415"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def predictions(url: str, texts: list[str], seconds: float, clients: int = 4) -> list[float]:
@@ -90,13 +86,13 @@ def measure(gateway: Gateway, seconds: float) -> dict:
         "explanations": len(explained),
         "predictions_alone": {
             "count": len(alone),
-            "p50_ms": round(percentile(alone, 0.5), 1),
-            "p99_ms": round(percentile(alone, 0.99), 1),
+            "p50_ms": round(percentile(sorted(alone), 50), 1),
+            "p99_ms": round(percentile(sorted(alone), 99), 1),
         },
         "predictions_beside_explanations": {
             "count": len(beside),
-            "p50_ms": round(percentile(beside, 0.5), 1),
-            "p99_ms": round(percentile(beside, 0.99), 1),
+            "p50_ms": round(percentile(sorted(beside), 50), 1),
+            "p99_ms": round(percentile(sorted(beside), 99), 1),
         },
     }
 

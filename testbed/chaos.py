@@ -12,8 +12,9 @@ a 200 positive prediction, and its outcome says where it ended:
 - `lost`: the front's 502: the replica took the request and closed the connection without
   an answer (its process was killed).
 - `front-timeout`: the front's 504: no answer within `timeout server`.
-- `replica-<status>`: an answer from the replica's gateway or TorchServe (JSON), such as
-  a worker's death (500/507) or the gateway's 502 NodeUnavailable.
+- `replica-<status> <type>`: an answer from the replica's gateway or TorchServe (JSON,
+  with the error's `type` when it has one), such as a worker's death (500/507), the
+  gateway's `502 NodeUnavailable` or the queue budget's `503 Overloaded`.
 - `client-<Exception>`: the client's own error (its 120 s timeout, a reset).
 
 What a fault's measurement says (times from the fault, in seconds):
@@ -32,6 +33,7 @@ What a fault's measurement says (times from the fault, in seconds):
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -66,7 +68,11 @@ def outcome(status: int, body: bytes, content_type: str) -> str:
     if status == 200:
         return "ok" if b'"positive"' in body else "replica-200-wrong"
     if "json" in content_type:
-        return f"replica-{status}"
+        try:
+            kind = json.loads(body).get("type")
+        except (ValueError, AttributeError):
+            kind = None
+        return f"replica-{status} {kind}" if isinstance(kind, str) and kind.isidentifier() else f"replica-{status}"
     return {503: "not-sent", 502: "lost", 504: "front-timeout"}.get(status, f"front-{status}")
 
 

@@ -28,6 +28,8 @@ CLIENTS = 4
 HOLD_S = 10.0
 # a request that reached no replica: the connection to it was refused (SC) or not made in time (sC)
 NEVER_SENT = ("SC", "sC")
+# the handler's answer to a request that waited for a worker past queue_budget_ms
+OVER_BUDGET = "replica-503 Overloaded"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def front_failures(result: Result) -> dict[str, int]:
 
 
 def no_client_timeouts(result: Result) -> None:
-    assert not [o for o in result.failed_by_outcome if "Timeout" in o or o == "front-timeout"], result
+    assert not [o for o in result.failed_by_outcome if "Timeout" in o or o == "front-timeout"], repr(result)
 
 
 def test_the_load_runs_without_failures_before_any_fault(bed):
@@ -63,11 +65,13 @@ def test_a_killed_worker_costs_at_most_its_batch_and_is_replaced(bed):
     replica = testbed.replicas[0]
     before = replica.worker_pids()
     result = run_fault(testbed, load, FAULTS["worker-kill"], replica)
-    assert result.back_s is not None, result
+    assert result.back_s is not None, repr(result)
     assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(before)
-    # only TorchServe's answers for the batch the worker held: one batch of at most batchSize (8)
-    assert set(result.failed_by_outcome) <= {"replica-500", "replica-503", "replica-507"}, result
-    assert result.failed <= 8, result
+    # TorchServe's answers for the batch the worker held (500/507, whatever their type), and
+    # the requests that waited for the new worker past the queue budget
+    died = {o for o in result.failed_by_outcome if o.split()[0] in ("replica-500", "replica-507")}
+    assert set(result.failed_by_outcome) - died <= {OVER_BUDGET}, repr(result)
+    assert result.failed <= 8, repr(result)
     no_client_timeouts(result)
 
 
@@ -75,10 +79,13 @@ def test_a_frozen_replica_is_taken_out_holds_what_it_had_and_comes_back(bed):
     testbed, load = bed
     replica = testbed.replicas[1]
     result = run_fault(testbed, load, FAULTS["freeze"], replica, hold_s=HOLD_S)
-    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, result  # out while frozen
-    assert result.back_s is not None and result.back_after_restore_s is not None, result
-    # the kernel holds the connections of a stopped process: what it had is answered after SIGCONT
-    assert result.failed == 0, result
+    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, repr(result)  # out while frozen
+    assert result.back_s is not None and result.back_after_restore_s is not None, repr(result)
+    # the kernel holds the connections of a stopped process: what it had is answered after
+    # SIGCONT, but the clock ran on: a request TorchServe had queued and not yet run has
+    # waited past the queue budget and is answered 503 Overloaded (at most one per client)
+    assert set(result.failed_by_outcome) <= {OVER_BUDGET}, repr(result)
+    assert result.failed <= CLIENTS, repr(result)
     assert testbed.front_state(replica) == "UP"
     no_client_timeouts(result)
 
@@ -87,12 +94,12 @@ def test_a_cut_off_replica_costs_only_requests_that_never_reached_it(bed):
     testbed, load = bed
     replica = testbed.replicas[2]
     result = run_fault(testbed, load, FAULTS["net-drop"], replica, hold_s=HOLD_S)
-    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, result
-    assert result.back_s is not None, result
+    assert result.taken_out_s is not None and result.taken_out_s < HOLD_S, repr(result)
+    assert result.back_s is not None, repr(result)
     # failures: only connections the front could not open to it (timeout connect, retries 0);
     # what it had in flight is answered once the packets pass again
-    assert set(front_failures(result)) <= set(NEVER_SENT), result
-    assert set(result.failed_by_outcome) <= {"not-sent", "client-ConnectionError"}, result
+    assert set(front_failures(result)) <= set(NEVER_SENT), repr(result)
+    assert set(result.failed_by_outcome) <= {"not-sent", "client-ConnectionError"}, repr(result)
     no_client_timeouts(result)
 
 
@@ -100,17 +107,18 @@ def test_a_killed_replica_loses_at_most_what_it_held_and_restarts(bed):
     testbed, load = bed
     replica = testbed.replicas[0]
     result = run_fault(testbed, load, FAULTS["replica-kill"], replica)
-    assert result.taken_out_s is not None and result.back_s is not None, result
+    assert result.taken_out_s is not None and result.back_s is not None, repr(result)
     # each container restarted once: the gateway does not fail on what the killed one left behind
     assert sum("restarted gateway" in r for r in result.restarts) == 1, result.restarts
     assert sum("restarted torchserve" in r for r in result.restarts) == 1, result.restarts
     failures = front_failures(result)
     # lost in flight (the connection closed under the request): at most one per client
-    assert failures.get("SH", 0) + failures.get("SD", 0) <= CLIENTS, result
+    assert failures.get("SH", 0) + failures.get("SD", 0) <= CLIENTS, repr(result)
     # the rest never reached TorchServe: refused connections, or the restarted gateway's 502
     # NodeUnavailable before TorchServe was up
-    assert set(failures) <= {*NEVER_SENT, "SH", "SD", "--"}, result
-    assert set(result.failed_by_outcome) <= {"not-sent", "lost", "replica-502", "client-ConnectionError"}, result
+    assert set(failures) <= {*NEVER_SENT, "SH", "SD", "--"}, repr(result)
+    allowed = {"not-sent", "lost", "replica-502 NodeUnavailable", "client-ConnectionError"}
+    assert set(result.failed_by_outcome) <= allowed, repr(result)
     no_client_timeouts(result)
 
 

@@ -42,15 +42,16 @@ def test_replicas_from_the_image_serve_and_a_killed_one_comes_back(tmp_path):
         workers = replica.worker_pids()
         assert workers, "the image's TorchServe worker is not in the container's cgroups"
         result = run_fault(bed, load, FAULTS["replica-kill"], replica)
-        assert result.taken_out_s is not None and result.back_s is not None, result
+        assert result.taken_out_s is not None and result.back_s is not None, repr(result)
         assert sum("restarted gateway" in r for r in result.restarts) == 1, result.restarts
         assert sum("restarted torchserve" in r for r in result.restarts) == 1, result.restarts
         assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(workers)
         # never sent, lost in flight, the restarted gateway's 502 before TorchServe listens, or,
         # from the image, whose TorchServe listens sooner than its worker is up: the queue
         # budget's 503 Overloaded for what waited there past it (none of these ran the model)
-        allowed = {"not-sent", "lost", "replica-502", "replica-503", "client-ConnectionError"}
-        assert set(result.failed_by_outcome) <= allowed, result
-        assert result.failed <= result.requests // 2, result
+        allowed = {"not-sent", "lost", "client-ConnectionError"}
+        allowed |= {"replica-502 NodeUnavailable", "replica-503 Overloaded"}
+        assert set(result.failed_by_outcome) <= allowed, repr(result)
+        assert result.failed <= result.requests // 2, repr(result)
     left = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
     assert not set(names) & set(left), left
