@@ -7,9 +7,9 @@ The same request and answer as this project's API ({"text": "..."} -> label, sco
 scores), the same tokenizer and max_length, with LitServe's own dynamic batching
 (max_batch_size, batch_timeout) and its worker processes. The model: PyTorch fp32 from
 DIR; or, with --onnx, the very graph the shipped archive serves (DIR/model.onnx, int8,
-exported by handlers/export_onnx.py) run by the handler's own backend and micro-batching
-code (handlers/backends.py, text_classification.py; handlers/ on PYTHONPATH), the
-shipped micro_batch_size included: like for like, only the server differs.
+exported by handlers/export_onnx.py) run by the handler's own backend, tokenizer and
+micro-batching code (handlers/backends.py, text_classification.py; handlers/ on
+PYTHONPATH), the shipped micro_batch_size included: like for like, only the server differs.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class SentimentAPI(ls.LitAPI):
 
     def setup_onnx(self):
         import yaml
-        from transformers import AutoTokenizer
 
         import backends
         import text_classification as tc
@@ -52,18 +51,17 @@ class SentimentAPI(ls.LitAPI):
         shipped = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
         options = tc.HandlerOptions(backend="onnxruntime", quantize=shipped["quantize"], torch_threads=self.threads)
         self.backend = backends.load(self.model_dir, options, None, False, self.threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = tc.TextTokenizer(self.model_dir)
         self.tc, self.micro_batch_size = tc, shipped["micro_batch_size"]
-        self.pad_values = tc.pad_values(self.tokenizer)
         self.labels = tc.label_names(self.backend.config.id2label, self.backend.config.num_labels)
 
     def predict_onnx(self, texts):
         """What the handler's inference does: tokenize, length-sorted micro-batches, padded."""
-        tc = self.tc
-        encodings = tc.tokenize(self.tokenizer, texts, self.max_length)
+        tc, tokenizer = self.tc, self.tokenizer
+        encodings = tokenizer.tokenize(texts, self.max_length)
         out = [None] * len(texts)
         for group in tc.micro_batches([len(e["input_ids"]) for e in encodings], self.micro_batch_size):
-            batch = tc.pad([encodings[i] for i in group], self.pad_values, self.tokenizer.padding_side == "left")
+            batch = tc.pad([encodings[i] for i in group], tokenizer.pad_values, tokenizer.padding_left)
             for i, probabilities in zip(group, self.backend.probabilities(batch), strict=True):
                 out[i] = probabilities
         return out
