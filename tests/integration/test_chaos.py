@@ -67,10 +67,10 @@ def test_a_killed_worker_costs_at_most_its_batch_and_is_replaced(bed):
     result = run_fault(testbed, load, FAULTS["worker-kill"], replica)
     assert result.back_s is not None, repr(result)
     assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(before)
-    # TorchServe's answers for the batch the worker held (500/507, whatever their type), and
-    # the requests that waited for the new worker past the queue budget
-    died = {o for o in result.failed_by_outcome if o.split()[0] in ("replica-500", "replica-507")}
-    assert set(result.failed_by_outcome) - died <= {OVER_BUDGET}, repr(result)
+    # only TorchServe's answers for the batch the worker held (500/503/507, whatever their
+    # type) and the queue budget's 503 for what waited for the new worker
+    statuses = {o.split()[0] for o in result.failed_by_outcome}
+    assert statuses <= {"replica-500", "replica-503", "replica-507"}, repr(result)
     assert result.failed <= 8, repr(result)
     no_client_timeouts(result)
 
