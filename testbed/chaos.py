@@ -64,6 +64,12 @@ class Request:
         return self.end - self.start
 
 
+# two replica answers the tests name: the queue budget's (a request that waited for a
+# worker past queue_budget_ms) and the gateway's when no TorchServe node answered
+OVER_BUDGET = "replica-503 Overloaded"
+NODE_UNAVAILABLE = "replica-502 NodeUnavailable"
+
+
 def outcome(status: int, body: bytes, content_type: str) -> str:
     if status == 200:
         return "ok" if b'"positive"' in body else "replica-200-wrong"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from common.net import free_port
-from testbed.chaos import FAULTS, Load, Result, run_fault
+from testbed.chaos import FAULTS, NODE_UNAVAILABLE, OVER_BUDGET, Load, Result, run_fault
 from testbed.netns import Testbed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, iptables and cgroups need root")
@@ -28,8 +28,6 @@ CLIENTS = 4
 HOLD_S = 10.0
 # a request that reached no replica: the connection to it was refused (SC) or not made in time (sC)
 NEVER_SENT = ("SC", "sC")
-# the handler's answer to a request that waited for a worker past queue_budget_ms
-OVER_BUDGET = "replica-503 Overloaded"
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +115,7 @@ def test_a_killed_replica_loses_at_most_what_it_held_and_restarts(bed):
     # the rest never reached TorchServe: refused connections, or the restarted gateway's 502
     # NodeUnavailable before TorchServe was up
     assert set(failures) <= {*NEVER_SENT, "SH", "SD", "--"}, repr(result)
-    allowed = {"not-sent", "lost", "replica-502 NodeUnavailable", "client-ConnectionError"}
+    allowed = {"not-sent", "lost", NODE_UNAVAILABLE, "client-ConnectionError"}
     assert set(result.failed_by_outcome) <= allowed, repr(result)
     no_client_timeouts(result)
 
