@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,9 @@ __all__ = [
     "keys_cli",
     "ONE_WORKER_MODELS",
     "SteadyLoad",
+    "gateway_answers",
     "gateway_in_front",
+    "log_length",
     "handler_imports",
     "imported_modules",
     "poll",
@@ -140,6 +143,25 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
         yield gateway
     finally:
         gateway.stop()
+
+
+def gateway_answers(gateway, since: int) -> list[tuple[str, int]]:
+    """(node, status) of each prediction in the gateway's access log from line `since` on:
+    the node is the unix socket of the internal server block that answered, after any it
+    skipped ("-" when the gateway answered itself). The readiness poller's probes go to the
+    nodes straight, so they are not among them."""
+    answers = []
+    for line in gateway.log_file.read_text().splitlines()[since:]:
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry["route"] == "predictions":
+                answers.append((entry["node"].split(", ")[-1], entry["status"]))
+    return answers
+
+
+def log_length(gateway) -> int:
+    """Lines in the gateway's access log so far."""
+    return len(gateway.log_file.read_text().splitlines())
 
 
 class SteadyLoad:

@@ -7,7 +7,6 @@ inference; node key rotations and client key changes under load lose no request.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,7 +18,18 @@ import pytest
 import requests
 
 from gateway.nginx import Node, node_socket
-from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, keys_cli, metric, metric_samples, poll, settled
+from helpers import (
+    ONE_WORKER_MODELS,
+    SteadyLoad,
+    gateway_answers,
+    gateway_in_front,
+    keys_cli,
+    log_length,
+    metric,
+    metric_samples,
+    poll,
+    settled,
+)
 from testbed.local_server import LocalTorchServe
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
@@ -47,22 +57,12 @@ def ask(gateway, text="I love this", client="alice", key=None):
 
 
 def node_shares(gateway, since: int) -> dict[str, int]:
-    """Predictions answered 200 per node since line `since` of the gateway's access log
-    (the node is the unix socket of its server block): the readiness poller's probes go to
-    the nodes straight, so they are not among them."""
-    lines = gateway.log_file.read_text().splitlines()[since:]
+    """Predictions answered 200 per node since line `since` of the gateway's access log."""
     shares: dict[str, int] = {}
-    for line in lines:
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry["route"] == "predictions" and entry["status"] == 200:
-                node = entry["node"].split(", ")[-1]  # the one that answered, after any it skipped
-                shares[node] = shares.get(node, 0) + 1
+    for node, status in gateway_answers(gateway, since):
+        if status == 200:
+            shares[node] = shares.get(node, 0) + 1
     return shares
-
-
-def log_length(gateway) -> int:
-    return len(gateway.log_file.read_text().splitlines())
 
 
 def paced(gateway, n, client="alice"):

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import gateway_in_front, metric, metric_samples, poll, settled
+from gateway.nginx import node_socket
+from helpers import gateway_answers, gateway_in_front, log_length, metric, metric_samples, poll, settled
 from testbed.local_server import LocalTorchServe, models_setting
 from training.tweets import split_tweets
 
@@ -354,23 +355,32 @@ def one_slow_node(server, tiny_model_dir, tmp_path_factory):
 
 
 def test_a_nodes_own_503_is_passed_on_and_the_node_stays_in_rotation(one_slow_node):
+    """A flood fills the slow node's queue: its own 503s reach the clients as they are, and
+    they do not count as the node failing, so right after (inside the fail_timeout a failed
+    node would sit out) paced requests still go to both nodes. The gateway's readiness probe
+    goes on meanwhile and goes to the slow node straight: when it and a client's request
+    reach that node's queue of one at the same instant, the client gets that node's own 503
+    (seen in CI), which is the behaviour under test, not a failure of it."""
     gateway, (real, slow) = one_slow_node
+    slow_node = str(node_socket(gateway.workdir, 2))
     with ThreadPoolExecutor(max_workers=24) as pool:
         answers = list(pool.map(lambda _: ask(gateway), range(24)))
     statuses = [a.status_code for a in answers]
     assert 503 in statuses, statuses  # the slow node's queue was full
     assert set(statuses) <= {200, 503}
     assert {a.json()["code"] for a in answers if a.status_code == 503} == {503}
-    # right away, inside the fail_timeout a failed node would sit out: both still get requests
-    # the worker's metrics reach the frontend asynchronously: counts that stopped moving
-    before = settled(lambda: metric(metric_samples(slow), "ts_inference_requests_total"))
+    since = settled(lambda: log_length(gateway))  # the flood's answers all logged
     paced = []
     for _ in range(10):
-        paced.append(ask(gateway).status_code)
+        answer = ask(gateway)
+        paced.append(answer.status_code if answer.status_code == 200 else (answer.status_code, answer.text))
         time.sleep(0.35)
-    after = settled(lambda: metric(metric_samples(slow), "ts_inference_requests_total"))
-    assert paced == [200] * 10, paced
-    assert after - before >= 3, f"the slow node got {after - before} of 10 requests: it was taken out"
+    routed = poll(lambda: gateway_answers(gateway, since), lambda a: len(a) >= 10)
+    assert len(routed) == 10, routed
+    for status, (node, logged) in zip(paced, routed, strict=True):
+        assert status == 200 or (logged == 503 and node.endswith(slow_node)), (paced, routed)
+    to_slow = sum(node.endswith(slow_node) for node, _ in routed)
+    assert to_slow >= 3, f"the slow node got {to_slow} of 10 requests: it was taken out ({routed})"
 
 
 def test_a_busy_node_stays_ready(one_slow_node):
