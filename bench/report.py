@@ -562,6 +562,31 @@ def worker_memory_section(memory: dict) -> list[str]:
     return out
 
 
+def frontend_heap_section(heap: dict) -> list[str]:
+    out = [
+        "",
+        "## The frontend's heap (bench/frontend_heap.py)",
+        "",
+        f"TorchServe's JVM with config.properties' `vmargs={heap['vmargs']}` (job queue {heap['job_queue_size']}), "
+        f"{heap['seconds']:.0f} s of closed-loop load per case, each on a fresh server. Heap figures from the "
+        "JVM's own GC log: the peak in use before a collection, the most left after one, the largest "
+        "committed; RSS sampled every second. Status 0: no answer (the connection refused or closed).",
+        "",
+        "| case | way in | clients | text (chars) | answers | heap peak | left after GC (max) | committed (max) "
+        "| RSS peak | out of heap | JVM exited |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in heap["cases"]:
+        answers = ", ".join(f"{n} x {s}" for s, n in sorted(c["statuses"].items(), key=lambda kv: -kv[1]))
+        exited = f"after {c['jvm_exited_after_s']} s" if c["jvm_exited_after_s"] is not None else "no"
+        out.append(
+            f"| {c['case']} | {c['way_in']} | {c['clients']} | {c['text_chars']:,} | {answers} | "
+            f"{c['heap_peak_mib']} MiB | {c['heap_after_gc_max_mib']} MiB | {c['heap_committed_max_mib']} MiB | "
+            f"{c['rss_peak_mib']:.0f} MiB | {'yes' if c['out_of_memory'] else 'no'} | {exited} |"
+        )
+    return out
+
+
 def write_report(results: dict, out: Path) -> None:
     """README.md from results.json, with the sections of the other benchmarks' files that are there."""
     charts(results, out)
@@ -573,6 +598,8 @@ def write_report(results: dict, out: Path) -> None:
         extra += layouts_section(json.loads((out / "layouts.json").read_text()))
     if (out / "worker_memory.json").is_file():
         extra += worker_memory_section(json.loads((out / "worker_memory.json").read_text()))
+    if (out / "frontend_heap.json").is_file():
+        extra += frontend_heap_section(json.loads((out / "frontend_heap.json").read_text()))
     (out / "README.md").write_text(text + "\n".join(extra) + ("\n" if extra else ""))
 
 
