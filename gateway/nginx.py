@@ -73,7 +73,11 @@ class GatewaySettings:
     max_body: str = "1m"
     read_timeout_s: int = 60  # for a node's answer; past it the node counts as failed
     client_timeout_s: int = 10  # the whole request header; any pause in a body or answer
-    idle_timeout_s: int = 30  # an idle keep-alive connection
+    # an idle keep-alive connection: longer than a balancer in front keeps its own idle ones
+    # (and than the front's 75 s answer timeout), so the gateway is never the side that closes
+    # one as a request arrives on it; a frozen gateway wakes with its timers run out, and closes
+    # unread what was sent to it meanwhile (docs/chaos.md, the freeze)
+    idle_timeout_s: int = 90
     conn_per_key: int = 64  # requests in progress per gateway key
     conn_per_address: int = 256  # per client address
     # requests in progress per node behind the gateway, all keys together: what a node answers

@@ -361,7 +361,7 @@ def test_a_nodes_own_503_is_passed_on_and_the_node_stays_in_rotation(one_slow_no
     goes on meanwhile and goes to the slow node straight: when it and a client's request
     reach that node's queue of one at the same instant, the client gets that node's own 503
     (seen in CI), which is the behaviour under test, not a failure of it."""
-    gateway, (real, slow) = one_slow_node
+    gateway, _ = one_slow_node
     slow_node = str(node_socket(gateway.workdir, 2))
     with ThreadPoolExecutor(max_workers=24) as pool:
         answers = list(pool.map(lambda _: ask(gateway), range(24)))
