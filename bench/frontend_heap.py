@@ -79,15 +79,9 @@ def gc_peaks(gc_log: Path) -> dict:
     }
 
 
-def jvm_of(server: LocalTorchServe) -> psutil.Process:
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
-        if proc.name() == "java":
-            return proc
-    raise RuntimeError("no java process under TorchServe")
-
-
-def run_case(name: str, texts: list[str], clients: int, through_gateway: bool, args, workdir: Path) -> dict:
-    vmargs = read_properties(CONFIG)["vmargs"]
+def run_case(
+    name: str, texts: list[str], clients: int, through_gateway: bool, vmargs: str, args, workdir: Path
+) -> dict:
     slug = re.sub(r"\W+", "-", name)
     gc_log = workdir / f"{slug}-gc.log"
     server = LocalTorchServe(
@@ -97,7 +91,8 @@ def run_case(name: str, texts: list[str], clients: int, through_gateway: bool, a
     ).start()
     gateway = None
     try:
-        jvm = jvm_of(server)
+        jvm = server.frontend()
+        way_in = "port 8080"
         url, key = server.url("inference", "/predictions/sentiment"), server.keys["inference"]
         if through_gateway:
             settings = GatewaySettings(
@@ -105,6 +100,7 @@ def run_case(name: str, texts: list[str], clients: int, through_gateway: bool, a
             )
             gateway = Gateway(workdir / f"{slug}-gateway", settings).start([Node.from_dir(workdir / slug)])
             url, key = f"http://127.0.0.1:{settings.port}/predictions/sentiment", KEY
+            way_in = f"gateway ({settings.in_flight_per_node} in progress per node)"
         rss: list[float] = []
         exited_after: list[float] = []
         done = threading.Event()
@@ -130,7 +126,7 @@ def run_case(name: str, texts: list[str], clients: int, through_gateway: bool, a
         result = {
             "case": name,
             "clients": clients,
-            "way_in": "gateway (48 in progress per node)" if through_gateway else "port 8080",
+            "way_in": way_in,
             "text_chars": max(len(t) for t in texts),
             "statuses": load.status_counts,
             "jvm_exited_after_s": exited_after[0] if exited_after else None,
@@ -154,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tweets = [t.text for t in split_tweets()[1]]
     big, long = ["w" * BIG_TEXT_CHARS], ["word " * (LONG_TEXT_CHARS // 5)]
+    config = read_properties(CONFIG)
     result = {
         "machine": machine(),
-        "vmargs": read_properties(CONFIG)["vmargs"],
-        "job_queue_size": int(read_properties(CONFIG)["job_queue_size"]),
+        "vmargs": config["vmargs"],
+        "job_queue_size": int(config["job_queue_size"]),
         "seconds": args.seconds,
         "cases": [],
     }
@@ -168,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             ("big bodies, gateway", big, 300, True),
             ("big bodies, port 8080", big, 300, False),
         ):
-            result["cases"].append(run_case(name, texts, clients, through_gateway, args, Path(tmp)))
+            result["cases"].append(run_case(name, texts, clients, through_gateway, config["vmargs"], args, Path(tmp)))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")
     return 0

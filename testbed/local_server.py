@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from clients.torchserve import TorchServeClient
 from common.net import free_port
 from common.torchserve_files import KEY_FILE
@@ -129,6 +131,14 @@ class LocalTorchServe:
         except subprocess.TimeoutExpired:
             pass
         self.proc = None
+
+    def frontend(self) -> psutil.Process:
+        """TorchServe's frontend: the one JVM the launcher started (RuntimeError otherwise)."""
+        assert self.proc is not None, "not started"
+        jvms = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.name() == "java"]
+        if len(jvms) != 1:
+            raise RuntimeError(f"{len(jvms)} java processes under TorchServe's launcher: {jvms}")
+        return jvms[0]
 
     def __enter__(self) -> LocalTorchServe:
         return self.start()

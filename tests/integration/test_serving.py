@@ -111,14 +111,10 @@ def test_shipped_model_settings_are_live(server):
 def test_the_frontend_runs_with_the_shipped_jvm_options(server):
     """config.properties' vmargs (the heap's bound, and an exit when it runs out) reach the
     JVM that TorchServe starts: psutil reads its command line."""
-    import psutil
-
     from common.paths import CONFIG
     from common.torchserve_files import read_properties
 
     wanted = read_properties(CONFIG)["vmargs"].split()
     assert any(arg.startswith("-Xmx") for arg in wanted) and "-XX:+ExitOnOutOfMemoryError" in wanted
-    jvms = [p for p in psutil.Process(server.proc.pid).children(recursive=True) if p.name() == "java"]
-    assert len(jvms) == 1, jvms
-    args = jvms[0].cmdline()
+    args = server.frontend().cmdline()  # the one JVM, or RuntimeError
     assert all(arg in args for arg in wanted), args
