@@ -32,7 +32,7 @@ IMAGE ?= localhost/sentiment-serve:dev
 TESTS ?= tests
 
 .PHONY: serve stop test test-unit lint bench venv model archive grpc image stack stack-down kserve clean \
-	system-serve system-test system-image FORCE
+	system-serve system-test system-unit system-gateway system-image FORCE
 
 serve: system-serve $(MAR)
 	$(PY) -m server.serve
@@ -48,8 +48,12 @@ test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 # -p randomly: random order (pytest-randomly; off by default in pyproject.toml, where the
 # integration tests' module fixtures keep their servers in file order); a failing order is
 # replayed with the seed it prints: make test-unit PYTEST_ARGS=--randomly-seed=N
-test-unit: $(VENV)/.installed
+test-unit: $(VENV)/.installed system-unit
 	$(PY) -m pytest -p randomly tests/unit $(PYTEST_ARGS)
+
+# the unit tests of gateway/gateway.js run it in Debian's njs interpreter, without nginx
+system-unit:
+	@$(call need,njs,njs)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -87,14 +91,19 @@ system-serve:
 	@# TorchServe scales workers down with /bin/kill (not the shell's builtin): procps
 	@$(call need_file,/bin/kill,procps)
 
-system-test: system-serve system-image
-	@$(call need,nginx,nginx-light)
-	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
+system-test: system-serve system-image system-gateway system-unit
 	@$(call need,haproxy,haproxy)
 	@$(call need,prometheus,prometheus)
 	@$(call need,iptables,iptables)  # the chaos tests (test_chaos.py) cut replicas off with it
 	@$(call need,ip,iproute2)
 	@$(call need,git,git)  # test_security asks git what it would commit
+
+# nginx and the modules the gateway's config loads (gateway/nginx.py MODULES)
+system-gateway:
+	@$(call need,nginx,nginx-light)
+	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
+	@$(call need_file,/usr/lib/nginx/modules/ngx_stream_module.so,libnginx-mod-stream)
+	@$(call need_file,/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so,libnginx-mod-http-headers-more-filter)
 
 system-image:
 	@$(call need,podman,podman)
@@ -121,9 +130,7 @@ chaos: system-chaos image
 soak: system-chaos image
 	$(PY) -m bench.soak_faults --image $(IMAGE) --duration $(SOAK_S)
 
-system-chaos: system-serve
-	@$(call need,nginx,nginx-light)
-	@$(call need_file,/usr/lib/nginx/modules/ngx_http_js_module.so,libnginx-mod-http-js)
+system-chaos: system-serve system-gateway
 	@$(call need,haproxy,haproxy)
 	@$(call need,iptables,iptables)
 

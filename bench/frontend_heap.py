@@ -14,7 +14,7 @@ for --seconds:
    characters (the handler's max_text_chars), straight to port 8080;
 3. big bodies through the gateway: 300 clients, each body a text of 1,000,000 characters
    (under max_request_size; the handler answers 413), through the gateway with its shipped
-   bound of 48 requests in progress per node; its per-key and rate limits lifted, as for
+   bound of 48 requests in flight per node; its per-key and rate limits lifted, as for
    many clients together;
 4. the same big bodies straight to port 8080, which only the pod's own processes reach
    (it listens on 127.0.0.1): only job_queue_size bounds what the JVM holds there.
@@ -96,11 +96,17 @@ def run_case(
         url, key = server.url("inference", "/predictions/sentiment"), server.keys["inference"]
         if through_gateway:
             settings = GatewaySettings(
-                free_port(), {"bench": KEY}, rate_per_s=100_000, burst=100_000, conn_per_key=4096, conn_per_address=4096
+                free_port(),
+                {"bench": KEY},
+                rate_per_s=100_000,
+                burst=100_000,
+                conn_per_key=4096,
+                conn_per_address=4096,
+                key_share_of_node=1.0,  # one key standing for many clients: the node's whole, less one
             )
             gateway = Gateway(workdir / f"{slug}-gateway", settings).start([Node.from_dir(workdir / slug)])
             url, key = f"http://127.0.0.1:{settings.port}/predictions/sentiment", KEY
-            way_in = f"gateway ({settings.in_flight_per_node} in progress per node)"
+            way_in = f"gateway ({settings.in_flight_per_node} in flight per node)"
         rss: list[float] = []
         exited_after: list[float] = []
         done = threading.Event()

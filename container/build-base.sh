@@ -8,7 +8,7 @@
 set -eu
 
 TAG=${1:-localhost/sentiment-base:bookworm}
-PACKAGES=python3,python3-venv,openjdk-17-jre-headless,nginx-light,libnginx-mod-http-js,ca-certificates,procps
+PACKAGES=python3,python3-venv,openjdk-17-jre-headless,nginx-light,libnginx-mod-http-js,libnginx-mod-stream,libnginx-mod-http-headers-more-filter,ca-certificates,procps
 
 if [ "${FORCE:-0}" != 1 ] && podman image exists "$TAG"; then
     echo "build-base: $TAG exists (FORCE=1 rebuilds it)"

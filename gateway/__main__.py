@@ -1,7 +1,7 @@
 """Run the nginx gateway in front of TorchServe nodes.
 
     python -m gateway --node DIR [--node DIR ...] (--client NAME=KEY ... | --clients-file FILE)
-                      [--jwt-secret-file FILE [--jwt-audience AUD] [--jwt-issuer ISS]]
+                      [--jwt-secret-file FILE --jwt-audience AUD --jwt-issuer ISS [--jwt-max-lifetime S]]
                       [--port 8000] [--listen 127.0.0.1] [--drain-delay 0] [--drained-marker FILE]
 
 Each --node is a directory a TorchServe was started from (config.properties and
@@ -9,9 +9,11 @@ key_file.json inside, as `make serve` leaves the repo root, or the volume the To
 container shares); each client key is what clients send as `Authorization: Bearer KEY`
 (16-512 characters of RFC 6750's token alphabet), given on the command line or, better
 (no keys in the process list), in a file of NAME=KEY lines (a mounted Secret). With
---jwt-secret-file, JSON Web Tokens signed HS256 with that secret are taken too, each
-limited as a client of its own by its subject. Waits for the nodes' key files, then runs
-nginx until Ctrl-C or SIGTERM; nginx's access log (JSON lines) goes to standard output.
+--jwt-secret-file (a secret of 32 bytes at least), JSON Web Tokens signed HS256 with that
+secret, naming that audience and issuer and expiring within --jwt-max-lifetime (an hour),
+are taken too, each limited as a client of its own by its subject. Waits for the nodes'
+key files, then runs nginx until Ctrl-C or SIGTERM; nginx's access log (JSON lines) goes
+to standard output.
 
 Keys: the clients file, the JWT secret and each node's key_file.json are read on every
 request, so a changed client key or a TorchServe key rotation counts at once with no
@@ -69,8 +71,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client", action="append", default=[], help="NAME=KEY of a gateway client")
     p.add_argument("--clients-file", type=Path, help="a file of NAME=KEY lines, read on every request")
     p.add_argument("--jwt-secret-file", type=Path, help="accept HS256 JSON Web Tokens signed with this secret")
-    p.add_argument("--jwt-audience", default="", help="the aud a token must name")
-    p.add_argument("--jwt-issuer", default="", help="the iss a token must name")
+    p.add_argument("--jwt-audience", default="", help="the aud a token must name (required with tokens)")
+    p.add_argument("--jwt-issuer", default="", help="the iss a token must name (required with tokens)")
+    p.add_argument(
+        "--jwt-max-lifetime",
+        type=int,
+        default=JwtSettings.max_lifetime_s,
+        help="seconds: a token whose exp is further ahead is refused",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--rate", type=int, default=50, help="requests/s per client")
@@ -108,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(e))
     if not has_clients and args.jwt_secret_file is None:
         parser().error("no client keys: give --client NAME=KEY, --clients-file or --jwt-secret-file")
-    jwt = JwtSettings(args.jwt_secret_file, args.jwt_audience, args.jwt_issuer) if args.jwt_secret_file else None
+    jwt = None
+    if args.jwt_secret_file is not None:
+        try:
+            jwt = JwtSettings(args.jwt_secret_file, args.jwt_audience, args.jwt_issuer, args.jwt_max_lifetime)
+        except ValueError as e:  # names the rule and the file, never the secret
+            parser().error(str(e))
+    elif args.jwt_audience or args.jwt_issuer:
+        parser().error("--jwt-audience and --jwt-issuer go with --jwt-secret-file")
     if args.drained_marker is not None:
         args.drained_marker.unlink(missing_ok=True)
 
@@ -127,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping.wait(0.5):
             if gateway.proc is None or gateway.proc.poll() is not None:
                 log(f"nginx exited with {gateway.proc and gateway.proc.returncode}")
+                return 1
+            # A readiness that stopped moving would say what was once true, forever. The
+            # poller cannot be restarted beside a thread that may still wake up (two writers
+            # of the link): not ready at once, and exit for the kubelet to restart us.
+            poller = gateway.poller
+            if poller is None or not poller.progressing():
+                gateway.set_draining()
+                if poller is not None:
+                    poller.ready_link.unlink(missing_ok=True)
+                log("the readiness poller stopped: exiting")
                 return 1
             if reload_now.is_set():
                 reload_now.clear()

@@ -11,27 +11,52 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.keys import ROTATION_LOCK  # beside key_file.json, held for a key switch
+from common import events
+from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, held for a key switch
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
+from gateway.refusals import RETRY_AFTER, SHAPES, refusals
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 SCRIPT = Path(__file__).resolve().parent / "gateway.js"
-JS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # Debian's libnginx-mod-http-js
+# Debian's packages of nginx's modules that the config loads (nginx-light itself has none)
+MODULES = {
+    "JS_MODULE": ("/usr/lib/nginx/modules/ngx_http_js_module.so", "libnginx-mod-http-js"),
+    "STREAM_MODULE": ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream"),
+    "HEADERS_MORE_MODULE": (
+        "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so",
+        "libnginx-mod-http-headers-more-filter",
+    ),
+}
+API_SOCKET = "api.sock"  # in the workdir: the API's server, behind the stream front
 DRAINING_FILE = "draining"  # in the workdir: while it exists, /readyz answers 503
 CLIENTS_FILE = "clients"  # in the workdir, when the clients are given as a dict
 STATIC_DIR = "static"  # in the workdir: the fixed answers of the anonymous routes
+REFUSALS_DIR = "refusals"  # in STATIC_DIR: gateway/refusals.py's bodies, <shape>/<name>.json
 READY_ANSWERS = "answers"  # in STATIC_DIR: the readiness answers, by route
 READY_LINK = "ready"  # in STATIC_DIR: a link to READY_ANSWERS while some node answers
+PROBE_MAX_BODY = "16"  # bytes: probes and metadata take no body
 TEMP_DIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
 
-# RFC 6750's b64token: what a client key may be made of, 16 to 512 characters
-CLIENT_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,512}=*")
+# The clients' rules, here and in gateway/gateway.js (CLIENT_KEY, CLIENT_NAME, parseClients,
+# MIN_SECRET_BYTES), which applies them on every request: tests/unit/test_gateway_js.py runs
+# one table through both. A client key is 16 to 512 characters in all of RFC 6750's
+# b64token; a name has no ':', so that no client can pass for a token's "jwt:<sub>".
+CLIENT_KEY = re.compile(r"(?=.{16,512}\Z)[A-Za-z0-9._~+/-]+=*")
 CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Why a line of the clients file is not taken, by parse_clients's code for it
+CLIENT_LINE_PROBLEMS = {
+    "form": "not NAME=KEY",
+    "name": "a client name must be 1-64 letters, digits, '.', '_' or '-'",
+    "key": "a key must be 16-512 of the RFC 6750 token characters (letters, digits, - . _ ~ + /, then = padding)",
+    "ambiguous": "a key that the line of another client has too (both are ignored)",
+}
+MIN_JWT_SECRET_BYTES = 32  # HS256's key: the hash's length at least (RFC 7518 3.2)
 
 
 @dataclass
@@ -52,15 +77,46 @@ class Node:
         return read_keys(self.directory / KEY_FILE)["inference"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class JwtSettings:
     """JSON Web Tokens accepted beside the static keys: HS256 with the secret in a file
-    (read on every request, so a new secret counts at once), with an audience and an
-    issuer to match when given."""
+    (read on every request, so a new secret counts at once), naming this audience and this
+    issuer (both required), and expiring at most `max_lifetime_s` ahead. Checked when made:
+    ValueError for an empty audience or issuer, a lifetime that is not a positive number of
+    seconds, or a secret file that cannot be read or holds under MIN_JWT_SECRET_BYTES (the
+    message names the rule, never the secret). gateway.js checks all of it again on every
+    token, and takes none while any of it fails."""
 
     secret_file: Path
-    audience: str = ""
-    issuer: str = ""
+    audience: str
+    issuer: str
+    max_lifetime_s: int = 3600
+
+    def __post_init__(self) -> None:
+        for value, what in ((self.audience, "audience"), (self.issuer, "issuer")):
+            if not value:
+                raise ValueError(f"JSON Web Tokens need an {what} to match (--jwt-{what})")
+            _check_config_string(value, f"the JWT {what}")
+        lifetime = self.max_lifetime_s
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
+            raise ValueError("the JWT maximum lifetime must be a positive whole number of seconds")
+        jwt_secret(Path(self.secret_file))
+
+
+def jwt_secret(path: Path) -> bytes:
+    """The HS256 secret in `path` as gateway.js takes it: the file's bytes, ASCII whitespace
+    at either end left out; ValueError when it cannot be read or is shorter than
+    MIN_JWT_SECRET_BYTES (naming the rule, never the secret)."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"the JWT secret file {path} cannot be read: {e.strerror}") from None
+    if len(secret) < MIN_JWT_SECRET_BYTES:
+        raise ValueError(
+            f"the JWT secret in {path} must be at least {MIN_JWT_SECRET_BYTES} bytes "
+            "(whitespace at either end not counted)"
+        )
+    return secret
 
 
 @dataclass
@@ -78,16 +134,29 @@ class GatewaySettings:
     # one as a request arrives on it; a frozen gateway wakes with its timers run out, and closes
     # unread what was sent to it meanwhile (docs/chaos.md, the freeze)
     idle_timeout_s: int = 90
-    conn_per_key: int = 64  # requests in progress per gateway key
-    conn_per_address: int = 256  # per client address
-    # requests in progress per node behind the gateway, all keys together: what a node answers
-    # within a few of its unloaded p50s (bench/results/overload.json). Past it the next one gets
-    # 429 at once rather than a place in TorchServe's queue it would wait in for longer than
-    # its answer is worth (the handler's queue_budget_ms sheds those, at a higher cost).
+    # requests in progress per gateway key, bodies still arriving included; in all: open_total()
+    conn_per_key: int = 64
+    # connections per client address, from the moment each is accepted (idle ones included)
+    conn_per_address: int = 256
+    # requests in flight per node behind the gateway (their bodies in), all keys together:
+    # what a node answers within a few of its unloaded p50s (bench/results/overload.json).
+    # Past it the next one gets 429 at once rather than a place in TorchServe's queue it
+    # would wait in for longer than its answer is worth (the handler's queue_budget_ms sheds
+    # those, at a higher cost).
     in_flight_per_node: int = 48
-    worker_connections: int = 4096
+    # the share of a node's in-flight requests one key may hold: less than the whole, so one
+    # key cannot take a node from the others
+    key_share_of_node: float = 0.5
+    worker_connections: int = 8192
     probe_rate_per_s: int = 20  # anonymous routes, per client address
     probe_burst: int = 40
+    probes_in_progress_per_address: int = 16
+    explain_rate_per_s: int = 2  # per caller: one caller cannot keep the explanation slots
+    explain_burst: int = 4
+    auth_failure_rate_per_s: int = 5  # requests with no known key or token, per client address
+    auth_failure_burst: int = 20
+    # how long a body nginx does not read (a refused request's) is drained before the close
+    lingering_time_s: int = 2
     poll_interval_s: float = 1.0  # the readiness poller's period
     jwt: JwtSettings | None = None
     model: str = "sentiment"
@@ -100,27 +169,81 @@ def _check_config_string(value: str, what: str) -> str:
     return value
 
 
+def client_problem(name: str, key: str) -> str | None:
+    """What is wrong with a client's name or key, as a CLIENT_LINE_PROBLEMS code ("name",
+    "key"), or None: the rule of one line, gateway.js's clientProblem."""
+    if not CLIENT_NAME.fullmatch(name):
+        return "name"
+    if not CLIENT_KEY.fullmatch(key):
+        return "key"
+    return None
+
+
+def _ambiguous(entries: list[tuple[str, str]]) -> set[str]:
+    """The keys among (name, key) entries that more than one name has."""
+    owners: dict[str, set[str]] = {}
+    for name, key in entries:
+        owners.setdefault(key, set()).add(name)
+    return {key for key, names in owners.items() if len(names) > 1}
+
+
+def _strip(text: str) -> str:
+    return text.strip(" \t\r")  # gateway.js's strip: the same characters
+
+
+def parse_clients(text: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, str]]]:
+    """A clients file's text judged line by line exactly as gateway.js's parseClients judges
+    it on every request: (line, name, key) of each line taken and (line, problem) of each
+    refused (a CLIENT_LINE_PROBLEMS code), lines numbered from 1 in order. Lines are split
+    on "\\n"; spaces, tabs and "\\r" around a line, a name or a key are left out; blank
+    lines and lines starting with '#' are skipped. A key that lines of two names have is
+    refused on all of its lines: which client it stands for is not known."""
+    taken: list[tuple[int, str, str]] = []
+    refused: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = _strip(raw)
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            refused.append((number, "form"))
+            continue
+        name, _, key = line.partition("=")
+        name, key = _strip(name), _strip(key)
+        problem = client_problem(name, key)
+        if problem is None:
+            taken.append((number, name, key))
+        else:
+            refused.append((number, problem))
+    ambiguous = _ambiguous([(name, key) for _, name, key in taken])
+    refused += [(number, "ambiguous") for number, _, key in taken if key in ambiguous]
+    return [entry for entry in taken if entry[2] not in ambiguous], sorted(refused)
+
+
 def check_clients(clients: dict[str, str]) -> dict[str, str]:
     """Client names and keys as the gateway takes them, or ValueError (naming no key)."""
     for name, key in clients.items():
-        if not CLIENT_NAME.fullmatch(name):
-            raise ValueError(f"a client name must be 1-64 letters, digits, '.', '_' or '-': {name!r}")
-        if not CLIENT_KEY.fullmatch(key):
-            raise ValueError(
-                f"client {name}: a key must be 16-512 of the RFC 6750 token characters "
-                "(letters, digits, - . _ ~ + /, then = padding)"
-            )
+        problem = client_problem(name, key)
+        if problem == "name":
+            raise ValueError(f"{CLIENT_LINE_PROBLEMS['name']}: {name!r}")
+        if problem == "key":
+            raise ValueError(f"client {name}: {CLIENT_LINE_PROBLEMS['key']}")
+    ambiguous = _ambiguous(list(clients.items()))
+    if ambiguous:
+        names = sorted(name for name, key in clients.items() if key in ambiguous)
+        raise ValueError(f"clients {', '.join(names)}: the same key for more than one client")
     return clients
 
 
 def read_clients_file(path: Path) -> dict[str, str]:
-    clients = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, key = line.partition("=")
-            clients[name.strip()] = key.strip()
-    return clients
+    """The clients file's clients (a name of several lines: its last key), or ValueError
+    naming each line that gateway.js would ignore, by its number and problem (never its
+    text, which may be a key): a gateway does not start with a file it would half ignore."""
+    text = Path(path).read_bytes().decode("utf-8", "replace")  # gateway.js reads it so
+    taken, refused = parse_clients(text)
+    if refused:
+        lines = "; ".join(f"line {number}: {CLIENT_LINE_PROBLEMS[problem]}" for number, problem in refused)
+        raise ValueError(f"the clients file {path}: {lines}")
+    return {name: key for _, name, key in taken}
 
 
 def readiness_answers(model: str) -> dict[str, dict[str, Any]]:
@@ -164,24 +287,106 @@ def node_socket(workdir: Path, index: int) -> Path:
 NODE_HEADERS = """            proxy_set_header Connection "";
             proxy_set_header Authorization "";
             proxy_set_header sentiment-protocol $protocol;
+            proxy_set_header sentiment-client $client;
             proxy_set_header sentiment-sent-at $msec;
             proxy_set_header explain "";
             proxy_set_header describe "";"""
 
 
+def open_total(settings: GatewaySettings, nodes: int) -> int:
+    """Requests in progress at the API server, all callers together: what the nodes take in
+    flight, and one caller's worth of bodies still arriving beside them. One caller's slow
+    bodies then leave the nodes' whole capacity to the others; and since nginx holds each
+    body in memory (up to max_body each), this bounds the gateway's memory too."""
+    return settings.in_flight_per_node * nodes + settings.conn_per_key
+
+
+def in_flight_per_key(settings: GatewaySettings) -> int:
+    """Requests in flight one key may hold at one node: its share, at least one and fewer
+    than the node's whole when the node takes more than one."""
+    whole = settings.in_flight_per_node
+    return max(1, min(whole - 1, int(whole * settings.key_share_of_node))) if whole > 1 else 1
+
+
+# The statuses nginx can produce in each kind of place, and the refusal (gateway/refusals.py)
+# that answers each. A location with error_page lines of its own inherits none: each kind
+# lists all of its statuses.
+ERROR_PAGES: dict[str, dict[int, str]] = {
+    # before a route is known: what nginx refuses while it reads a request line and header
+    "server": {
+        400: "bad_request",
+        404: "not_found",  # a client asking for a refusal's file itself
+        405: "method_not_allowed",  # TRACE
+        413: "too_large",
+        414: "uri_too_long",
+        494: "header_too_large",
+        500: "internal",
+        501: "not_implemented",
+        502: "no_node",
+        504: "no_node",
+        505: "http_version",
+    },
+    "proxy": {400: "bad_request", 413: "too_large", 429: "too_many", 500: "internal", 502: "no_node", 504: "no_node"},
+    "caller_file": {400: "bad_request", 413: "no_body", 429: "too_many", 500: "internal"},
+    "anonymous": {400: "bad_request", 413: "no_body", 429: "too_many_probes", 500: "internal"},
+    "unauthorized": {401: "unauthorized", 429: "too_many_failures", 500: "internal"},
+    "node": {429: "node_busy", 500: "internal"},
+    "node_explain": {429: "explain_busy", 500: "internal"},
+}
+
+
+def error_pages(shape: str, kind: str, model: str, max_body: str, indent: str = "            ") -> str:
+    """error_page lines for a location of `kind` answering in `shape` (a shape's name, or
+    an nginx variable holding one). A status answered by a refusal of another status is
+    answered with the refusal's (nginx's 494 for a header over its buffers as 431, its
+    504 as the 502 of a node that did not answer), so that status and body agree."""
+    table = refusals(model, max_body)
+    lines = []
+    for status, name in ERROR_PAGES[kind].items():
+        answer = "" if table[name].status == status else f"={table[name].status} "
+        lines.append(f"{indent}error_page {status} {answer}/{REFUSALS_DIR}/{shape}/{name}.json;")
+    return "\n".join(lines)
+
+
+def refuse(shape: str, name: str, model: str, max_body: str) -> str:
+    """A `return` of refusal `name` in `shape`, its body inline (with Retry-After where it
+    has one)."""
+    refusal = refusals(model, max_body)[name]
+    body = refusal.body(shape).replace("\n", "\\n")
+    if "'" in body or "$" in body:
+        raise ValueError(f"refusal {name}: its body cannot be an nginx string literal")
+    retry = "add_header Retry-After 1 always; " if refusal.status in RETRY_AFTER else ""
+    return f"{retry}return {refusal.status} '{body}';"
+
+
+def refusal_files(model: str, max_body: str) -> dict[str, str]:
+    """<shape>/<name>.json -> body: what error_page serves."""
+    return {
+        f"{shape}/{name}.json": refusal.body(shape)
+        for name, refusal in refusals(model, max_body).items()
+        for shape in SHAPES
+    }
+
+
 def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> tuple[str, str]:
     """The upstream's servers (one unix socket per node) and the internal server blocks
-    behind those sockets, each adding its node's current key."""
+    behind those sockets, each admitting what its node can answer in time (requests in
+    flight per node and per key and node, counted once a body is in) and adding its
+    node's current key."""
     sockets = [node_socket(workdir, i) for i in range(1, len(nodes) + 1)]
     upstream = "\n".join(f"        server unix:{sock} max_fails=1 fail_timeout=5s;" for sock in sockets)
     proxy = f"""            proxy_set_header Authorization "Bearer $node_key";
             proxy_set_header Connection "";
+            proxy_set_header sentiment-client "";
             proxy_http_version 1.1;
             proxy_connect_timeout 1s;
             proxy_read_timeout {settings.read_timeout_s}s;
             # TorchServe unreachable or too slow: close without an answer, which the
             # upstream above counts as this node failing (and retries elsewhere)
             error_page 502 504 = @node_down;"""
+    per_key = in_flight_per_key(settings)
+    static = workdir / STATIC_DIR
+    admit = f"limit_conn in_flight_per_node {settings.in_flight_per_node}; limit_conn in_flight_per_key {per_key};"
     blocks = []
     for i, (node, sock) in enumerate(zip(nodes, sockets, strict=True), 1):
         directory = _check_config_string(str(node.directory), "a node directory")
@@ -195,8 +400,22 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
         listen unix:{sock};
         access_log off;
         set $node_dir "{directory}";
+        # the requests in flight to this node: {settings.in_flight_per_node} in all, {per_key} per key
+        {admit}
         location / {{
+{error_pages("$refusal_shape", "node", settings.model, settings.max_body)}
             # a key rotation is switching this node's key: wait for the new one
+            if (-f "{directory}/{ROTATION_LOCK}") {{
+                rewrite ^ /_held$uri last;
+            }}
+{proxy}
+            proxy_pass http://torchserve{i};
+        }}
+        location = /explanations/{settings.model} {{
+            # a location's own limit_conn replaces the server's: repeated
+            {admit}
+            limit_conn explanations_per_node 1;
+{error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}
             if (-f "{directory}/{ROTATION_LOCK}") {{
                 rewrite ^ /_held$uri last;
             }}
@@ -218,6 +437,11 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
         location @node_down {{
             return 444;
         }}
+        location ^~ /refusals/ {{
+            internal;
+            root {static};
+            add_header Retry-After $retry_after always;
+        }}
     }}""")
     return upstream, "\n\n".join(blocks)
 
@@ -228,7 +452,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     clients_file = settings.clients if isinstance(settings.clients, Path) else workdir / CLIENTS_FILE
     jwt = settings.jwt
     fields = {
-        "JS_MODULE": JS_MODULE,
+        **{name: path for name, (path, _) in MODULES.items()},
         "JS_FILE": str(SCRIPT),
         # Started as root, nginx runs its workers as nobody, who could not open the node
         # sockets in the (owner-only) work directory: keep them the starting user.
@@ -241,10 +465,27 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         ),
         "JWT_AUDIENCE": _check_config_string(jwt.audience if jwt else "", "the JWT audience"),
         "JWT_ISSUER": _check_config_string(jwt.issuer if jwt else "", "the JWT issuer"),
+        "JWT_MAX_LIFETIME": str(jwt.max_lifetime_s if jwt else 0),
+        # gateway.js's hold: past this age a rotation lock is stale (common/keys.py)
+        "ROTATION_LOCK_MAX_AGE_MS": str(round(LOCK_MAX_AGE_S * 1000)),
         "RATE": str(settings.rate_per_s),
         "BURST": str(settings.burst),
         "PROBE_RATE": str(settings.probe_rate_per_s),
         "PROBE_BURST": str(settings.probe_burst),
+        "PROBE_LIMITS": f"""            limit_req zone=per_address burst={settings.probe_burst} nodelay;
+            limit_conn probes_per_address {settings.probes_in_progress_per_address};
+            client_max_body_size {PROBE_MAX_BODY};""",
+        "PROBE_MAX_BODY": PROBE_MAX_BODY,
+        "EXPLAIN_RATE": str(settings.explain_rate_per_s),
+        "EXPLAIN_BURST": str(settings.explain_burst),
+        "AUTH_FAILURE_RATE": str(settings.auth_failure_rate_per_s),
+        "AUTH_FAILURE_BURST": str(settings.auth_failure_burst),
+        "LINGERING_TIME": f"{settings.lingering_time_s}s",
+        "RETRY_AFTER_STATUSES": "\n".join(f"        {status} 1;" for status in RETRY_AFTER),
+        "API_SOCKET": str(workdir / API_SOCKET),
+        # the stream front only outlasts the API server's own longest wait
+        "STREAM_TIMEOUT": f"{max(settings.idle_timeout_s, settings.read_timeout_s + 5) + 30}s",
+        "MODEL_RE": re.escape(settings.model),
         "UPSTREAM_SERVERS": upstream,
         "NODE_SERVERS": node_servers,
         "NODE_HEADERS": NODE_HEADERS,
@@ -254,8 +495,8 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "CLIENT_TIMEOUT": f"{settings.client_timeout_s}s",
         "IDLE_TIMEOUT": f"{settings.idle_timeout_s}s",
         "CONN_PER_KEY": str(settings.conn_per_key),
+        "OPEN_TOTAL": str(open_total(settings, len(nodes))),
         "CONN_PER_ADDRESS": str(settings.conn_per_address),
-        "CONN_TOTAL": str(settings.in_flight_per_node * len(nodes)),
         "WORKER_CONNECTIONS": str(settings.worker_connections),
         "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,
@@ -265,7 +506,11 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     text = TEMPLATE.read_text()
     for name, value in fields.items():
         text = text.replace(f"@{name}@", value)
-    left = re.findall(r"@[A-Z_]+@", text)
+    text = re.sub(r"@REFUSE\((\w+),(\w+)\)@", lambda m: refuse(m[1], m[2], settings.model, settings.max_body), text)
+    text = re.sub(
+        r"@ERRORS\((\w+),(\w+)\)@", lambda m: error_pages(m[1], m[2], settings.model, settings.max_body), text
+    )
+    left = re.findall(r"@[A-Z_]+(?:\([^)]*\))?@", text)
     if left:
         raise ValueError(f"template fields left unrendered: {left}")
     return text
@@ -276,25 +521,41 @@ class ReadinessPoller:
     prediction to each node with its key. A node is ready when it answered 200; when it
     is busy (a full queue's 503, or no answer within the probe's timeout) it stays ready
     as long as its workers are (TorchServe's /ping); anything else (refused connection, a
-    dead worker, a wrong key) and it is not. During a key rotation a node keeps its state.
-    Probes from outside read the file, so they cost the nodes nothing."""
+    dead worker, a wrong key, a truncated or garbled answer, a key file it cannot read) and
+    it is not. During a key rotation (a fresh lock, common/keys.py) a node keeps its state;
+    a stale lock is ignored. Probes from outside read the file, so they cost the nodes nothing.
+
+    Nothing that one node does stops the polling: any exception while checking a node makes
+    that node not ready (logged once, by its type, until the node's check succeeds again).
+    `last_poll` is when the last round ended; progressing() says whether the thread is
+    alive and rounds keep ending (the gateway's runner exits when not: gateway/__main__.py)."""
 
     PROBE_BODY = b'{"text": "readiness probe"}'
+    STALL_MARGIN_S = 5.0  # scheduling, key files: beyond the probes' own timeouts
 
     def __init__(self, workdir: Path, nodes: list[Node], model: str, interval: float, timeout: float = 10.0):
         self.ready_link = Path(workdir) / STATIC_DIR / READY_LINK
         self.nodes, self.model, self.interval, self.timeout = nodes, model, interval, timeout
         self.state = [False] * len(nodes)
+        self.last_poll = time.monotonic()
+        # the longest a round can take: per node a prediction and a ping, each a connect and
+        # an answer within `timeout` (a frozen node's), and the wait between rounds
+        self.stall_after = interval + 4 * timeout * len(nodes) + self.STALL_MARGIN_S
+        self._errors: list[str | None] = [None] * len(nodes)  # each node's failing exception type
+        self._round_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readiness-poller", daemon=True)
 
     def _node_ready(self, node: Node, was_ready: bool) -> bool:
-        if (node.directory / ROTATION_LOCK).exists():
+        if lock_is_fresh(node.directory / ROTATION_LOCK):
             return was_ready
         try:
-            auth = {"Authorization": f"Bearer {node.key()}"}
-        except (OSError, ValueError, KeyError):
+            key = node.key()
+        except (OSError, ValueError, KeyError):  # not written yet, or half written
             return False
+        if not isinstance(key, str):
+            raise TypeError(f"the inference key is a {type(key).__name__}")
+        auth = {"Authorization": f"Bearer {key}"}
         base = f"http://127.0.0.1:{node.inference_port}"
         try:
             status, _ = http(
@@ -317,8 +578,24 @@ class ReadinessPoller:
                 return False
         return False
 
+    def _check(self, index: int, node: Node, was_ready: bool) -> bool:
+        """Node `index` (0-based) ready; any exception makes it not ready, and is logged by
+        its type (never its message, which could quote a key) when it starts failing so."""
+        try:
+            ready = self._node_ready(node, was_ready)
+        except Exception as e:  # a truncated or garbled answer, an odd key file, a bug
+            error = type(e).__name__
+            if self._errors[index] != error:
+                events.log("gateway", "readiness check failed: node not ready", node=index + 1, error=error)
+            self._errors[index] = error
+            return False
+        self._errors[index] = None
+        return ready
+
     def poll_once(self) -> bool:
-        self.state = [self._node_ready(node, was) for node, was in zip(self.nodes, self.state, strict=True)]
+        self.state = [
+            self._check(i, node, was) for i, (node, was) in enumerate(zip(self.nodes, self.state, strict=True))
+        ]
         ready = any(self.state)
         if ready and not self.ready_link.is_symlink():
             tmp = self.ready_link.with_name(READY_LINK + ".new")
@@ -327,11 +604,23 @@ class ReadinessPoller:
             os.replace(tmp, self.ready_link)
         elif not ready:
             self.ready_link.unlink(missing_ok=True)
+        self.last_poll = time.monotonic()
         return ready
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll_once()
+            try:
+                self.poll_once()
+                self._round_error = None
+            except Exception as e:  # the link could not be written: tried again next period
+                error = type(e).__name__
+                if self._round_error != error:
+                    events.log("gateway", "readiness poll failed", error=error)
+                self._round_error = error
+
+    def progressing(self) -> bool:
+        """Whether the thread is alive and its last round ended within `stall_after`."""
+        return self._thread.is_alive() and time.monotonic() - self.last_poll <= self.stall_after
 
     def start(self) -> None:
         """The first poll before this returns: a gateway just started says what is true."""
@@ -379,6 +668,9 @@ class Gateway:
             (static / f"{name}.json").write_text(json.dumps(answer) + "\n")
         for name, answer in readiness_answers(self.settings.model).items():
             (static / READY_ANSWERS / f"{name}.json").write_text(json.dumps(answer) + "\n")
+        for name, body in refusal_files(self.settings.model, self.settings.max_body).items():
+            (static / REFUSALS_DIR / name).parent.mkdir(parents=True, exist_ok=True)
+            (static / REFUSALS_DIR / name).write_text(body)
         if isinstance(self.settings.clients, dict):
             lines = "".join(f"{n}={k}\n" for n, k in check_clients(self.settings.clients).items())
             _write_private(self.workdir / CLIENTS_FILE, lines)
@@ -391,9 +683,12 @@ class Gateway:
     def _nginx(self, *args: str) -> list[str]:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(binary).exists():
-            raise FileNotFoundError("nginx is missing: apt-get install nginx-light libnginx-mod-http-js")
-        if not Path(JS_MODULE).exists():
-            raise FileNotFoundError(f"{JS_MODULE} is missing: apt-get install libnginx-mod-http-js")
+            raise FileNotFoundError(
+                "nginx is missing: apt-get install nginx-light " + " ".join(p for _, p in MODULES.values())
+            )
+        for module, package in MODULES.values():
+            if not Path(module).exists():
+                raise FileNotFoundError(f"{module} is missing: apt-get install {package}")
         return [binary, "-p", str(self.workdir), "-e", "stderr", "-c", str(self.workdir / "nginx.conf"), *args]
 
     def start(self, nodes: list[Node], timeout: float = 15.0) -> Gateway:

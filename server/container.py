@@ -10,6 +10,7 @@ fresh, and stop on SIGTERM without losing a request.
   logs/ land there: a volume the gateway container shares.
 - Keys: TorchServe's keys expire after token_expiration_min; they are rotated through its
   token API every half of that, and the gateway, which watches key_file.json, follows.
+  A rotation lock left in the workdir by a rotation killed mid-way is removed at start.
 - Stop: TorchServe ignores SIGTERM as PID 1 would. On SIGTERM (or SIGINT) it keeps serving
   until the gateway in front has drained, which the gateway says by writing
   --drain-marker once its last request is answered, or until --grace seconds have passed;
@@ -20,6 +21,7 @@ fresh, and stop on SIGTERM without losing a request.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from clients.torchserve import TorchServeClient
 from common import events
-from common.keys import rotate
+from common.keys import ROTATION_LOCK, lock_age, rotate
 from common.torchserve_files import KEY_FILE, read_properties
 from server import launch
 
@@ -72,6 +74,23 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     return proc.wait()
 
 
+def clear_rotation_lock(workdir: Path) -> None:
+    """Remove a key rotation lock left in the workdir (a volume that outlives this
+    container): no rotation runs before this process starts one, so any lock there was
+    left by a rotation killed mid-way, and would hold the gateway's requests."""
+    lock = workdir / ROTATION_LOCK
+    age = lock_age(lock)
+    if age is None:
+        return
+    try:
+        owner = json.loads(lock.read_text())
+        holder = {"pid": owner.get("pid"), "host": owner.get("host")} if isinstance(owner, dict) else {}
+    except (OSError, ValueError):  # gone meanwhile, or a lock that records nothing
+        holder = {}
+    lock.unlink(missing_ok=True)
+    log(f"removed a key rotation lock left behind ({age:.0f}s old)", **holder)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     workdir = args.workdir
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     launch.write_properties(workdir / "config.properties", props)
     if args.drain_marker is not None:
         args.drain_marker.unlink(missing_ok=True)
+    clear_rotation_lock(workdir)
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

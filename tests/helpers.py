@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,8 @@ from testbed.local_server import ONE_WORKER_MODELS
 
 __all__ = [
     "keys_cli",
+    "raw_exchange",
+    "read_response",
     "ONE_WORKER_MODELS",
     "SteadyLoad",
     "gateway_answers",
@@ -231,3 +234,35 @@ def keys_cli(server, *args: str) -> subprocess.CompletedProcess:
         cwd=ROOT,
         timeout=60,
     )
+
+
+def read_response(sock: socket.socket, buffered: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response from the socket (Content-Length framed): (status, headers, body);
+    what follows it stays in `buffered`."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a response")
+        buffered += chunk
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers.get("content-length", 0))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed inside a body")
+        rest += chunk
+    buffered[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def raw_exchange(
+    port: int, data: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1", timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` (a whole request, as bytes) on a new connection from the loopback address
+    `source` (any 127.x.y.z: a client address of its own) and read one response."""
+    with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        return read_response(sock, bytearray())

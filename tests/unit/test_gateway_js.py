@@ -1,0 +1,497 @@
+"""gateway/gateway.js without nginx: Debian's njs command-line interpreter (the same njs
+0.7 as nginx's module) runs the file's code with a stub request, its `variables` and
+`headersIn` as the config sets them, reading real files written here; `ngx.log` is a stub
+that records what would be logged.
+
+Who calls (client()): the Authorization header and a client key's rules; the clients
+file judged line by line, its bad lines ignored and logged by number only; the JSON Web
+Tokens, with every hostile token of tests/integration/test_gateway_jwt.py. And the clients'
+rules shown the same in both languages: one table of names, keys and files through
+gateway.js's parseClients and gateway/nginx.py's parse_clients, the same verdicts."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jwt_tokens import AUDIENCE, ISSUER, MAX_LIFETIME, REFUSED, SECRET, claims, raw_claims, token
+
+from common.paths import ROOT
+from gateway.nginx import CLIENT_LINE_PROBLEMS, CLIENT_NAME, MIN_JWT_SECRET_BYTES, client_problem, parse_clients
+
+GATEWAY_JS = ROOT / "gateway" / "gateway.js"
+NJS = shutil.which("njs")
+if NJS is None:  # make test-unit installs it: a run without it fails rather than skip these
+    pytest.fail("Debian's njs interpreter is missing: apt-get install njs (make test-unit installs it)", pytrace=False)
+
+# What nginx gives the module and the CLI does not: `ngx` (its log recorded here)
+PRELUDE = """
+var LOGS = [];
+var ngx = {INFO: 7, WARN: 5, ERR: 4, log: function (level, message) { LOGS.push([level, String(message)]); }};
+"""
+# Runs CALLS, one {fn, args} or {fn: "client", variables, headers} each, and writes to
+# OUTPUT (the CLI's console.log cuts lines at 2 KiB) per call its value (or the exception
+# it threw) and what it logged.
+DRIVER = """
+var CALLS = %s, OUTPUT = %s;
+var FUNCTIONS = {parseClients: parseClients, clientProblem: clientProblem};
+require('fs').writeFileSync(OUTPUT, JSON.stringify(CALLS.map(function (call) {
+    LOGS = [];
+    var value = null, error = null;
+    try {
+        value = call.fn === 'client'
+            ? client({variables: call.variables, headersIn: call.headers})
+            : FUNCTIONS[call.fn].apply(null, call.args);
+    } catch (e) {
+        error = String(e);
+    }
+    return {value: value === undefined ? null : value, error: error, logs: LOGS};
+})));
+"""
+LOG_CRIT = 3  # nginx's NGX_LOG_CRIT: the config's error_log level
+
+
+def module_code() -> str:
+    """gateway.js as a script: its one `export default` line (a module's, which a script
+    cannot have) left out."""
+    code, exports = re.subn(r"^export default \{[^}]*\};[ \t]*$", "", GATEWAY_JS.read_text(), flags=re.M)
+    assert exports == 1, "gateway.js should end with one `export default {...};` line"
+    return code
+
+
+def run_njs(calls: list[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
+    assert NJS is not None
+    script = tmp / "gateway-test.js"
+    output = tmp / "gateway-test.json"
+    output.unlink(missing_ok=True)
+    script.write_text(PRELUDE + module_code() + DRIVER % (json.dumps(calls), json.dumps(str(output))))
+    done = subprocess.run([NJS, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and output.exists(), done.stdout[-2000:] + done.stderr[-2000:]
+    results: list[dict[str, Any]] = json.loads(output.read_text())
+    for result in results:
+        assert result["error"] is None, result
+    return results
+
+
+def call(fn: str, *args: Any, tmp: Path) -> Any:
+    return run_njs([{"fn": fn, "args": list(args)}], tmp)[0]["value"]
+
+
+class Gateway:
+    """What gateway.js sees of one gateway: its clients file and JWT settings (as the
+    config's variables), and the Authorization header of each request."""
+
+    def __init__(self, tmp: Path, clients: str = "", secret: bytes | None = SECRET, **variables: str) -> None:
+        self.tmp = tmp
+        self.clients_file = tmp / "clients"
+        self.clients_file.write_text(clients)
+        self.variables = {"clients_file": str(self.clients_file), "jwt_secret_file": ""}
+        if secret is not None:
+            (tmp / "jwt-secret").write_bytes(secret)
+            self.variables |= {
+                "jwt_secret_file": str(tmp / "jwt-secret"),
+                "jwt_audience": AUDIENCE,
+                "jwt_issuer": ISSUER,
+                "jwt_max_lifetime": str(MAX_LIFETIME),
+            }
+        self.variables |= variables
+
+    def answers(self, authorizations: list[str | None]) -> list[dict[str, Any]]:
+        calls = [
+            {"fn": "client", "variables": self.variables, "headers": {} if a is None else {"Authorization": a}}
+            for a in authorizations
+        ]
+        return run_njs(calls, self.tmp)
+
+    def clients(self, authorizations: list[str | None]) -> list[str]:
+        return [answer["value"] for answer in self.answers(authorizations)]
+
+    def client(self, authorization: str | None) -> str:
+        return self.clients([authorization])[0]
+
+    def bearer(self, key: str) -> str:
+        return self.client(f"Bearer {key}")
+
+
+# --- client keys and the Authorization header ---------------------------------------------
+
+K16, K64, K512 = "k" * 16, "0123456789abcdef" * 4, "Z" * 512
+
+
+def test_a_key_is_taken_only_as_a_bearer_token(tmp_path):
+    gateway = Gateway(tmp_path, f"alice={K64}\n", secret=None)
+    assert (
+        gateway.clients(
+            [
+                f"Bearer {K64}",
+                None,
+                "",
+                K64,
+                f"bearer {K64}",
+                f"Basic {K64}",
+                f"Bearer  {K64}",  # two spaces
+                f"Bearer {K64} ",
+                f"Bearer\t{K64}",
+                f"Bearer {K64}\n",
+                f"Bearer {K64}x",
+                f"Bearer {K64[:-1]}",
+                "Bearer ",
+                "Bearer",
+            ]
+        )
+        == ["alice"] + [""] * 13
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "taken"),
+    [
+        (K16, True),
+        ("k" * 15, False),
+        (K512, True),
+        ("Z" * 513, False),
+        ("Z" * 510 + "==", True),
+        ("Z" * 511 + "==", False),  # 513 with its padding
+        ("k" * 15 + "=", True),  # 16 in all
+        ("abcdefghijklmnop==", True),
+        ("abc=defghijklmnopq", False),  # '=' only at the end
+        ("=" * 16, False),
+        ("AZaz09-._~+/" + "x" * 4, True),  # every character of the alphabet
+        ("k" * 15 + '"', False),
+        ("k" * 15 + "%", False),
+        ("k" * 15 + ":", False),
+        ("k" * 15 + "é", False),
+        ("k" * 8 + " " + "k" * 8, False),
+    ],
+)
+def test_a_client_key_is_16_to_512_characters_of_rfc_6750s_token(tmp_path, key, taken):
+    gateway = Gateway(tmp_path, f"alice={key}\n", secret=None)
+    assert gateway.bearer(key) == ("alice" if taken else "")
+    assert (client_problem("alice", key) is None) == taken  # nginx.py: the same rule
+
+
+def test_an_authorization_header_over_8_kib_is_refused(tmp_path):
+    gateway = Gateway(tmp_path, f"alice={K64}\n")
+    assert gateway.client("Bearer " + "a" * 8185) == ""
+    assert gateway.client("Bearer " + "a" * 8185 + "x") == ""
+
+
+# --- the clients file -----------------------------------------------------------------------
+
+
+def test_bad_lines_are_ignored_and_logged_by_number_and_the_rest_kept(tmp_path):
+    lines = [
+        "# the clients of the gateway",
+        "",
+        f"alice={K64}",
+        "short=abc",  # a key of 3
+        f"jwt:alice={'j' * 20}",  # a name that looks like a token's subject
+        f"bob = {'b' * 20}\r",  # spaces around '=', a CRLF line
+        f"{'n' * 65}={'x' * 20}",  # a name of 65
+        "no-equals-sign-at-all-" + "q" * 20,
+        f"=key-without-a-name-{'y' * 10}",
+        f"carol={K512}",
+        "\t",
+        f"dave={K16}",
+    ]
+    gateway = Gateway(tmp_path, "\n".join(lines) + "\n", secret=None)
+    answers = gateway.answers(
+        [f"Bearer {k}" for k in (K64, "b" * 20, K512, K16, "abc", "j" * 20, "x" * 20, "q" * 20, "y" * 10)]
+    )
+    assert [a["value"] for a in answers] == ["alice", "bob", "carol", "dave"] + [""] * 5
+    refused = "clients file: ignored line(s) 4 (key), 5 (name), 7 (name), 8 (form), 9 (name)"
+    for answer in answers:  # every read judges the whole file, and logs what it ignores
+        assert answer["logs"] == [[LOG_CRIT, refused]]
+    text = json.dumps(answers)
+    assert not any(secret in text for secret in ("abc", "j" * 20, "x" * 20, "q" * 20, "y" * 10, K64))
+
+
+def test_a_key_of_two_clients_is_refused_on_both_lines(tmp_path):
+    shared, own = "s" * 20, "o" * 20
+    gateway = Gateway(tmp_path, f"eve={shared}\nfrank={own}\nmallory={shared}\n", secret=None)
+    answers = gateway.answers([f"Bearer {shared}", f"Bearer {own}"])
+    assert [a["value"] for a in answers] == ["", "frank"]
+    assert answers[0]["logs"] == [[LOG_CRIT, "clients file: ignored line(s) 1 (ambiguous), 3 (ambiguous)"]]
+
+
+def test_one_client_may_have_two_keys_and_a_key_may_be_repeated(tmp_path):
+    """A key rotation: the new key's line added beside the old one's, then the old one removed."""
+    old, new = "old-key-" + "o" * 12, "new-key-" + "n" * 12
+    gateway = Gateway(tmp_path, f"alice={old}\nalice={new}\nalice={new}\n", secret=None)
+    answers = gateway.answers([f"Bearer {old}", f"Bearer {new}"])
+    assert [a["value"] for a in answers] == ["alice", "alice"] and answers[0]["logs"] == []
+
+
+def test_a_missing_or_empty_clients_file_serves_no_key(tmp_path):
+    gateway = Gateway(tmp_path, "", secret=None)
+    assert gateway.answers([f"Bearer {K64}"]) == [{"value": "", "error": None, "logs": []}]
+    gateway.clients_file.unlink()
+    assert gateway.bearer(K64) == ""
+
+
+def test_the_key_lookup_compares_every_line(tmp_path):
+    """The token is compared with every key, none skipped after a match: the lookup takes
+    the same steps whichever line matches (gateway.js compares HMACs, each under a random
+    key of its request's own, so that no comparison stops early on a shared prefix)."""
+    code = GATEWAY_JS.read_text()
+    lookup = code[code.index("function staticClient(") : code.index("function b64json(")]
+    assert "return clients.taken" not in lookup and "break" not in lookup
+    assert re.search(r"for \(var i = 0; i < clients\.taken\.length; i\+\+\) \{[^}]*mac\(", lookup)
+    assert "getRandomValues" in code[code.index("function secretMac(") : code.index("function staticClient(")]
+    keys = [f"key-{i:02d}-" + "x" * 16 for i in range(40)]
+    gateway = Gateway(tmp_path, "".join(f"c{i}={key}\n" for i, key in enumerate(keys)), secret=None)
+    assert gateway.clients([f"Bearer {key}" for key in keys]) == [f"c{i}" for i in range(40)]
+
+
+# --- one rule in both languages ---------------------------------------------------------------
+
+NAME_KEY_TABLE = [
+    ("alice", K16),
+    ("a", K512),
+    ("n" * 64, K64),
+    ("n" * 65, K64),
+    ("", K64),
+    ("jwt:alice", K64),
+    ("jwt", K64),
+    ("a.b_c-d", K64),
+    ("a b", K64),
+    ("a\tb", K64),
+    ("alice\n", K64),
+    ("alice", K64 + "\n"),
+    ("alice", "\n" + K64),
+    ("alice", "k" * 15),
+    ("alice", "Z" * 513),
+    ("alice", "Z" * 510 + "=="),
+    ("alice", "Z" * 511 + "=="),
+    ("alice", "k" * 15 + "="),
+    ("alice", "k" * 14 + "=="),
+    ("alice", "=" * 20),
+    ("alice", "k" * 10 + "=" + "k" * 10),
+    ("alice", "k" * 20 + '"'),
+    ("alice", "k" * 20 + "\\"),
+    ("alice", "k" * 20 + "é"),
+    ("alice", "k" * 20 + "\u00a0"),
+    ("alice", "k" * 20 + "\u2028"),
+    ("alice", "k" * 20 + "\U0001f600"),
+    ("alicé", K64),
+    ("\ufeffalice", K64),
+    ("alice", "AZaz09-._~+/" * 3),
+    ("a:b", K64),
+    ("a=b", K64),
+    ("a#b", K64),
+    ("#alice", K64),
+]
+# characters near the rules' edges: their alphabets, separators, whitespace, non-ASCII
+EDGE_CHARS = "aZ09-._~+/=:# \t\r\n\x00\x0b\x1c\u00a0\u2028\ufeffé\U0001f600\"'%"
+
+
+def random_table(seed: int, n: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+
+    def text(lengths: tuple[int, ...]) -> str:
+        length = rng.choice(lengths)
+        pool = rng.choice([EDGE_CHARS, "abcXYZ019-._~+/", "abc="])
+        return "".join(rng.choice(pool) for _ in range(length))
+
+    return [(text((0, 1, 5, 63, 64, 65)), text((1, 15, 16, 17, 40, 511, 512, 513))) for _ in range(n)]
+
+
+def test_python_and_njs_judge_every_name_and_key_alike(tmp_path):
+    table = NAME_KEY_TABLE + random_table(seed=28, n=600)
+    calls = [{"fn": "clientProblem", "args": [name, key]} for name, key in table]
+    njs = [result["value"] for result in run_njs(calls, tmp_path)]
+    python = [client_problem(name, key) for name, key in table]
+    assert njs == python
+    assert {"name", "key", None} <= set(python)  # the table reaches each verdict
+
+
+CLIENT_FILES = [
+    "",
+    "\n\n",
+    f"alice={K64}",
+    f"alice={K64}\nbob={K16}\n",
+    f"  alice \t=\t {K64}  \r\n# comment\n\t# indented comment\nbob={K16}\r\n",
+    f"alice={K64}\nalice={K16}\n",
+    f"eve={K64}\nfrank={K64}\nzoe={K16}\neve={K64}\n",
+    f"alice={K64}=\n",  # the '=' at the end: padding, one more character
+    f"alice=={K64}\n",  # the key starts with '='
+    f"jwt:alice={K64}\nbob={K16}\n",
+    f"short=abc\nlong={'Z' * 513}\nok={K512}\n",
+    "no equals sign here\n",
+    f"\ufeffalice={K64}\nbob={K16}\n",  # a byte-order mark makes line 1's name unknown
+    f"alice={K64}\u2028bob={K16}\n",  # only "\n" ends a line
+    f"alice={K64}\x0bbob={K16}\x0c\n",
+    f"alice={K64}\rbob={K16}\n",
+    f"a={K64}\nb=\nc={K16}\n=\n",
+]
+
+
+def test_python_and_njs_judge_every_clients_file_alike(tmp_path):
+    """The same verdicts line by line: taken (line, name, key) and refused (line, problem)."""
+    rng = random.Random(6750)
+    pairs = NAME_KEY_TABLE + random_table(seed=7, n=200)
+    shuffled = [f"{name}={key}" for name, key in rng.sample(pairs, len(pairs))] + ["# x", "", f"dup={K64}"]
+    files = [*CLIENT_FILES, "\n".join(shuffled)]
+    njs = [result["value"] for result in run_njs([{"fn": "parseClients", "args": [f]} for f in files], tmp_path)]
+    for text, judged in zip(files, njs, strict=True):
+        taken, refused = parse_clients(text)
+        assert judged == {"taken": [list(t) for t in taken], "refused": [list(r) for r in refused]}, text
+        assert {problem for _, problem in refused} <= set(CLIENT_LINE_PROBLEMS)
+
+
+def test_the_rules_constants_are_the_same_in_both_files():
+    code = GATEWAY_JS.read_text()
+    name_rule = re.search(r"^var CLIENT_NAME = /(.*)/;$", code, re.M)
+    assert name_rule is not None and name_rule[1] == f"^{CLIENT_NAME.pattern}$"
+    secret_rule = re.search(r"^var MIN_SECRET_BYTES = (\d+);", code, re.M)
+    assert secret_rule is not None and int(secret_rule[1]) == MIN_JWT_SECRET_BYTES == 32
+
+
+# --- JSON Web Tokens ---------------------------------------------------------------------------
+
+
+def test_a_good_token_names_its_subject(tmp_path):
+    now = int(time.time())
+    gateway = Gateway(tmp_path, f"static={K64}\n")
+    assert gateway.clients(
+        [
+            f"Bearer {token(claims(sub='reader-7'))}",
+            f"Bearer {token(claims(sub='a.b_c-d@e:f+g', aud=['other', AUDIENCE]))}",
+            f"Bearer {token(claims(exp=now + MAX_LIFETIME))}",  # the longest lifetime
+            f"Bearer {token(claims(exp=now - 20))}",  # expired within the clock skew
+            f"Bearer {token(claims(iat=time.time(), nbf=now + 20))}",  # nbf within the skew; iat any finite number
+            f"Bearer {token(claims(iat=None))}",  # iat is optional
+            f"Bearer {token(claims(sub='u' * 128))}",
+            f"Bearer {K64}",
+        ]
+    ) == ["jwt:reader-7", "jwt:a.b_c-d@e:f+g"] + ["jwt:user-1"] * 4 + ["jwt:" + "u" * 128, "static"]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_every_hostile_token_of_the_integration_tests_is_refused(tmp_path, case):
+    gateway = Gateway(tmp_path, f"static={K64}\n")
+    assert gateway.client(f"Bearer {REFUSED[case]()}") == ""
+
+
+@pytest.mark.parametrize(
+    ("case", "make"),
+    [
+        ("exp 1e400", lambda: token({}, raw=raw_claims(exp="1e400"))),
+        ("exp -1e400", lambda: token({}, raw=raw_claims(exp="-1e400"))),
+        ("exp 1e21 (an integer, far ahead)", lambda: token({}, raw=raw_claims(exp="1e21"))),
+        ("exp a float", lambda: token({}, raw=raw_claims(exp=f"{int(time.time()) + 100}.5"))),
+        ("exp true", lambda: token({}, raw=raw_claims(exp="true"))),
+        ("exp a list", lambda: token(claims(exp=[int(time.time()) + 100]))),
+        ("exp beyond the lifetime and the skew", lambda: token(claims(exp=int(time.time()) + MAX_LIFETIME + 31))),
+        ("expired beyond the skew", lambda: token(claims(exp=int(time.time()) - 31))),
+        ("nbf beyond the skew", lambda: token(claims(nbf=int(time.time()) + 60))),
+        ("nbf null", lambda: token({}, raw=raw_claims(nbf="null"))),
+        ("iat beyond the skew", lambda: token(claims(iat=int(time.time()) + 60))),
+        ("iat -1e400", lambda: token({}, raw=raw_claims(iat="-1e400"))),
+        ("iat null", lambda: token({}, raw=raw_claims(iat="null"))),
+        ("aud an empty list", lambda: token(claims(aud=[]))),
+        ("aud of another case", lambda: token(claims(aud=AUDIENCE.upper()))),
+        ("iss with a trailing slash", lambda: token(claims(iss=ISSUER + "/"))),
+        ("sub empty", lambda: token(claims(sub=""))),
+        ("sub with a carriage return", lambda: token(claims(sub="user\r"))),
+        ("sub with a slash", lambda: token(claims(sub="a/b"))),
+        ("sub non-ASCII", lambda: token(claims(sub="usér"))),
+        ("crit empty", lambda: token(claims(), header={"alg": "HS256", "crit": []})),
+        ("crit null", lambda: token(claims(), header={"alg": "HS256", "crit": None})),
+        ("no alg", lambda: token(claims(), header={"typ": "JWT"})),
+        ("alg None (JSON null)", lambda: token(claims(), header={"alg": None})),
+        ("ES256", lambda: token(claims(), header={"alg": "ES256"})),
+        ("a signature cut short", lambda: token(claims())[:-1]),
+        ("a signature with '+' (base64, not base64url)", lambda: token(claims())[:-2] + "+A"),
+        ("claims padded", lambda: (lambda p: f"{p[0]}.{p[1]}==.{p[2]}")(token(claims()).split("."))),
+        ("a header that is not JSON", lambda: token(claims()).replace("eyJ", "eyK", 1)),
+        ("claims that are not JSON", lambda: token({}, raw="{not json")),
+        ("claims null", lambda: token({}, raw="null")),
+        ("a token of the secret with a newline", lambda: token(claims(), secret=SECRET + b"\n")),
+    ],
+)
+def test_more_hostile_tokens_are_refused(tmp_path, case, make):
+    gateway = Gateway(tmp_path, f"static={K64}\n")
+    assert gateway.client(f"Bearer {make()}") == ""
+
+
+def test_the_secret_file_is_trimmed_of_whitespace_and_read_as_bytes(tmp_path):
+    """Taken as gateway/nginx.py's jwt_secret takes it: ASCII whitespace at either end out,
+    any other byte in (a binary secret is a secret too)."""
+    binary = bytes(range(256))
+    gateway = Gateway(tmp_path, "", secret=b" \t\n" + binary[33:] + b"\r\n\x0b\x0c ")
+    assert gateway.client(f"Bearer {token(claims(), secret=binary[33:])}") == "jwt:user-1"
+
+
+@pytest.mark.parametrize("length", [0, 1, MIN_JWT_SECRET_BYTES - 1])
+def test_a_short_secret_refuses_every_token(tmp_path, length):
+    secret = b"s" * length
+    gateway = Gateway(tmp_path, f"static={K64}\n", secret=b"  " + secret + b"\n")  # whitespace does not count
+    answers = gateway.answers([f"Bearer {token(claims(), secret=secret)}", f"Bearer {token(claims())}"])
+    assert [a["value"] for a in answers] == ["", ""]
+    assert answers[0]["logs"] == [[LOG_CRIT, "the JWT secret is shorter than 32 bytes: every token is refused"]]
+    assert gateway.bearer(K64) == "static"  # static keys need no secret
+    secret = b"s" * MIN_JWT_SECRET_BYTES
+    gateway = Gateway(tmp_path, "", secret=secret)
+    assert gateway.client(f"Bearer {token(claims(), secret=secret)}") == "jwt:user-1"
+
+
+def test_a_missing_secret_file_refuses_every_token(tmp_path):
+    gateway = Gateway(tmp_path, "")
+    (tmp_path / "jwt-secret").unlink()
+    answers = gateway.answers([f"Bearer {token(claims())}"])
+    assert answers[0]["value"] == "" and answers[0]["logs"][0][0] == LOG_CRIT
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"jwt_audience": ""},
+        {"jwt_issuer": ""},
+        {"jwt_max_lifetime": ""},
+        {"jwt_max_lifetime": "0"},
+        {"jwt_max_lifetime": "-5"},
+        {"jwt_max_lifetime": "1.5"},
+        {"jwt_max_lifetime": "nan"},
+    ],
+    ids=lambda v: ",".join(f"{k}={val!r}" for k, val in v.items()),
+)
+def test_without_an_audience_an_issuer_or_a_lifetime_no_token_is_taken(tmp_path, variables):
+    """gateway/nginx.py refuses to start so; should a config say so anyway, gateway.js takes
+    no token rather than one of any audience, issuer or lifetime."""
+    gateway = Gateway(tmp_path, "", **variables)
+    # a token naming what the config names, empty or not
+    good = token(claims(aud=variables.get("jwt_audience", AUDIENCE), iss=variables.get("jwt_issuer", ISSUER)))
+    assert gateway.clients([f"Bearer {good}", f"Bearer {token(claims())}"]) == ["", ""]
+
+
+def test_without_a_secret_file_no_token_is_taken(tmp_path):
+    gateway = Gateway(tmp_path, f"static={K64}\n", secret=None)
+    assert gateway.clients([f"Bearer {token(claims())}", f"Bearer {K64}"]) == ["", "static"]
+
+
+def test_python_refuses_at_start_what_gateway_js_would_ignore(tmp_path):
+    """gateway/nginx.py: a client table or file with a line gateway.js would ignore does not
+    start; the message names the line or the client, never a key."""
+    from gateway.nginx import check_clients, read_clients_file
+
+    with pytest.raises(ValueError, match="same key") as refused:
+        check_clients({"eve": K64, "frank": K64})
+    assert K64 not in str(refused.value)
+    with pytest.raises(ValueError, match="client name"):
+        check_clients({"jwt:alice": K64})
+    assert check_clients({"alice": K64, "bob": K16}) == {"alice": K64, "bob": K16}
+    clients_file = tmp_path / "clients"
+    clients_file.write_text(f"alice={K64}\nshort=abc\neve={K16}\nfrank={K16}\n")
+    with pytest.raises(ValueError, match=r"line 2: a key .*; line 3: a key that .*; line 4: a key that") as refused:
+        read_clients_file(clients_file)
+    assert not any(text in str(refused.value) for text in (K64, K16, "abc"))
+    clients_file.write_text(f"# clients\nalice={K64}\nalice={K16}\n bob = {K64[::-1]}\r\n")
+    assert read_clients_file(clients_file) == {"alice": K16, "bob": K64[::-1]}
