@@ -38,6 +38,9 @@ class NoopHandler(SentimentHandler):
         def probabilities(self, batch: Mapping[str, np.ndarray]) -> list[list[float]]:
             return [list(self.uniform) for _ in batch["input_ids"]]
 
+    def _load_explainer(self) -> None:
+        """No explainer: the archive has no weights, and the bench measures predictions."""
+
     def _load_backend(self, model_dir: str, gpu_id: int | str | None, cuda_available: bool) -> Backend:
         # TorchServe takes the one class defined at a handler module's top level; mypy checks
         # that NoModel is a Backend here

@@ -14,13 +14,26 @@ after each step:
   4. the model: ONNX Runtime's session on the archive's int8 graph, or PyTorch fp32
      weights (and the int8 quantized copy for torch-int8);
   5. after the warm-up passes and a run over 200 held-out tweets at the shipped batch
-     and micro-batch sizes: the arenas and caches a serving worker holds.
+     and micro-batch sizes: the arenas and caches a serving worker holds. This is the
+     whole of a worker with the handler option `explanations: false`;
+  6. the explainer, loaded as the handler's initialize() loads it before the worker is
+     ready (explanations.explainer_for: transformers, Captum and transformers' tokenizer,
+     and for the ONNX Runtime backend the fp32 PyTorch copy of the archive's weights; the
+     PyTorch fp32 backend explains on its served model): what `explanations: true`, the
+     default, adds to every worker from its start;
+  7. after one explanation of a 10-word sentence (50 steps), then 8. after one of the
+     longest text an explanation takes (explain_max_tokens, 64 tokens, 50 steps): what
+     autograd's buffers add, and keep, once a worker has explained (what a memory limit
+     must allow, with the explainer preloaded or not).
 
-The model's own bytes (its file on disk) are recorded beside it. Unique memory (USS) is
-what this process alone holds; the pages of shared libraries (torch's above all) count
-there only while no other process maps the same files, so run it on a quiet machine;
-two workers of one server share those pages, which PSS splits between them. Writes one
-JSON file.
+Steps 5 and 6 are a worker's memory without and with the preloaded explainer (the
+difference is printed). The model's own bytes (its file on disk) are recorded beside it.
+Unique memory (USS) is what this process alone holds; the pages of shared libraries
+(torch's above all) count there only while no other process maps the same files, so run
+it on a quiet machine; two workers of one server share those pages, which PSS splits
+between them. The handler's modules are imported from the unpacked archive, as a worker
+imports them: archives built from handlers/ as it is (`make bench` rebuilds them). Writes
+one JSON file.
 """
 
 from __future__ import annotations
@@ -69,6 +82,16 @@ for i in range(0, len(texts), 16):
     forward(texts[i:i + 16])
 forward([" ".join(["warm"] * 120)] * 16)
 mark("after serving 200 texts and a full batch at max_length")
+import explanations
+labels = tc.label_names(backend.config.id2label, backend.config.num_labels, None)
+explainer = explanations.explainer_for(backend, opts, model_dir, labels, 1)
+mark("explainer loaded, as initialize() loads it (explanations: true)")
+def served(text):
+    return backend.probabilities(tc.pad(tokenizer.tokenize([text], 128), values, False))[0]
+explainer.explain("the food was great but the service was awful", 50, 64, served)
+mark("after one explanation (10 words, 50 steps)")
+explainer.explain(" ".join(["good"] * 62), 50, 64, served)
+mark("after one explanation at explain_max_tokens (64 tokens, 50 steps)")
 print(json.dumps(out))
 """
 
@@ -109,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         micro = shipped["micro_batch_size"] if options["quantize"] == "int8" else 8
         result[name] = measure(MODEL_STORE / archive, {**options, "micro_batch_size": micro}, texts)
         print(name, json.dumps(result[name], indent=1))
+        without, with_explainer = result[name][4], result[name][5]  # steps 5 and 6 of the docstring
+        print(
+            f"{name}: the preloaded explainer adds "
+            + ", ".join(
+                f"{k} {with_explainer[k + '_mib'] - without[k + '_mib']:+.1f} MiB" for k in ("uss", "pss", "rss")
+            )
+        )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

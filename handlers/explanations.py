@@ -8,9 +8,11 @@
 and, per word of the text, its attribution toward that label, with character offsets.
 
 Attributions need gradients, so they are computed on the PyTorch fp32 model of the
-archive's weights (the served model itself when it is that; else loaded on the first
-explanation, with Captum, never at start), always toward the served label, even on the
-rare text where the fp32 copy would pick another one. They add up to the fp32 copy's
+archive's weights (the served model itself when it is that; else a copy), always toward
+the served label, even on the rare text where the fp32 copy would pick another one. The
+explainer (Captum, transformers' tokenizer, the copy) loads when the worker starts, in
+the handler's initialize(), before TorchServe sends the worker a request: loading it
+inside a batch would hold up that batch's predictions for seconds (`explainer_for`). They add up to the fp32 copy's
 probability of that label for the text (`target_score`) minus its probability for the
 baseline (the same text with every word token replaced by the padding token), up to the
 integral's error, which is reported as `convergence_delta`.
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from text_classification import Limits, ParsedRequest, RequestError, json_type, parse_with_extras
+from text_classification import HandlerOptions, Limits, ParsedRequest, RequestError, json_type, parse_with_extras
 
 METHOD = "layer integrated gradients on the input embeddings"
 
@@ -78,10 +80,11 @@ def merge_word_pieces(
 class Explainer:
     """Layer Integrated Gradients over a PyTorch sequence classifier's input embeddings."""
 
-    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], threads: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], threads: int, source: str = "") -> None:
         import torch
         from captum.attr import LayerIntegratedGradients
 
+        self.source = source  # what `model` is, for the worker's log
         self.torch = torch
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -98,14 +101,15 @@ class Explainer:
     @classmethod
     def from_checkpoint(cls, model_dir: str, labels: Sequence[str], threads: int, model: Any = None) -> Explainer:
         """On the checkpoint's PyTorch model (loaded here unless `model` is it already) and
-        its transformers tokenizer, which gives the offsets and word ids the words need:
-        both load on the first explanation, so a worker that never explains never imports
-        transformers."""
+        its transformers tokenizer, which gives the offsets and word ids the words need.
+        Imports transformers: a worker with `explanations: false` never calls this."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        source = "the served model"
         if model is None:
             model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        return cls(model, AutoTokenizer.from_pretrained(model_dir), labels, threads)
+            source = "an fp32 copy of the archive's weights"
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), labels, threads, source)
 
     def explain(
         self, text: str, steps: int, max_tokens: int, served: Callable[[str], Sequence[float]]
@@ -154,3 +158,14 @@ class Explainer:
                 "words": merge_word_pieces(text, encoded["offset_mapping"][0].tolist(), encoded.word_ids(0), per_token),
             },
         }
+
+
+def explainer_for(
+    backend: Any, options: HandlerOptions, model_dir: str, labels: Sequence[str], threads: int
+) -> Explainer:
+    """The explainer of a worker serving `backend`: on the served model itself when it is
+    PyTorch fp32 (no second copy), else on an fp32 copy of the archive's weights. The
+    handler calls it in initialize() (and bench/worker_memory.py as the handler does)."""
+    model = getattr(backend, "model", None)
+    reuse = options.backend == "torch" and options.quantize == "none" and not options.half
+    return Explainer.from_checkpoint(model_dir, labels, threads, model if reuse and model is not None else None)

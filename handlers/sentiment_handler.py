@@ -22,7 +22,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import backends
-from explanations import Explainer, ExplainLimits, parse_explanation
+from explanations import Explainer, ExplainLimits, explainer_for, parse_explanation
 from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
 from stages import Context, Encoding, Inferred, Preprocessed
@@ -101,10 +101,12 @@ class SentimentHandler(BaseHandler):
         self.dimensions = [Dimension("ModelName", context.model_name), Dimension("Level", "Model")]
         loaded = time.time()
         self._warm_up()
+        warmed = time.time()
+        self._load_explainer()
         self.initialized = True
         logger.info(
             "loaded %s (%s backend, %d labels: %s, quantize=%s, half=%s) on %s with %d threads, "
-            "max_length %d, in %.1fs, warmed up in %.1fs",
+            "max_length %d, in %.1fs, warmed up in %.1fs, explanations %s",
             context.model_name,
             self.options.backend,
             len(self.labels),
@@ -115,7 +117,28 @@ class SentimentHandler(BaseHandler):
             self.backend.threads,
             self.max_length,
             loaded - started,
-            time.time() - loaded,
+            warmed - loaded,
+            "on" if self.explainer is not None else "off",
+        )
+
+    def _load_explainer(self) -> None:
+        """The explainer, loaded here in initialize() (unless the handler option explanations
+        is false): TorchServe marks a worker ready, and sends it requests, only once
+        initialize() has returned, so no batch waits for transformers, Captum and the fp32
+        copy to load (seconds), as the predictions batched with a worker's first explanation
+        did when it loaded there. A background thread would leave the worker ready sooner but
+        slow its predictions while it imports (the GIL), and an explanation meanwhile would
+        have to wait inside its batch. A failure here fails the worker's start, as a broken
+        archive should; `explanations: false` is the way to serve without the explainer."""
+        if not self.options.explanations:
+            return
+        started = time.time()
+        self.explainer = explainer_for(
+            self.backend, self.options, self.model_dir, self.labels, threads_per_worker(self.options)
+        )
+        # tests/integration/test_explanation_warmup.py reads this line in the worker's log
+        logger.info(
+            "explainer loaded (%s) in %.1fs, before the worker is ready", self.explainer.source, time.time() - started
         )
 
     def _load_backend(self, model_dir: str, gpu_id: int | str | None, cuda_available: bool) -> backends.Backend:
@@ -261,10 +284,10 @@ class SentimentHandler(BaseHandler):
         """One explanation request: word attributions per text (handlers/explanations.py)."""
         started = time.perf_counter()
         try:
+            explainer = self._explainer()
             request, steps = parse_explanation(
                 row, self.options.limits, self.explain_limits, self._header(idx, "content-type")
             )
-            explainer = self._explainer()
             results = [
                 explainer.explain(text, steps, self.explain_limits.max_tokens, self._served) for text in request.texts
             ]
@@ -287,14 +310,11 @@ class SentimentHandler(BaseHandler):
         return self._forward(self._tokenize([text]))[0]
 
     def _explainer(self) -> Explainer:
-        """Loaded on the first explanation: the serving model itself when it is PyTorch fp32,
-        else a PyTorch fp32 copy from the archive's weights (gradients need it)."""
+        """The explainer initialize() loaded; never loaded here, inside a batch. A 404 where
+        explanations are off (the handler option explanations: false)."""
         if self.explainer is None:
-            model = getattr(self.backend, "model", None)
-            reuse = self.options.backend == "torch" and self.options.quantize == "none" and not self.options.half
-            threads = threads_per_worker(self.options)
-            self.explainer = Explainer.from_checkpoint(
-                self.model_dir, self.labels, threads, model if reuse and model is not None else None
+            raise RequestError(
+                404, "ExplanationsDisabled", "explanations are off for this model (handler option explanations: false)"
             )
         return self.explainer
 

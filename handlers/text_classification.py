@@ -54,6 +54,10 @@ class HandlerOptions:
     half: bool = False  # fp16 weights and activations (torch on a GPU)
     micro_batch_size: int = 8  # texts per forward pass, sorted by length; 0: one pass per batch
     warmup_batches: int = 3  # forward passes at load, short to max_length, before the worker is ready
+    # explanations (POST /explanations): the explainer (transformers, Captum, an fp32 PyTorch
+    # copy of the weights) loads when the worker starts, before it is ready; false: none
+    # loaded, an ONNX Runtime worker never imports transformers, explanations get 404
+    explanations: bool = True
     explain_steps: int = 50  # integration steps of an explanation that names none
     explain_max_steps: int = 200  # the most a request may ask for (413 beyond)
     explain_max_texts: int = 4  # texts per explanation request (413 beyond)
@@ -84,6 +88,8 @@ class HandlerOptions:
         if section.get("labels") is not None:
             section["labels"] = tuple(section["labels"])
         options = cls(**section)
+        if not isinstance(options.explanations, bool):
+            raise ValueError(f"handler option explanations must be true or false, not {options.explanations!r}")
         for name, choices in (("quantize", QUANTIZE_CHOICES), ("backend", BACKEND_CHOICES)):
             if getattr(options, name) not in choices:
                 raise ValueError(

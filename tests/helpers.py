@@ -130,7 +130,8 @@ def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_pa
 @contextmanager
 def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings):
     """The nginx gateway in front of these TorchServes (one or several), on a free port;
-    no rate or open-request limit to speak of unless `settings` give one (a test's burst
+    no rate (requests, explanations, failed authentications) or open-request limit to
+    speak of unless `settings` give one (a test's burst
     may hold more requests open than the shipped per-key limit of 64 or per-node limit of
     48: those limits have their own tests in test_gateway_hardening)."""
     from common.net import free_port
@@ -138,6 +139,8 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
 
     servers = servers if isinstance(servers, (list, tuple)) else [servers]
     lifted = {"rate_per_s": 1000, "burst": 1000, "conn_per_key": 1024, "conn_per_address": 1024}
+    lifted |= {"explain_rate_per_s": 1000, "explain_burst": 1000, "auth_failure_rate_per_s": 1000}
+    lifted |= {"auth_failure_burst": 1000}
     settings = {**lifted, "in_flight_per_node": 1024, **settings}
     gateway = Gateway(workdir, GatewaySettings(free_port(), clients, **settings)).start(
         [Node.from_dir(s.workdir) for s in servers]

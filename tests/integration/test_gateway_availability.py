@@ -42,7 +42,17 @@ def shipped(server, tmp_path_factory):
     """The gateway with its shipped limits (no test lifts them) in front of the shared server."""
     shipped_limits = {
         name: getattr(SHIPPED, name)
-        for name in ("rate_per_s", "burst", "conn_per_key", "conn_per_address", "in_flight_per_node")
+        for name in (
+            "rate_per_s",
+            "burst",
+            "conn_per_key",
+            "conn_per_address",
+            "in_flight_per_node",
+            "explain_rate_per_s",
+            "explain_burst",
+            "auth_failure_rate_per_s",
+            "auth_failure_burst",
+        )
     }
     with gateway_in_front(server, tmp_path_factory.mktemp("shipped"), CLIENTS, **shipped_limits) as gateway:
         yield gateway

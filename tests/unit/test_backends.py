@@ -181,7 +181,8 @@ def test_the_handlers_tokenizer_gives_what_transformers_gives_on_the_held_out_tw
 
 def test_an_onnx_worker_never_imports_transformers(onnx_model_dir):
     """The point of TextTokenizer and CheckpointConfig: a worker serving the ONNX graph loads,
-    warms up and answers without transformers (it would add ~28 MiB a worker)."""
+    warms up and answers without transformers (it would add ~28 MiB a worker) when it does
+    not explain (explanations: false; the explainer needs transformers)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -190,7 +191,7 @@ def test_an_onnx_worker_never_imports_transformers(onnx_model_dir):
     script = (
         "import sys; from handler_helpers import initialized_handler, run_batch; "
         f"h, c = initialized_handler({str(onnx_model_dir['int8'])!r}, "
-        "{'backend': 'onnxruntime', 'quantize': 'int8', 'micro_batch_size': 1}); "
+        "{'backend': 'onnxruntime', 'quantize': 'int8', 'micro_batch_size': 1, 'explanations': False}); "
         "[(status, answer, _)] = run_batch(h, c, [({'body': b'{\"text\": \"I love it\"}'}, 'application/json')]); "
         "assert status == 200 and 'label' in answer, answer; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))"

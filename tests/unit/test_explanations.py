@@ -1,7 +1,8 @@
 """Explanations on the tiny model: word pieces merged into the text's words, attributions
-that add up, limits, bad input, a batch mixing explanations and predictions, Captum
-imported only when an explanation is asked for, and the ONNX Runtime backend explaining
-from the archive's weights. (Direction on real sentences: tests/integration.)"""
+that add up, limits, bad input, a batch mixing explanations and predictions, the explainer
+loaded by initialize() (none, and no transformers or Captum, with `explanations: false`),
+and the ONNX Runtime backend explaining from the archive's weights. (Direction on real
+sentences, and the explainer loaded before a real worker is ready: tests/integration.)"""
 
 from __future__ import annotations
 
@@ -106,19 +107,96 @@ def test_a_batch_mixing_explanations_and_predictions(handler_and_context):
     assert answers[2][1]["type"] == "TooManyTokens" and answers[3][1]["type"] == "InvalidJSON"
 
 
-def test_captum_is_imported_only_when_an_explanation_is_asked_for(tiny_model_dir):
-    script = f"""
-import sys
+# in a fresh interpreter, as a worker: which of transformers and Captum are imported after
+# initialize(), and after a prediction and an explanation, with their statuses
+WORKER_MODULES = """
+import json, sys
 sys.path[:0] = ["handlers", "tests/unit", "tests"]
 from handler_helpers import initialized_handler, run_batch
-handler, context = initialized_handler({str(tiny_model_dir)!r})
-run_batch(handler, context, [({{"body": b"fine"}}, "text/plain")])
-before = "captum" in sys.modules
-run_batch(handler, context, [({{"body": b"fine"}}, "text/plain", {{"explain": "True"}})])
-print(before, "captum" in sys.modules)
+def loaded():
+    return sorted({m.split(".")[0] for m in sys.modules} & {"transformers", "captum"})
+handler, context = initialized_handler(sys.argv[1], json.loads(sys.argv[2]))
+after_initialize = loaded()
+answers = run_batch(
+    handler,
+    context,
+    [({"body": b"fine"}, "text/plain"), ({"body": b"fine"}, "text/plain", {"explain": "True"})],
+)
+print(json.dumps([after_initialize, [[a[0], a[1].get("type")] for a in answers], loaded()]))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.stdout.split()[-2:] == ["False", "True"], result.stderr[-2000:]
+
+
+def worker_modules(model_dir, options):
+    from common.paths import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_MODULES, str(model_dir), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+ONNX_INT8 = {"backend": "onnxruntime", "quantize": "int8", "micro_batch_size": 1, "explain_steps": 8}
+
+
+def test_initialize_loads_the_explainer_so_no_batch_waits_for_it(onnx_model_dir):
+    """The explainer (transformers, Captum, the fp32 copy) is loaded by initialize(), which
+    TorchServe completes before the worker gets a request: the first explanation's batch
+    loads nothing, and its prediction is answered beside it."""
+    after_initialize, answers, after_batch = worker_modules(onnx_model_dir["int8"], ONNX_INT8)
+    assert after_initialize == ["captum", "transformers"]
+    assert answers == [[200, None], [200, None]]
+    assert after_batch == after_initialize
+
+
+def test_with_explanations_off_a_worker_never_imports_transformers_or_captum(onnx_model_dir):
+    """`explanations: false` keeps an ONNX Runtime worker as small as before the explainer
+    was preloaded (no transformers, no Captum, no fp32 copy); an explanation gets a 404."""
+    after_initialize, answers, after_batch = worker_modules(
+        onnx_model_dir["int8"], {**ONNX_INT8, "explanations": False}
+    )
+    assert after_initialize == [] and after_batch == []
+    assert answers == [[200, None], [404, "ExplanationsDisabled"]]
+
+
+def test_the_explainer_is_loaded_once_at_initialize_and_kept(tiny_model_dir):
+    handler, context = initialized_handler(tiny_model_dir, {"explain_steps": 8})
+    explainer = handler.explainer
+    assert explainer is not None and explainer.model is handler.backend.model  # torch fp32: no second copy
+    ((status, _, _),) = run_batch(handler, context, [({"body": b"fine"}, "text/plain", EXPLAIN)])
+    assert status == 200 and handler.explainer is explainer
+
+
+def test_explanations_off_answers_each_explanation_404_and_predictions_as_before(tiny_model_dir):
+    handler, context = initialized_handler(tiny_model_dir, {"explanations": False})
+    assert handler.explainer is None
+    answers = run_batch(
+        handler,
+        context,
+        [
+            ({"body": b'{"text": "fine"}'}, JSON),
+            ({"body": b'{"text": '}, JSON, EXPLAIN),  # off whatever the body
+            ({"body": b'{"text": "fine"}'}, JSON, EXPLAIN),
+        ],
+    )
+    assert [(a[0], a[1].get("type")) for a in answers] == [
+        (200, None),
+        (404, "ExplanationsDisabled"),
+        (404, "ExplanationsDisabled"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_the_explanations_option_is_true_or_false(value):
+    from text_classification import HandlerOptions
+
+    with pytest.raises(ValueError, match="explanations must be true or false"):
+        HandlerOptions.from_model_yaml({"handler": {"explanations": value}})
 
 
 def test_onnxruntime_explains_from_the_archives_weights(onnx_model_dir):
@@ -138,7 +216,7 @@ def test_attributions_are_toward_the_served_label_even_where_the_fp32_copy_disag
     """A served model that ranks the labels the other way round from the fp32 copy: the
     answer is the served one, and the attributions explain that label, not the copy's."""
     handler, _ = handler_and_context
-    explainer = handler._explainer()  # loaded on the first explanation: here, or by another test
+    explainer = handler._explainer()  # loaded by initialize()
     own = explainer.explain("I love this film", 8, 24, handler._served)
     flipped = explainer.explain("I love this film", 8, 24, lambda text: list(reversed(handler._served(text))))
     assert flipped["label"] != own["label"] and flipped["explanation"]["target"] == flipped["label"]
