@@ -694,11 +694,12 @@ class Gateway:
     def start(self, nodes: list[Node], timeout: float = 15.0) -> Gateway:
         self.write_config(nodes)
         (self.workdir / DRAINING_FILE).unlink(missing_ok=True)
-        # A gateway killed outright (SIGKILL, the OOM killer) leaves its node sockets behind and
+        # A gateway killed outright (SIGKILL, the OOM killer) leaves its unix sockets behind and
         # nginx cannot bind over them: in a pod whose workdir (an emptyDir) outlives the container,
         # every restart failed. The workdir is this gateway's own: what is there is stale.
         for index in range(1, len(nodes) + 1):
             node_socket(self.workdir, index).unlink(missing_ok=True)
+        (self.workdir / API_SOCKET).unlink(missing_ok=True)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")

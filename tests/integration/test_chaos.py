@@ -123,7 +123,7 @@ def test_a_killed_replica_loses_at_most_what_it_held_and_restarts(bed):
 def test_a_gateway_killed_outright_starts_again_over_its_stale_sockets(tmp_path):
     """SIGKILL (or the OOM killer) leaves nginx's node sockets in the gateway's workdir, an
     emptyDir that outlives the container in a pod: the next start must not fail on them."""
-    from gateway.nginx import Gateway, GatewaySettings, Node, node_socket
+    from gateway.nginx import API_SOCKET, Gateway, GatewaySettings, Node, node_socket
 
     node = tmp_path / "node"
     node.mkdir()
@@ -139,6 +139,7 @@ def test_a_gateway_killed_outright_starts_again_over_its_stale_sockets(tmp_path)
     if first.poller is not None:
         first.poller.stop()
     assert node_socket(tmp_path / "gateway", 1).exists()  # left behind
+    assert (tmp_path / "gateway" / API_SOCKET).exists()
     second = Gateway(tmp_path / "gateway", settings).start([Node.from_dir(node)])
     try:
         assert second.proc is not None and second.proc.poll() is None
