@@ -40,6 +40,7 @@ __all__ = [
     "metric_samples",
     "predict",
     "tiny_archive",
+    "tiny_node",
 ]
 
 
@@ -125,6 +126,23 @@ def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_pa
         timeout=300,
         env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
     )
+
+
+@contextmanager
+def tiny_node(model_dir, tmp: Path, options=(), overrides=None):
+    """A real TorchServe of the tiny model archived as `sentiment` with these handler
+    options, its config.properties with `overrides`, in `tmp`; stopped on exit."""
+    from testbed.local_server import LocalTorchServe
+
+    store = tmp / "store"
+    store.mkdir(parents=True)
+    tiny_archive(model_dir, store / "sentiment.mar", "sentiment", options)
+    node = LocalTorchServe(model_store=store, workdir=tmp / "node", overrides=overrides or {})
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @contextmanager

@@ -19,8 +19,8 @@ import pytest
 
 from gateway.nginx import GatewaySettings, in_flight_per_key
 from gateway.refusals import refusals
-from helpers import gateway_in_front, poll, raw_exchange, read_response, tiny_archive
-from testbed.local_server import LocalTorchServe, models_setting
+from helpers import gateway_in_front, poll, raw_exchange, read_response, tiny_node
+from testbed.local_server import models_setting
 
 CLIENTS = {
     "alice": "alice-key-0123456789abcdef",
@@ -367,19 +367,13 @@ def slow_node(tiny_model_dir, tmp_path_factory):
     that what waits in TorchServe's queue is only the test's: the readiness poller polls
     every 30 s (not every second), and the queue budget is a minute (not one second)."""
     tmp = tmp_path_factory.mktemp("slow")
-    store = tmp / "store"
-    store.mkdir()
-    tiny_archive(
-        tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=2000", "queue_budget_ms=60000"]
-    )
-    node = LocalTorchServe(model_store=store, workdir=tmp / "node", overrides={"models": models_setting(1, 1)})
-    node.start()
-    try:
-        with gateway_in_front(node, tmp / "gateway", CLIENTS, in_flight_per_node=4, poll_interval_s=30) as gateway:
-            assert in_flight_per_key(gateway.settings) == 2
-            yield gateway
-    finally:
-        node.stop()
+    options = ["simulated_latency_ms=2000", "queue_budget_ms=60000"]
+    with (
+        tiny_node(tiny_model_dir, tmp, options, {"models": models_setting(1, 1)}) as node,
+        gateway_in_front(node, tmp / "gateway", CLIENTS, in_flight_per_node=4, poll_interval_s=30) as gateway,
+    ):
+        assert in_flight_per_key(gateway.settings) == 2
+        yield gateway
 
 
 def test_a_full_node_refuses_new_requests_not_the_probes_and_no_key_takes_it_all(slow_node):

@@ -27,8 +27,9 @@ from helpers import (
     poll,
     read_response,
     settled,
+    tiny_node,
 )
-from testbed.local_server import LocalTorchServe, models_setting
+from testbed.local_server import models_setting
 from training.tweets import split_tweets
 
 CLIENTS = {"alice": "alice-key-0123456789", "bob": "bob-key-4567890123"}
@@ -299,22 +300,13 @@ def test_a_slow_connection_flood_leaves_good_requests_answered(front):
 def one_slow_node(server, tiny_model_dir, tmp_path_factory):
     """The gateway in front of the shared server and a node whose queue fills at once: the
     tiny model archived as `sentiment`, 300 ms a batch, batches of 1, a job queue of 1."""
-    from helpers import tiny_archive
-
     tmp = tmp_path_factory.mktemp("slow-node")
-    store = tmp / "store"
-    store.mkdir()
-    tiny_archive(tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300"])
-    slow_models = models_setting(1, 1)
-    slow = LocalTorchServe(
-        model_store=store, workdir=tmp / "slow", overrides={"models": slow_models, "job_queue_size": "1"}
-    )
-    slow.start()
-    try:
-        with gateway_in_front([server, slow], tmp / "gateway", CLIENTS) as gateway:
-            yield gateway, (server, slow)
-    finally:
-        slow.stop()
+    overrides = {"models": models_setting(1, 1), "job_queue_size": "1"}
+    with (
+        tiny_node(tiny_model_dir, tmp, ["simulated_latency_ms=300"], overrides) as slow,
+        gateway_in_front([server, slow], tmp / "gateway", CLIENTS) as gateway,
+    ):
+        yield gateway, (server, slow)
 
 
 def test_a_nodes_own_503_is_passed_on_and_the_node_stays_in_rotation(one_slow_node):
@@ -371,23 +363,13 @@ def test_requests_that_waited_past_the_queue_budget_get_503_with_retry_after(tin
     requests at once through the gateway: the first batch is answered, and the requests
     that then waited past the budget are answered 503 Overloaded (JSON, Retry-After: 1,
     through TorchServe and nginx) instead of being run late."""
-    from helpers import tiny_archive
-
-    store = tmp_path / "store"
-    store.mkdir()
-    tiny_archive(
-        tiny_model_dir, store / "sentiment.mar", "sentiment", ["simulated_latency_ms=300", "queue_budget_ms=200"]
-    )
-    node = LocalTorchServe(model_store=store, workdir=tmp_path / "node", overrides={"models": models_setting(4, 5)})
-    node.start()
-    try:
-        with (
-            gateway_in_front(node, tmp_path / "gateway", CLIENTS) as gateway,
-            ThreadPoolExecutor(max_workers=20) as pool,
-        ):
-            answers = list(pool.map(lambda _: ask(gateway), range(20)))
-    finally:
-        node.stop()
+    options = ["simulated_latency_ms=300", "queue_budget_ms=200"]
+    with (
+        tiny_node(tiny_model_dir, tmp_path, options, {"models": models_setting(4, 5)}) as node,
+        gateway_in_front(node, tmp_path / "gateway", CLIENTS) as gateway,
+        ThreadPoolExecutor(max_workers=20) as pool,
+    ):
+        answers = list(pool.map(lambda _: ask(gateway), range(20)))
     statuses = [a.status_code for a in answers]
     assert statuses.count(200) >= 1 and statuses.count(503) >= 8, statuses
     assert set(statuses) <= {200, 503}, statuses
