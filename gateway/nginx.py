@@ -571,7 +571,10 @@ class ReadinessPoller:
             status = 503
         if status == 200:
             return True
-        if status == 503:  # busy: ready while its workers are
+        # busy: a node that was ready stays ready while its workers are. One never seen
+        # ready is not: a worker still in initialize() (the explainer loads there) keeps
+        # the probe queued, and TorchServe's /ping already says healthy
+        if status == 503 and was_ready:
             try:
                 return http(f"{base}/ping", headers=auth, timeout=self.timeout)[0] == 200
             except OSError:

@@ -347,6 +347,7 @@ def test_a_busy_node_stays_ready(one_slow_node):
 
     poller = ReadinessPoller(gateway.workdir / "busy-check", [Node.from_dir(slow.workdir)], "sentiment", interval=3600)
     (gateway.workdir / "busy-check" / "static").mkdir(parents=True)
+    assert poller.poll_once(), "the idle slow node was not ready"  # ready first, then busy
     verdicts = []
     stop = time.monotonic() + 8
     with ThreadPoolExecutor(max_workers=24) as pool:

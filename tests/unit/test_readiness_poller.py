@@ -55,6 +55,7 @@ ANSWERS: dict[str, bytes | None] = {
     "too_many_headers": b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"Content-Length: 0\r\n\r\n",
     "bad_chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "closes": None,
+    "busy": b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
 }
 ODD_KEY_FILES = {
     "a_list": "[1, 2]",
@@ -149,7 +150,7 @@ def log_lines(err: str) -> list[dict]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("answer", [name for name in ANSWERS if name != "good"])
+@pytest.mark.parametrize("answer", [name for name in ANSWERS if name not in ("good", "busy")])
 def test_a_node_that_answers_badly_is_not_ready_and_the_poller_goes_on(answer, fakes, tmp_path, capsys):
     good, bad = fakes("good"), fakes(answer)
     poller = poller_for(tmp_path, [good.node(tmp_path / "good"), bad.node(tmp_path / "bad")])
@@ -424,3 +425,15 @@ def test_the_hold_resumes_at_once_for_a_stale_lock_and_at_the_removal_of_a_fresh
     # gateway.js's lockHeld and common/keys.py's lock_is_fresh agree on every lock here
     for name, result in results.items():
         assert result["held"] is lock_is_fresh(Path(cases[name]["dir"]) / ROTATION_LOCK), name
+
+
+def test_busy_counts_as_ready_only_for_a_node_that_was_ready(tmp_path, fakes):
+    """A node starting (its workers in initialize(), the probe queued, /ping already 200)
+    is busy-looking but not ready; once it has answered, busy keeps it ready."""
+    fake = fakes("busy")
+    poller = poller_for(tmp_path, [fake.node(tmp_path / "node")])
+    assert poller.poll_once() is False
+    fake.behaviour = "good"
+    assert poller.poll_once() is True
+    fake.behaviour = "busy"
+    assert poller.poll_once() is True
