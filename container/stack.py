@@ -8,11 +8,13 @@
 Each replica is the Kubernetes Deployment's pod, rendered from
 deploy/kubernetes/overlays/local with `kubectl kustomize` and run by `podman kube play`
 (podman runs one pod per Deployment, so each replica is played under its own name): the
-TorchServe container and the gateway container, with the gateway's port and TorchServe's
-metrics port published on 127.0.0.1. In front of the replicas, HAProxy on the host plays
-the part of the Kubernetes Service: it balances over the replicas whose /readyz passes
-and, like a Service, never sends a request a second time. Prometheus on the host
-scrapes every replica's metrics port. A fresh client key is written to
+TorchServe container and the gateway container, with the gateway's two ports published
+on 127.0.0.1: its API (`http`) and its metrics listener (`metrics`: TorchServe's metrics,
+GET /metrics only; TorchServe's own ports stay on the pod's loopback). In front of the
+replicas, HAProxy on the host plays the part of the Kubernetes Service: it balances over
+the replicas whose /readyz passes and, like a Service, never sends a request a second
+time. Prometheus on the host scrapes every replica's metrics listener, as the
+ServiceMonitor does. A fresh client key is written to
 build/stack/<name>/clients (the local overlay's ConfigMap carries it: podman 4.3's kube
 play fails on Secret volumes).
 
@@ -68,10 +70,11 @@ def render_overlay(image: str | None) -> list[dict]:
 def replica_docs(
     docs: list[dict], pod: str, gateway_port: int, metrics_port: int, clients: str, rate: int | None = None
 ) -> list[dict]:
-    """The overlay's objects for one replica: its Deployment renamed, with host ports, and
-    its volumes and ConfigMaps named after it: kube play turns each emptyDir into a podman
-    volume of the volume's name and each ConfigMap into one of the ConfigMap's name, which
-    replicas (and a later run) would otherwise share."""
+    """The overlay's objects for one replica: its Deployment renamed, with host ports (each
+    container port by its name: the gateway's `http` and `metrics`), and its volumes and
+    ConfigMaps named after it: kube play turns each emptyDir into a podman volume of the
+    volume's name and each ConfigMap into one of the ConfigMap's name, which replicas (and
+    a later run) would otherwise share."""
     out = []
     docs = docs + [
         {
@@ -299,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--replicas", type=int, default=2)
     u.add_argument("--port", type=int, default=8000, help="the front balancer's port")
     u.add_argument("--replica-port-base", type=int, default=18000, help="replica i's gateway: base + i")
-    u.add_argument("--metrics-port-base", type=int, default=18080, help="replica i's metrics: base + i")
+    u.add_argument(
+        "--metrics-port-base", type=int, default=18080, help="replica i's metrics listener (the gateway's): base + i"
+    )
     u.add_argument("--prometheus-port", type=int, default=9090)
     u.add_argument("--image", help="the serving image (default: the local overlay's)")
     u.add_argument("--rate", type=int, help="the gateways' requests/s per client key (default: the manifest's)")

@@ -2,7 +2,8 @@
 
     python -m gateway --node DIR [--node DIR ...] (--client NAME=KEY ... | --clients-file FILE)
                       [--jwt-secret-file FILE --jwt-audience AUD --jwt-issuer ISS [--jwt-max-lifetime S]]
-                      [--port 8000] [--listen 127.0.0.1] [--drain-delay 0] [--drained-marker FILE]
+                      [--port 8000] [--listen 127.0.0.1] [--metrics-port PORT]
+                      [--drain-delay 0] [--drained-marker FILE]
 
 Each --node is a directory a TorchServe was started from (config.properties and
 key_file.json inside, as `make serve` leaves the repo root, or the volume the TorchServe
@@ -20,6 +21,10 @@ request, so a changed client key or a TorchServe key rotation counts at once wit
 reload (a rotation through sentiment-keys or the TorchServe supervisor holds requests
 for the switch: none is lost, docs/security.md). SIGHUP re-renders nginx's config and
 reloads it gracefully.
+
+With --metrics-port (one --node), GET /metrics on that port answers the node's TorchServe
+metrics, for Prometheus, so that TorchServe's own metrics port stays on loopback; the
+port has limits of its own (connections and scrapes per address, timeouts).
 
 SIGTERM drains: /readyz answers 503 at once (load balancers stop sending), new requests
 are still served for --drain-delay seconds (while they notice), then nginx stops
@@ -81,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the node's TorchServe metrics (GET /metrics only) on this port of --listen, for "
+        "Prometheus, behind limits of its own (default: off)",
+    )
     p.add_argument("--rate", type=int, default=50, help="requests/s per client")
     p.add_argument("--burst", type=int, default=100)
     p.add_argument(
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(str(e))
     elif args.jwt_audience or args.jwt_issuer:
         parser().error("--jwt-audience and --jwt-issuer go with --jwt-secret-file")
+    if args.metrics_port is not None and len(args.node) != 1:
+        parser().error("--metrics-port serves one node's metrics: give one --node")
     if args.drained_marker is not None:
         args.drained_marker.unlink(missing_ok=True)
 
@@ -135,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     nodes = wait_for_nodes(args.node, args.wait_for_nodes, stopping)
     settings = GatewaySettings(args.port, clients, args.rate, args.burst, listen=args.listen, jwt=jwt)
     settings.in_flight_per_node = args.in_flight_per_node
+    settings.metrics_port = args.metrics_port
     gateway = Gateway(args.workdir, settings, output=None).start(nodes)
     log(f"gateway on {gateway.url()} in front of {len(nodes)} node(s)")
+    if settings.metrics_port is not None:
+        log(f"metrics on {gateway.host}:{settings.metrics_port}/metrics")
 
     try:
         while not stopping.wait(0.5):

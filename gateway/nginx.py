@@ -34,6 +34,8 @@ MODULES = {
     ),
 }
 API_SOCKET = "api.sock"  # in the workdir: the API's server, behind the stream front
+METRICS_SOCKET = "metrics.sock"  # in the workdir: the metrics server, behind its stream front
+METRICS_OFF_SOCKET = "metrics-off.sock"  # in the workdir: the metrics front's listener while it is off
 DRAINING_FILE = "draining"  # in the workdir: while it exists, /readyz answers 503
 CLIENTS_FILE = "clients"  # in the workdir, when the clients are given as a dict
 STATIC_DIR = "static"  # in the workdir: the fixed answers of the anonymous routes
@@ -62,19 +64,37 @@ MIN_JWT_SECRET_BYTES = 32  # HS256's key: the hash's length at least (RFC 7518 3
 @dataclass
 class Node:
     """A TorchServe the gateway sends to: the directory it runs in (its key_file.json is
-    read there on every request) and its inference port."""
+    read there on every request), its inference port and where its metrics listen
+    (host:port, what the gateway's metrics listener proxies to)."""
 
     directory: Path
     inference_port: int
+    # TorchServe's default metrics_address; None: one the gateway cannot proxy to (https)
+    metrics: str | None = "127.0.0.1:8082"
 
     @classmethod
     def from_dir(cls, directory: Path) -> Node:
         directory = Path(directory).resolve()
         props = read_properties(directory / "config.properties")
-        return cls(directory, int(props["inference_address"].rsplit(":", 1)[1]))
+        return cls(
+            directory,
+            int(props["inference_address"].rsplit(":", 1)[1]),
+            _metrics_target(props.get("metrics_address", "http://127.0.0.1:8082")),
+        )
 
     def key(self) -> str:
         return read_keys(self.directory / KEY_FILE)["inference"]
+
+
+def _metrics_target(address: str) -> str | None:
+    """host:port of a TorchServe metrics_address (http://HOST:PORT), as this machine
+    reaches it (a node listening on every address, 0.0.0.0, on loopback), or None for one
+    the gateway cannot proxy to (https): refused only if the metrics listener is on."""
+    match = re.fullmatch(r"http://([0-9A-Za-z.-]+):(\d+)/?", address.strip())
+    if match is None:
+        return None
+    host = "127.0.0.1" if match[1] == "0.0.0.0" else match[1]
+    return f"{host}:{match[2]}"
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,17 @@ class GatewaySettings:
     poll_interval_s: float = 1.0  # the readiness poller's period
     jwt: JwtSettings | None = None
     model: str = "sentiment"
+    # TorchServe's metrics for Prometheus, GET /metrics only, on this port of `listen`
+    # (None: off, as for local use; the pod passes --metrics-port). A listener of its own,
+    # so that neither it nor the API's port can take the other's connections: a small cap
+    # per address (a Prometheus holds one per target), short timeouts, a rate per address.
+    metrics_port: int | None = None
+    metrics_conn_per_address: int = 8
+    metrics_timeout_s: int = 5  # the whole request header, any pause while the answer is read
+    metrics_idle_timeout_s: int = 20  # between scrapes: above a 15 s interval, one connection stays
+    metrics_node_timeout_s: int = 10  # TorchServe's answer: a scrape's timeout (the ServiceMonitor's)
+    metrics_rate_per_s: int = 2  # scrapes per client address
+    metrics_burst: int = 8
 
 
 def _check_config_string(value: str, what: str) -> str:
@@ -332,6 +363,21 @@ ERROR_PAGES: dict[str, dict[int, str]] = {
     "unauthorized": {401: "unauthorized", 429: "too_many_failures", 500: "internal"},
     "node": {429: "node_busy", 500: "internal"},
     "node_explain": {429: "explain_busy", 500: "internal"},
+    # the metrics listener's server: everything it can refuse, from the request line on
+    "metrics": {
+        400: "bad_request",
+        404: "metrics_not_found",
+        405: "metrics_get_only",  # TRACE
+        413: "metrics_no_body",
+        414: "uri_too_long",
+        429: "too_many_scrapes",
+        494: "header_too_large",
+        500: "internal",
+        501: "not_implemented",
+        502: "no_node",
+        504: "no_node",
+        505: "http_version",
+    },
 }
 
 
@@ -446,6 +492,21 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
     return upstream, "\n\n".join(blocks)
 
 
+def metrics_node(settings: GatewaySettings, nodes: list[Node]) -> str:
+    """host:port of the TorchServe metrics the metrics listener proxies to: the one node's
+    (a pod's gateway has one; Prometheus scrapes each pod's own). ValueError when the
+    listener is on with several nodes, or with a node whose metrics it cannot reach."""
+    if settings.metrics_port is None:  # off: nothing connects, any node's address will do
+        return next((n.metrics for n in nodes if n.metrics), "127.0.0.1:8082")
+    if settings.metrics_port == settings.port:
+        raise ValueError("the metrics port must differ from the gateway's port")
+    if len(nodes) != 1:
+        raise ValueError("the metrics listener serves one node's metrics: give one --node with --metrics-port")
+    if nodes[0].metrics is None:
+        raise ValueError("the node's metrics_address is not http://HOST:PORT: the metrics listener cannot reach it")
+    return nodes[0].metrics
+
+
 def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     workdir = Path(workdir).resolve()
     upstream, node_servers = _node_servers(settings, nodes, workdir)
@@ -502,6 +563,25 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "MODEL": settings.model,
         "DRAINING_FILE": str(workdir / DRAINING_FILE),
         "STATIC": str(workdir / STATIC_DIR),
+        # the metrics listener (--metrics-port): its stream front and its server
+        "METRICS_LISTEN": (
+            f"{settings.listen}:{settings.metrics_port}"
+            if settings.metrics_port is not None
+            else f"unix:{workdir / METRICS_OFF_SOCKET}"
+        ),
+        "METRICS_SOCKET": str(workdir / METRICS_SOCKET),
+        "METRICS_NODE": metrics_node(settings, nodes),
+        "METRICS_CONN_PER_ADDRESS": str(settings.metrics_conn_per_address),
+        "METRICS_TIMEOUT": f"{settings.metrics_timeout_s}s",
+        "METRICS_IDLE_TIMEOUT": f"{settings.metrics_idle_timeout_s}s",
+        "METRICS_NODE_TIMEOUT": f"{settings.metrics_node_timeout_s}s",
+        # the metrics server times connections out; this only outlasts its longest wait
+        "METRICS_STREAM_TIMEOUT": str(
+            max(settings.metrics_idle_timeout_s, settings.metrics_node_timeout_s + settings.metrics_timeout_s) + 10
+        )
+        + "s",
+        "METRICS_RATE": str(settings.metrics_rate_per_s),
+        "METRICS_BURST": str(settings.metrics_burst),
     }
     text = TEMPLATE.read_text()
     for name, value in fields.items():
@@ -702,7 +782,8 @@ class Gateway:
         # every restart failed. The workdir is this gateway's own: what is there is stale.
         for index in range(1, len(nodes) + 1):
             node_socket(self.workdir, index).unlink(missing_ok=True)
-        (self.workdir / API_SOCKET).unlink(missing_ok=True)
+        for name in (API_SOCKET, METRICS_SOCKET, METRICS_OFF_SOCKET):
+            (self.workdir / name).unlink(missing_ok=True)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")

@@ -89,4 +89,9 @@ def refusals(model: str, max_body: str) -> dict[str, Refusal]:
         "not_ready": Refusal(503, "NotReady", "no node has the model ready"),
         "draining": Refusal(503, "NotReady", "this gateway is stopping"),
         "http_version": Refusal(505, "HTTPVersionNotSupported", "the gateway speaks HTTP/1.0 and HTTP/1.1"),
+        # the metrics listener's own (--metrics-port): it serves GET /metrics and nothing else
+        "metrics_not_found": Refusal(404, "NotFound", "the metrics port serves GET /metrics only"),
+        "metrics_get_only": Refusal(405, "MethodNotAllowed", "the metrics port takes GET /metrics only"),
+        "metrics_no_body": Refusal(413, "RequestTooLarge", "a scrape takes no body"),
+        "too_many_scrapes": Refusal(429, "TooManyRequests", "over the scrape rate of this address: slow down"),
     }

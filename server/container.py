@@ -5,7 +5,7 @@ fresh, and stop on SIGTERM without losing a request.
                                [--drain-marker FILE] [--grace 30]
 
 - Config: the image's config.properties, then each --profile file's keys over it (the
-  production profile: no model API, metrics on the pod's address), written to
+  production profile: no model API, every port on loopback), written to
   <workdir>/config.properties. TorchServe runs from the workdir, so its key_file.json and
   logs/ land there: a volume the gateway container shares.
 - Keys: TorchServe's keys expire after token_expiration_min; they are rotated through its

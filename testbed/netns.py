@@ -13,7 +13,9 @@ tests/integration/test_chaos.py, which needs no image):
 - a network namespace `chaos-<tag>-r<i>` with loopback and one veth to the root namespace:
   10.213.N.2/24 inside, 10.213.N.1/24 on the host end (N free on this machine, chosen at
   start). TorchServe listens on the namespace's loopback (8080-8082, 7070-7071: the same
-  ports in every replica, as in every pod), the gateway on 10.213.N.2:8000.
+  ports in every replica, as in every pod), the gateway on 10.213.N.2:8000 and its metrics
+  listener (TorchServe's metrics, GET /metrics only: what Prometheus scrapes in the pod) on
+  10.213.N.2:9082.
 - its writable directories (TorchServe's working directory, the gateway's) on a tmpfs of
   its own (the pod's emptyDir, `--disk-mb`): a disk that can be filled.
 - two containers, each in cgroups of its own (v2 for the processes, v1 `cpu` for a CPU
@@ -66,6 +68,7 @@ from testbed.podman import podman, podman_env
 
 NET = "10.213"
 GATEWAY_PORT = 8000
+METRICS_PORT = 9082  # the gateway's metrics listener, as in deployment.yaml
 IMAGE_UID = 10001  # the image's user (container/Containerfile's USER)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -297,6 +300,11 @@ class Replica:
         return f"http://{self.address}:{GATEWAY_PORT}"
 
     @property
+    def metrics_url(self) -> str:
+        """TorchServe's metrics, through the replica's gateway (its metrics listener)."""
+        return f"http://{self.address}:{METRICS_PORT}/metrics"
+
+    @property
     def ts_dir(self) -> Path:
         return self.root / "torchserve"
 
@@ -339,6 +347,7 @@ class Replica:
                 self.netns,
                 [py, "-m", "gateway", "--node", str(self.ts_dir), "--clients-file", str(self.clients_file)]
                 + ["--listen", self.address, "--port", str(GATEWAY_PORT), "--workdir", str(self.gw_dir)]
+                + ["--metrics-port", str(METRICS_PORT)]
                 + ["--rate", "10000", "--burst", "20000", "--drain-delay", "2", "--drained-marker", str(marker)],
                 self.logs / "gateway.log",
                 env,
@@ -392,6 +401,7 @@ class Replica:
             {self.ts_dir: "/run/torchserve", self.gw_dir: "/tmp", self.clients_file: f"{secret}:ro"},
             ["python", "-m", "gateway", "--node", "/run/torchserve", "--clients-file", secret]
             + ["--listen", self.address, "--port", str(GATEWAY_PORT), "--workdir", "/tmp/gateway"]
+            + ["--metrics-port", str(METRICS_PORT)]
             + ["--rate", "10000", "--burst", "20000", "--drain-delay", "2"]
             + ["--drained-marker", "/run/torchserve/gateway-drained"],
         )

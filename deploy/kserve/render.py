@@ -6,8 +6,11 @@
 kubernetes>=36,<37, hence its own venv.) The predictor is this project's own pod, taken
 from deploy/kubernetes/base/deployment.yaml: the gateway first, as KServe's
 `kserve-container` (it serves KServe v1 and the Open Inference Protocol v2 with the client
-keys), and TorchServe beside it, with token authorization on. Not KServe's TorchServe
-runtime, which cannot pass TorchServe's token auth and is being removed.
+keys, on its first port, and TorchServe's metrics on its `metrics` port, which
+podmonitor.yaml scrapes), and TorchServe beside it, with token authorization on and every
+port on the pod's loopback. Not KServe's TorchServe runtime, which cannot pass
+TorchServe's token auth and is being removed. networkpolicy.yaml admits the gateway's port
+from anywhere and the metrics port from the monitoring namespace only.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ def pod_spec() -> k8s.V1PodSpec:
         container["image"] = IMAGE
         if container["name"] == "gateway":
             container["name"] = "kserve-container"
-    # KServe routes to the first container: the gateway
+    # KServe routes to the first container's first port: the gateway's API (its metrics
+    # port, second, is one more port of KServe's Service; the PodMonitor scrapes the pods)
     template["containers"].sort(key=lambda c: c["name"] != "kserve-container")
+    gateway = template["containers"][0]
+    if [p["name"] for p in gateway["ports"]] != ["http", "metrics"]:
+        raise ValueError(f"the gateway's ports must be http, then metrics: {gateway['ports']}")
     # spread the predictor's pods by the label KServe gives every pod of this service
     for constraint in template.get("topologySpreadConstraints", []):
         constraint["labelSelector"] = {"matchLabels": {"serving.kserve.io/inferenceservice": "sentiment"}}

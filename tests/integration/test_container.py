@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -111,6 +112,29 @@ def test_the_readme_request_through_the_gateway(replicas):
     for replica in state["replicas"].values():
         assert replica["ready_after_s"] > 0
         assert "SentimentBatchSize" in requests.get(replica["metrics"], timeout=10).text
+
+
+def _pod_address(pod: str) -> str:
+    infra = podman("pod", "inspect", "--format", "{{.InfraContainerID}}", pod).stdout.strip()
+    networks = json.loads(podman("inspect", infra).stdout)[0]["NetworkSettings"].get("Networks") or {}
+    return next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), "")
+
+
+def test_torchserves_metrics_are_reached_only_through_the_gateways_metrics_listener(replicas):
+    """TorchServe's metrics port (8082, which caps and times out nothing) listens on the
+    pod's loopback: at the pod's address it refuses connections, and the gateway's metrics
+    listener, the port published as `metrics`, serves GET /metrics and nothing else."""
+    state, _, _ = replicas
+    replica = state["replicas"]["1"]
+    address = _pod_address(replica["pod"])
+    assert address, "the pod has no address on podman's network"
+    with pytest.raises(OSError):
+        socket.create_connection((address, 8082), timeout=5).close()
+    answer = requests.get(f"http://{address}:9082/metrics", timeout=10)
+    assert answer.status_code == 200 and "ts_inference_requests_total" in answer.text
+    refused = requests.get(replica["metrics"].replace("/metrics", "/api-description"), timeout=10)
+    assert refused.status_code == 404 and refused.json()["type"] == "NotFound"
+    assert requests.post(replica["metrics"], timeout=10).status_code == 405
 
 
 def test_the_pods_probes_answer_without_a_key(replicas):

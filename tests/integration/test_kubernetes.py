@@ -136,14 +136,42 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
         "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
     }
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
-    torchserve = next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "torchserve")
-    assert endpoint["port"] in {p["name"] for p in torchserve["ports"]}
-    assert isvc["spec"]["predictor"]["containers"][0]["name"] == "kserve-container"  # its ports alone are a Service's
+    # the gateway's metrics listener: TorchServe's own metrics port is on the pod's loopback
+    gateway = isvc["spec"]["predictor"]["containers"][0]
+    assert gateway["name"] == "kserve-container"
+    assert [p["name"] for p in gateway["ports"]] == ["http", endpoint["port"]]  # KServe routes to the first
+    assert _metrics_port_arg(gateway) == _port(gateway, endpoint["port"])
+    assert not _containers(isvc["spec"]["predictor"])["torchserve"].get("ports")
     assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment"} in endpoint["relabelings"]
     broken = json.loads(json.dumps(monitor))
     broken["spec"]["podMetricsEndpoints"][0]["targetPort"] = 8082  # a ServiceMonitor's field
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, json.loads((SCHEMAS / "podmonitor.json").read_text()))
+
+
+KSERVE_NETWORK_POLICY = ROOT / "deploy" / "kserve" / "networkpolicy.yaml"
+PRODUCTION_PROFILE = ROOT / "container" / "production.properties"
+
+
+def _port(container, name) -> int:
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
+
+
+def _metrics_port_arg(container) -> int:
+    args = container["args"]
+    return int(args[args.index("--metrics-port") + 1])
+
+
+def _check_network_policy(policy, pod_labels, gateway):
+    """In: the gateway's API port from anywhere, its metrics listener from the monitoring
+    namespace only, nothing else; out: nothing. Every port it names is the gateway's."""
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert policy["spec"]["egress"] == []
+    rules = {tuple(p["port"] for p in rule["ports"]): rule.get("from") for rule in policy["spec"]["ingress"]}
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rules == {("http",): None, ("metrics",): monitoring}, rules
+    assert {p["name"] for p in gateway["ports"]} == {"http", "metrics"}
 
 
 def _objects(docs, kind):
@@ -288,6 +316,49 @@ def test_the_service_monitor_selects_the_service_and_its_metrics_port(rendered):
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert service["metadata"]["name"] == "sentiment"  # the job label the rules select on
+    # ... whose target is the gateway's metrics listener, not TorchServe's own port
+    metrics = next(p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"])
+    gateway = _containers(_pod(docs))["gateway"]
+    assert metrics["targetPort"] == "metrics" and _port(gateway, "metrics") == _metrics_port_arg(gateway)
+
+
+@pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/local"])
+def test_torchserves_metrics_are_on_the_pods_loopback_behind_the_gateways_metrics_listener(rendered, path):
+    """TorchServe's metrics port caps and times out nothing: the production profile keeps it
+    on loopback, the TorchServe container publishes no port, and the gateway serves it on
+    the port named `metrics` that the Service, the NetworkPolicy and the monitors select."""
+    profile = read_properties(PRODUCTION_PROFILE)
+    assert profile["metrics_address"].startswith("http://127.0.0.1:"), profile["metrics_address"]
+    containers = _containers(_pod(rendered[path]))
+    assert not containers["torchserve"].get("ports")
+    gateway = containers["gateway"]
+    assert [p["name"] for p in gateway["ports"]] == ["http", "metrics"]
+    assert _metrics_port_arg(gateway) == _port(gateway, "metrics")
+    assert _port(gateway, "metrics") != int(profile["metrics_address"].rsplit(":", 1)[1])  # one netns
+
+
+def test_the_network_policy_admits_the_gateway_from_anywhere_and_metrics_from_monitoring_only(rendered):
+    docs = rendered["deploy/kubernetes/overlays/example"]
+    (policy,) = _objects(docs, "NetworkPolicy")
+    (deployment,) = _objects(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    _check_network_policy(policy, labels, _containers(_pod(docs))["gateway"])
+
+
+def test_the_kserve_network_policy_covers_the_predictors_pods_as_the_deployments_does():
+    """deploy/kserve/networkpolicy.yaml selects the pods KServe makes for the
+    InferenceService's predictor (by the labels KServe gives them) and admits what the
+    Deployment's NetworkPolicy admits, by the predictor's own port names."""
+    policy = yaml.safe_load(KSERVE_NETWORK_POLICY.read_text())
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    # what KServe labels each predictor pod with (besides the InferenceService's own labels)
+    kserve_labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
+    pod_labels = {**isvc["metadata"].get("labels", {}), **kserve_labels}
+    assert policy["spec"]["podSelector"]["matchLabels"] == kserve_labels
+    _check_network_policy(policy, pod_labels, isvc["spec"]["predictor"]["containers"][0])
+    monitor = yaml.safe_load((ROOT / "deploy" / "kserve" / "podmonitor.yaml").read_text())
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def promtool(*args, cwd):
@@ -426,6 +497,14 @@ def test_the_inference_service_is_a_correct_manifest(tmp_path, version):
         text=True,
     )
     assert result.returncode == 0 and "WARN" not in result.stdout, result.stdout + result.stderr
+    # and the NetworkPolicy beside it, as it is applied
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(KSERVE_NETWORK_POLICY)],
+        capture_output=True,
+        text=True,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and " passed for resource " in output and "WARN" not in output, output
 
 
 def test_the_inference_service_scales_with_the_fields_kserve_reads():
