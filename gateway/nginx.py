@@ -363,21 +363,15 @@ ERROR_PAGES: dict[str, dict[int, str]] = {
     "unauthorized": {401: "unauthorized", 429: "too_many_failures", 500: "internal"},
     "node": {429: "node_busy", 500: "internal"},
     "node_explain": {429: "explain_busy", 500: "internal"},
-    # the metrics listener's server: everything it can refuse, from the request line on
-    "metrics": {
-        400: "bad_request",
-        404: "metrics_not_found",
-        405: "metrics_get_only",  # TRACE
-        413: "metrics_no_body",
-        414: "uri_too_long",
-        429: "too_many_scrapes",
-        494: "header_too_large",
-        500: "internal",
-        501: "not_implemented",
-        502: "no_node",
-        504: "no_node",
-        505: "http_version",
-    },
+}
+# the metrics listener's server: all the server can refuse, from the request line on, four
+# of them in its own words, and its own scrape rate
+ERROR_PAGES["metrics"] = {
+    **ERROR_PAGES["server"],
+    404: "metrics_not_found",
+    405: "metrics_get_only",  # TRACE
+    413: "metrics_no_body",
+    429: "too_many_scrapes",
 }
 
 

@@ -25,6 +25,7 @@ from testbed.local_server import ONE_WORKER_MODELS
 
 __all__ = [
     "keys_cli",
+    "closed_by_server",
     "raw_exchange",
     "read_response",
     "ONE_WORKER_MODELS",
@@ -257,9 +258,12 @@ def keys_cli(server, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def read_response(sock: socket.socket, buffered: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP response from the socket (Content-Length framed): (status, headers, body);
-    what follows it stays in `buffered`."""
+def read_response(
+    sock: socket.socket, buffered: bytearray, head_only: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response from the socket: (status, headers, body), its body framed by
+    Content-Length, chunked, or (Connection: close) read to the close; what follows it
+    stays in `buffered`. `head_only`: a HEAD's answer, no body read."""
     while b"\r\n\r\n" not in buffered:
         chunk = sock.recv(65536)
         if not chunk:
@@ -267,23 +271,67 @@ def read_response(sock: socket.socket, buffered: bytearray) -> tuple[int, dict[s
         buffered += chunk
     head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(rest) < length:
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    status, body = int(lines[0].split()[1]), bytearray(rest)
+
+    def more() -> None:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("closed inside a body")
-        rest += chunk
-    buffered[:] = rest[length:]
-    return status, headers, rest[:length]
+        body.extend(chunk)
+
+    if head_only:
+        buffered[:] = body
+        return status, headers, b""
+    if headers.get("transfer-encoding") == "chunked":
+        out, pos = bytearray(), 0
+        while True:
+            while b"\r\n" not in body[pos:]:
+                more()
+            end = body.index(b"\r\n", pos)
+            size = int(body[pos:end].split(b";")[0], 16)
+            while len(body) < end + 2 + size + 2:
+                more()
+            out += body[end + 2 : end + 2 + size]
+            pos = end + 2 + size + 2
+            if size == 0:
+                buffered[:] = body[pos:]
+                return status, headers, bytes(out)
+    if "content-length" in headers or headers.get("connection") != "close":
+        length = int(headers.get("content-length", 0))
+        while len(body) < length:
+            more()
+        buffered[:] = body[length:]
+        return status, headers, bytes(body[:length])
+    while chunk := sock.recv(65536):
+        body.extend(chunk)
+    buffered.clear()
+    return status, headers, bytes(body)
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (reads what comes)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
 
 
 def raw_exchange(
-    port: int, data: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1", timeout: float = 30
+    port: int,
+    data: bytes,
+    source: str = "127.0.0.1",
+    host: str = "127.0.0.1",
+    timeout: float = 30,
+    head_only: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
     """Send `data` (a whole request, as bytes) on a new connection from the loopback address
     `source` (any 127.x.y.z: a client address of its own) and read one response."""
     with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as sock:
         sock.sendall(data)
-        return read_response(sock, bytearray())
+        return read_response(sock, bytearray(), head_only)

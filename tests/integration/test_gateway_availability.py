@@ -19,7 +19,7 @@ import pytest
 
 from gateway.nginx import GatewaySettings, in_flight_per_key
 from gateway.refusals import refusals
-from helpers import gateway_in_front, poll, raw_exchange, read_response, tiny_node
+from helpers import closed_by_server, gateway_in_front, poll, raw_exchange, read_response, tiny_node
 from testbed.local_server import models_setting
 
 CLIENTS = {
@@ -68,18 +68,6 @@ def post(path: str, body: bytes, key: str | None = None, content_type: str = "ap
 
 def get(path: str, extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: gateway\r\n{extra}\r\n".encode()
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
 
 
 class Trickle:

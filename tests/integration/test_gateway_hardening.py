@@ -19,6 +19,7 @@ import requests
 
 from gateway.nginx import node_socket
 from helpers import (
+    closed_by_server,
     gateway_answers,
     gateway_in_front,
     log_length,
@@ -59,19 +60,6 @@ def request_bytes(body: bytes, key=CLIENTS["alice"], version="1.1", extra="", pa
         f"POST {path} HTTP/{version}\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    """Whether the server closes the connection within `within` seconds (reads what comes)."""
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def ask(gateway, key=CLIENTS["alice"], content_type=None, **kwargs):

@@ -21,7 +21,7 @@ import requests
 from common.net import free_port
 from gateway.nginx import METRICS_OFF_SOCKET, Gateway, GatewaySettings, Node, render
 from gateway.refusals import RETRY_AFTER, refusals
-from helpers import gateway_in_front, log_length, poll, predict
+from helpers import closed_by_server, gateway_in_front, log_length, poll, predict, raw_exchange, read_response
 
 CLIENTS = {"alice": "alice-key-0123456789abcdef"}
 SHIPPED = GatewaySettings(0, {})  # the shipped limits of the metrics listener
@@ -40,69 +40,8 @@ def request(method: str = "GET", path: str = "/metrics", extra: str = "", versio
     return f"{method} {path} {version}\r\nHost: sentiment\r\n{extra}\r\n".encode()
 
 
-def read_answer(sock: socket.socket, buffered: bytearray, head_only: bool = False) -> tuple[int, dict, bytes]:
-    """One HTTP answer: Content-Length framed, chunked, or (Connection: close) to the close."""
-    while b"\r\n\r\n" not in buffered:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before an answer")
-        buffered += chunk
-    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    status, body = int(lines[0].split()[1]), bytearray(rest)
-
-    def more() -> None:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside a body")
-        body.extend(chunk)
-
-    if head_only:
-        buffered[:] = body
-        return status, headers, b""
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        while len(body) < length:
-            more()
-        buffered[:] = body[length:]
-        return status, headers, bytes(body[:length])
-    if headers.get("transfer-encoding") == "chunked":
-        out, pos = bytearray(), 0
-        while True:
-            while b"\r\n" not in body[pos:]:
-                more()
-            end = body.index(b"\r\n", pos)
-            size = int(body[pos:end].split(b";")[0], 16)
-            while len(body) < end + 2 + size + 2:
-                more()
-            out += body[end + 2 : end + 2 + size]
-            pos = end + 2 + size + 2
-            if size == 0:
-                buffered[:] = body[pos:]
-                return status, headers, bytes(out)
-    while chunk := sock.recv(65536):
-        body.extend(chunk)
-    buffered.clear()
-    return status, headers, bytes(body)
-
-
 def exchange(port: int, data: bytes, source: str = SCRAPER, head_only: bool = False) -> tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0)) as sock:
-        sock.sendall(data)
-        return read_answer(sock, bytearray(), head_only)
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
+    return raw_exchange(port, data, source=source, timeout=20, head_only=head_only)
 
 
 def assert_refusal(answer: tuple[int, dict, bytes], name: str) -> None:
@@ -211,7 +150,7 @@ def test_scrapes_are_rate_limited_per_address(gateway):
         buffered, answers = bytearray(), []
         for _ in range(SHIPPED.metrics_burst + 6):
             sock.sendall(request())
-            answers.append(read_answer(sock, buffered))
+            answers.append(read_response(sock, buffered))
     statuses = [a[0] for a in answers]
     assert statuses[: SHIPPED.metrics_burst] == [200] * SHIPPED.metrics_burst, statuses
     assert 429 in statuses, statuses
@@ -238,7 +177,7 @@ def test_one_address_gets_at_most_the_cap_and_other_addresses_still_scrape(gatew
         # the flooder's held connections still serve it; a new one is closed at once
         held[0].settimeout(10)
         held[0].sendall(request())
-        assert read_answer(held[0], bytearray())[0] == 200
+        assert read_response(held[0], bytearray())[0] == 200
         extra = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(FLOODER, 0))
         flood.append(extra)
         assert closed_by_server(extra, 2.0)
@@ -267,7 +206,7 @@ def test_silent_slow_and_idle_connections_are_closed_after_their_timeouts(gatewa
     try:
         started = time.monotonic()
         idle.sendall(request())
-        assert read_answer(idle, bytearray())[0] == 200
+        assert read_response(idle, bytearray())[0] == 200
         scraped = time.monotonic()
         threads = [
             threading.Thread(target=watch, args=("silent", silent, started)),
