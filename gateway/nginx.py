@@ -12,6 +12,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -618,6 +620,7 @@ class ReadinessPoller:
         self._errors: list[str | None] = [None] * len(nodes)  # each node's failing exception type
         self._round_error: str | None = None
         self._stop = threading.Event()
+        self._round = threading.Lock()  # held through each round; paused() takes it
         self._thread = threading.Thread(target=self._run, name="readiness-poller", daemon=True)
 
     def _node_ready(self, node: Node, was_ready: bool) -> bool:
@@ -687,13 +690,21 @@ class ReadinessPoller:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.poll_once()
+                with self._round:
+                    self.poll_once()
                 self._round_error = None
             except Exception as e:  # the link could not be written: tried again next period
                 error = type(e).__name__
                 if self._round_error != error:
                     events.log("gateway", "readiness poll failed", error=error)
                 self._round_error = error
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No probe in flight and none sent while inside: for a count of a node's
+        predictions that only its clients changed (the round under way ends first)."""
+        with self._round:
+            yield
 
     def progressing(self) -> bool:
         """Whether the thread is alive and its last round ended within `stall_after`."""

@@ -74,6 +74,7 @@ class FakeNode:
 
     def __init__(self, behaviour: str):
         self.behaviour = behaviour
+        self.predictions = 0  # predictions received
         node = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,6 +87,7 @@ class FakeNode:
                 self.end_headers()
 
             def do_POST(self):
+                node.predictions += 1
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 self.close_connection = True
                 if self.headers.get("Authorization") != f"Bearer {GOOD_KEY}":
@@ -148,6 +150,22 @@ def rounds(poller: ReadinessPoller, n: int, timeout: float = 20.0) -> None:
 
 def log_lines(err: str) -> list[dict]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def test_a_paused_poller_sends_no_probe_and_resumes(fakes, tmp_path):
+    fake = fakes("good")
+    poller = poller_for(tmp_path, [fake.node(tmp_path / "good")], interval=0.01)
+    poller.start()
+    try:
+        rounds(poller, 2)
+        with poller.paused():
+            before = fake.predictions
+            time.sleep(0.5)  # fifty periods
+            assert fake.predictions == before
+        rounds(poller, 2)
+        assert fake.predictions > before
+    finally:
+        poller.stop()
 
 
 @pytest.mark.parametrize("answer", [name for name in ANSWERS if name not in ("good", "busy")])
