@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import socket
-import time
+import uuid
 
 import grpc
 import pytest
 import requests
 
 from clients.grpc_client import GrpcError, SentimentGrpcClient
-from helpers import gateway_in_front
+from helpers import gateway_in_front, poll, settled
 
 MARK = "zebra-umbrella-confidential"
-CLIENTS = {"alice": "alice-gateway-key-4242"}
+CLIENTS = {"alice": "alice-gateway-key-4242", "last-request": "last-request-key-4242"}
 
 
 def marked(n: int) -> str:
@@ -60,10 +60,25 @@ def log_texts(workdir) -> dict[str, str]:
 
 
 def all_log_text(server, gateway) -> str:
-    time.sleep(1.5)  # log appenders flush
-    files = log_texts(server.workdir)
-    assert any(name.endswith("/access_log.log") for name in files)
-    return "".join(files.values()) + "".join(log_texts(gateway.workdir).values())
+    """Every log both wrote, read once the request sent last is in TorchServe's access log
+    (its path) and in the gateway's (its client), so what came before it was written too,
+    and then once nothing more arrives."""
+    last = f"last-request-{uuid.uuid4().hex}"
+    requests.get(server.url("inference", f"/{last}"), timeout=60)
+    requests.post(
+        gateway.url("/predictions/sentiment"),
+        json={"text": "fine"},
+        headers={"Authorization": f"Bearer {CLIENTS['last-request']}"},
+        timeout=60,
+    )
+
+    def read() -> str:
+        return "".join(log_texts(server.workdir).values()) + "".join(log_texts(gateway.workdir).values())
+
+    logs = poll(read, until=lambda text: last in text and '"client":"last-request"' in text, timeout=60)
+    assert last in logs and '"client":"last-request"' in logs, "the last request's access log lines never came"
+    assert any(name.endswith("/access_log.log") for name in log_texts(server.workdir))
+    return settled(read)
 
 
 def send_raw(port: int, path: str, key: str, body: bytes) -> None:

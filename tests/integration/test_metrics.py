@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from helpers import metric, metric_samples, predict
+from helpers import metric, metric_samples, poll, predict, settled
 from testbed.prometheus import LocalPrometheus
 
 
@@ -20,7 +20,12 @@ def test_handler_metrics_count_what_was_sent(server):
     for _ in range(2):
         assert predict(server, b'{"text": ').status_code == 400
     assert predict(server, b'{"text": ""}').status_code == 400
-    after = metric_samples(server)
+
+    # the handler's metrics reach the frontend after the answers (the worker logs them):
+    # read once every request's batch is in, then once nothing more arrives
+    batched = metric(before, "SentimentBatchSize_sum") + 7
+    poll(lambda: metric(metric_samples(server), "SentimentBatchSize_sum"), until=lambda n: n >= batched, timeout=30)
+    after = settled(lambda: metric_samples(server))
 
     def delta(name):
         return metric(after, name) - metric(before, name)
