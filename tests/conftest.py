@@ -20,10 +20,15 @@ from testbed.local_server import LocalTorchServe
 DEFAULT_MAR = MODEL_STORE / "sentiment.mar"
 
 # Hypothesis profiles for every property test, whichever module runs first:
-# HYPOTHESIS_PROFILE=long for a longer hunt (tests/unit/test_fuzz.py's docstring)
+# HYPOTHESIS_PROFILE=long for a longer hunt (tests/unit/test_fuzz.py's docstring). The
+# Makefile passes a seed it prints; a failure also prints the blob that replays it
+# (print_blob), and the example database (.hypothesis/, the default) keeps it for the
+# next run in the same checkout
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=_SLOW_OK)
-settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=_SLOW_OK)
+for _name, _examples in (("ci", 300), ("long", 20_000)):
+    settings.register_profile(
+        _name, max_examples=_examples, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -68,3 +73,16 @@ def server(default_store, tmp_path_factory):
     ts.start()
     yield ts
     ts.stop()
+
+
+@pytest.fixture(scope="session")
+def root() -> None:
+    """For tests that need root (network namespaces, veths, iptables, cgroups: the chaos
+    testbed). CI runs as root, so there (CI set) a run without it fails, never skips in
+    silence; elsewhere those tests are skipped, saying why."""
+    if os.geteuid() == 0:
+        return
+    reason = "network namespaces, iptables and cgroups need root"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run as root")
+    pytest.skip(reason)

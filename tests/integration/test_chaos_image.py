@@ -6,7 +6,8 @@ the front; one killed whole, both its containers, costs at most what it held, is
 by the kubelet (podman run --replace over what the killed one left) and comes back; at
 the end no container of the testbed is left.
 
-Needs root and the image (`make test` builds it).
+Needs root (the `root` fixture: failed without it in CI, skipped elsewhere) and the
+image (`make test` builds it).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from testbed.chaos import FAULTS, NODE_UNAVAILABLE, OVER_BUDGET, Load, run_fault
 from testbed.netns import Testbed
 from testbed.podman import podman
 
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces, iptables and cgroups need root"),
-]
+# two replicas started from the image, a replica killed and restarted: minutes
+pytestmark = [pytest.mark.container, pytest.mark.usefixtures("root"), pytest.mark.timeout(1200)]
 IMAGE = os.environ.get("SENTIMENT_IMAGE", "localhost/sentiment-serve:dev")
 CLIENTS = 2
 
