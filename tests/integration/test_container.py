@@ -28,7 +28,9 @@ from common.paths import ROOT
 from testbed.podman import podman, podman_env
 from training.tweets import split_tweets
 
-pytestmark = pytest.mark.container
+# two replicas of the image started by the module fixture (its first test pays), a stop
+# that waits for the pod's answers: minutes
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 IMAGE = os.environ.get("SENTIMENT_IMAGE", "localhost/sentiment-serve:dev")
 ENV = podman_env()
 
