@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -87,6 +88,7 @@ class Load:
 
     def __init__(self, bed: Testbed, clients: int = 6, rate: float = 8.0):
         self.url = bed.front_url + "/predictions/sentiment"
+        self.clients = clients
         self.headers = {"Authorization": f"Bearer {bed.client_key}"}
         self.period = 1.0 / rate
         self.requests: list[Request] = []
@@ -115,6 +117,11 @@ class Load:
                     self.requests.append(Request(start, end, result))
                     self._open.pop(index, None)
                 self._stop.wait(max(0.0, self.period - (end - start)))
+
+    def most_sent(self, seconds: float) -> int:
+        """The most requests the load can start in any `seconds`: each client one a period
+        (a request never starts sooner than a period after its client's last one did)."""
+        return self.clients * (math.floor(seconds / self.period) + 1)
 
     def between(self, since: float, until: float) -> list[Request]:
         """The requests that were open at some time in [since, until)."""
@@ -316,6 +323,18 @@ class Result:
     disk_used_mb: float = 0.0  # the replica's tmpfs after the fault (TorchServe unpacks its archive there)
     must_cost: str = ""
     detail: Any = None
+
+    def count(self, *outcomes: str) -> int:
+        """The failed requests whose outcome is one of these."""
+        return sum(self.failed_by_outcome.get(o, 0) for o in outcomes)
+
+
+def sent_before_out(load: Load, result: Result) -> int:
+    """The most requests the load could send the faulty replica before the front took it
+    out: every request started from the fault until then (and one second more, for the
+    front's state as the testbed reads it, every 0.1 s), as if all went to that replica."""
+    assert result.taken_out_s is not None, repr(result)
+    return load.most_sent(result.taken_out_s + 1.0)
 
 
 def run_fault(

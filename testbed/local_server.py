@@ -35,7 +35,8 @@ def models_setting(batch_size: int, max_batch_delay_ms: int, workers: int = 1, m
 
 # the default model with one worker, for a lighter server (the tests' servers, the chaos
 # testbed's three replicas on two cores)
-ONE_WORKER_MODELS = models_setting(8, 2)
+ONE_WORKER_BATCH = 8
+ONE_WORKER_MODELS = models_setting(ONE_WORKER_BATCH, 2)
 
 PORT_KEYS = {
     "inference_address": "inference",
