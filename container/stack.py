@@ -42,6 +42,7 @@ import yaml
 
 from common import events
 from common.paths import ROOT, tool
+from testbed.front import FRONT_CONF
 from testbed.podman import podman
 from testbed.prometheus import LocalPrometheus
 
@@ -121,39 +122,6 @@ def wait_ready(url: str, timeout: float) -> float:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
-
-
-# The stand-in for a Kubernetes Service: HAProxy (Debian's), which, as a Service does,
-# sends to the replicas whose readiness passes and never sends a request twice: no
-# retries, no redispatch. A replica is out after two failed /readyz checks a second apart
-# and back after two good ones (a Service follows the pods' readinessProbe the same way).
-FRONT_CONF = """global
-    maxconn 4096
-    pidfile {workdir}/haproxy.pid
-    log stderr format raw local0 warning
-
-defaults
-    mode http
-    log global
-    option httplog
-    option http-keep-alive
-    retries 0
-    timeout connect 2s
-    timeout client 75s
-    timeout server 75s
-    timeout http-keep-alive 30s
-
-frontend front
-    bind 127.0.0.1:{port}
-    default_backend replicas
-
-backend replicas
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 1s fall 2 rise 2
-{servers}
-"""
 
 
 def start_front(workdir: Path, port: int, replica_ports: list[int]) -> int:

@@ -31,9 +31,9 @@ tests/integration/test_chaos.py, which needs no image):
   (python -m server.health in the namespace: every 10 s, 3 failures restart it; a startup
   probe of 5 s x 60 before that). A frozen replica's kubelet is frozen with it (`paused`).
 
-The front: HAProxy in the root namespace on 127.0.0.1, with container/stack.py's
-FRONT_CONF (the Service's stand-in: /readyz checks every second, out after 2 failures, back
-after 2 passes, no retries, no redispatch), plus a stats socket through which the testbed
+The front: HAProxy in the root namespace on 127.0.0.1, with testbed/front.py's FRONT_CONF
+(the Service's stand-in, as container/stack.py runs it too: /readyz checks every second,
+out after 2 failures, back after 2 passes, no retries, no redispatch), plus a stats socket through which the testbed
 follows each replica's state. Everything is torn down by name and pid in reverse order,
 also when bringing up fails, in bounded time.
 """
@@ -62,7 +62,7 @@ from pathlib import Path
 
 from common import events
 from common.paths import ROOT
-from container.stack import FRONT_CONF
+from testbed.front import FRONT_CONF
 from testbed.local_server import ONE_WORKER_MODELS
 from testbed.podman import podman, podman_env
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from common.paths import ROOT
 from helpers import imported_modules
 
-PACKAGES = ("common", "training", "clients", "server", "gateway", "testbed", "bench")
+PACKAGES = ("common", "training", "clients", "server", "gateway", "container", "deploy", "testbed", "bench")
 
 
 def imported_packages(package: str) -> dict[str, set[str]]:
@@ -62,3 +62,9 @@ def test_no_import_cycle_between_the_packages():
 
 def test_common_imports_none_of_the_others():
     assert imported_packages("common") == {}
+
+
+def test_the_handlers_import_none_of_the_packages():
+    """handlers/ is packed flat into the archive, without the packages beside it: a
+    worker that imported one would fail where TorchServe unpacks it."""
+    assert imported_packages("handlers") == {}
