@@ -3,7 +3,7 @@
 # into a TorchServe archive.
 #
 #   ./archive.sh [--model DIR] [--name NAME] [--version V] [--config YAML]
-#                [--option KEY=VALUE ...] [--out FILE.mar]
+#                [--option KEY=VALUE ...] [--handler FILE.py] [--out FILE.mar]
 #
 # Defaults: the default model (models/minilm-tweets), name "sentiment", version 1.0,
 # ./model-config.yaml as it is, out model_store/NAME.mar. Each --option sets a handler
@@ -12,7 +12,9 @@
 # quantize=int8) by handlers/export_onnx.py, which checks the graph against PyTorch. The
 # folder must hold what save_pretrained writes: config.json, the weights
 # (model.safetensors or pytorch_model.bin) and the tokenizer files. An existing archive at
-# --out is replaced.
+# --out is replaced. --handler packs a handler of your own in place of
+# handlers/sentiment_handler.py: one class that extends SentimentHandler (imported from
+# sentiment_handler, which is packed beside it).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")" && pwd)
@@ -21,9 +23,10 @@ name=sentiment
 version=1.0
 config=$repo/model-config.yaml
 options=()
+handler=$repo/handlers/sentiment_handler.py
 out=""
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "archive.sh: $*" >&2; exit 1; }
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 
@@ -34,6 +37,7 @@ while [ $# -gt 0 ]; do
     --version) version=${2:?}; shift 2 ;;
     --config) config=$(absolute "${2:?}"); shift 2 ;;
     --option) options+=("${2:?}"); shift 2 ;;
+    --handler) handler=$(absolute "${2:?}"); shift 2 ;;
     --out) out=$(absolute "${2:?}"); shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "archive.sh: unknown argument: $1" >&2; usage 2 ;;
@@ -51,6 +55,7 @@ command -v torch-model-archiver >/dev/null \
   || die "torch-model-archiver not found; activate the venv (make venv) or pip install -r requirements.txt"
 [ -d "$model_dir" ] || die "model folder '$model_dir' does not exist (the default one is built by 'make model')"
 [ -f "$config" ] || die "model config '$config' does not exist"
+[ -f "$handler" ] || die "handler '$handler' does not exist"
 [ -f "$model_dir/config.json" ] || die "'$model_dir' is incomplete: no config.json (expected a save_pretrained folder)"
 
 weights=""
@@ -86,6 +91,7 @@ extra=()
 while read -r module; do  # what sentiment_handler.py imports: the one list
   case "$module" in ''|'#'*) ;; *) extra+=("$repo/handlers/$module.py") ;; esac
 done < "$repo/handlers/archive-modules.txt"
+[ "$handler" = "$repo/handlers/sentiment_handler.py" ] || extra+=("$repo/handlers/sentiment_handler.py")
 
 # backend: onnxruntime: the ONNX graph is exported (and quantized) now, never in a worker
 read -r backend quantize < <("$python" -c '
@@ -108,7 +114,7 @@ torch-model-archiver \
   --model-name "$name" \
   --version "$version" \
   --serialized-file "$weights" \
-  --handler "$repo/handlers/sentiment_handler.py" \
+  --handler "$handler" \
   --extra-files "$extra_csv" \
   --config-file "$config" \
   --export-path "$work" \

@@ -377,8 +377,6 @@ class SentimentHandler(BaseHandler):
                     probabilities[i] = internal_error("running the model on")
                 else:
                     probabilities[i] = result
-        if self.options.simulated_latency_ms:
-            time.sleep(self.options.simulated_latency_ms / 1000)
         data.tally.inference_seconds = time.perf_counter() - started
         return inferred
 

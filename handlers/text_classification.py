@@ -66,7 +66,6 @@ class HandlerOptions:
     # (Retry-After: 1) instead of the model's time; 0: never (requests without the gateway's
     # sentiment-sent-at header, straight to TorchServe, are always run)
     queue_budget_ms: int = 0
-    simulated_latency_ms: int = 0  # fault tests only: sleep this long per batch (a slow model)
 
     @classmethod
     def from_model_yaml(

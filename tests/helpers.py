@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -109,35 +110,42 @@ def metric_samples(server) -> dict[str, float]:
     return server.client.metric_samples()
 
 
-def tiny_archive(model_dir, out, name, options=(), response_timeout=None, tmp_path=None):
-    """archive.sh on a (tiny) model folder, with handler options and a response timeout."""
+def tiny_archive(model_dir, out, name, options=(), response_timeout=None, latency_ms=None):
+    """archive.sh on a (tiny) model folder, with handler options, a response timeout, and,
+    for a slow model, tests/slow_handler.py sleeping `latency_ms` after each batch."""
     cmd = [str(ARCHIVE_SCRIPT), "--model", str(model_dir), "--name", name, "--out", str(out)]
     for option in options:
         cmd += ["--option", option]
+    config = yaml.safe_load(MODEL_CONFIG.read_text())
     if response_timeout is not None:
-        config = yaml.safe_load(MODEL_CONFIG.read_text())
         config["responseTimeout"] = response_timeout
-        path = tmp_path / f"{name}-config.yaml"
+    if latency_ms is not None:
+        import slow_handler
+
+        config[slow_handler.SECTION] = {"latency_ms": latency_ms}
+        cmd += ["--handler", slow_handler.__file__]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model-config.yaml"
         path.write_text(yaml.safe_dump(config))
-        cmd += ["--config", str(path)]
-    subprocess.run(
-        cmd,
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
-    )
+        subprocess.run(
+            [*cmd, "--config", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+            env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
+        )
 
 
 @contextmanager
-def tiny_node(model_dir, tmp: Path, options=(), overrides=None):
+def tiny_node(model_dir, tmp: Path, options=(), overrides=None, latency_ms=None):
     """A real TorchServe of the tiny model archived as `sentiment` with these handler
-    options, its config.properties with `overrides`, in `tmp`; stopped on exit."""
+    options (and `latency_ms` a batch: tiny_archive), its config.properties with
+    `overrides`, in `tmp`; stopped on exit."""
     from testbed.local_server import LocalTorchServe
 
     store = tmp / "store"
     store.mkdir(parents=True)
-    tiny_archive(model_dir, store / "sentiment.mar", "sentiment", options)
+    tiny_archive(model_dir, store / "sentiment.mar", "sentiment", options, latency_ms=latency_ms)
     node = LocalTorchServe(model_store=store, workdir=tmp / "node", overrides=overrides or {})
     node.start()
     try:

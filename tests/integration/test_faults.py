@@ -101,10 +101,8 @@ def slow_server(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slow")
     store = tmp / "store"
     store.mkdir()
-    tiny_archive(tiny_model_dir, store / "slow.mar", "slow", ["simulated_latency_ms=300"])
-    tiny_archive(
-        tiny_model_dir, store / "stuck.mar", "stuck", ["simulated_latency_ms=3000"], response_timeout=1, tmp_path=tmp
-    )
+    tiny_archive(tiny_model_dir, store / "slow.mar", "slow", latency_ms=300)
+    tiny_archive(tiny_model_dir, store / "stuck.mar", "stuck", latency_ms=3000, response_timeout=1)
     entry = {"defaultVersion": True, "minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 1}
     models = {name: {"1.0": dict(entry, marName=f"{name}.mar")} for name in ("slow", "stuck")}
     ts = LocalTorchServe(

@@ -355,9 +355,9 @@ def slow_node(tiny_model_dir, tmp_path_factory):
     that what waits in TorchServe's queue is only the test's: the readiness poller polls
     every 30 s (not every second), and the queue budget is a minute (not one second)."""
     tmp = tmp_path_factory.mktemp("slow")
-    options = ["simulated_latency_ms=2000", "queue_budget_ms=60000"]
+    options = ["queue_budget_ms=60000"]
     with (
-        tiny_node(tiny_model_dir, tmp, options, {"models": models_setting(1, 1)}) as node,
+        tiny_node(tiny_model_dir, tmp, options, {"models": models_setting(1, 1)}, latency_ms=2000) as node,
         gateway_in_front(node, tmp / "gateway", CLIENTS, in_flight_per_node=4, poll_interval_s=30) as gateway,
     ):
         assert in_flight_per_key(gateway.settings) == 2

@@ -295,7 +295,7 @@ def one_slow_node(server, tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slow-node")
     overrides = {"models": models_setting(1, 1), "job_queue_size": "1"}
     with (
-        tiny_node(tiny_model_dir, tmp, ["simulated_latency_ms=300"], overrides) as slow,
+        tiny_node(tiny_model_dir, tmp, overrides=overrides, latency_ms=300) as slow,
         gateway_in_front([server, slow], tmp / "gateway", CLIENTS) as gateway,
     ):
         yield gateway, (server, slow)
@@ -356,9 +356,9 @@ def test_requests_that_waited_past_the_queue_budget_get_503_with_retry_after(tin
     requests at once through the gateway: the first batch is answered, and the requests
     that then waited past the budget are answered 503 Overloaded (JSON, Retry-After: 1,
     through TorchServe and nginx) instead of being run late."""
-    options = ["simulated_latency_ms=300", "queue_budget_ms=200"]
+    options = ["queue_budget_ms=200"]
     with (
-        tiny_node(tiny_model_dir, tmp_path, options, {"models": models_setting(4, 5)}) as node,
+        tiny_node(tiny_model_dir, tmp_path, options, {"models": models_setting(4, 5)}, latency_ms=300) as node,
         gateway_in_front(node, tmp_path / "gateway", CLIENTS) as gateway,
         ThreadPoolExecutor(max_workers=20) as pool,
     ):

@@ -170,13 +170,20 @@ def test_answers_stay_in_request_order_whatever_the_micro_batching(tiny_model_di
         assert one["scores"]["positive"] == pytest.approx(other["scores"]["positive"], abs=1e-5)
 
 
-def test_simulated_latency_slows_each_batch(tiny_model_dir):
+def test_the_tests_slow_handler_slows_each_batch_and_the_shipped_one_has_no_such_option(tiny_model_dir):
     import time
 
-    handler, context = initialized_handler(tiny_model_dir, {"simulated_latency_ms": 300})
+    from slow_handler import SECTION, SlowSentimentHandler
+
+    context = make_context(tiny_model_dir, {"explanations": False})
+    context.model_yaml_config[SECTION] = {"latency_ms": 300}
+    handler = SlowSentimentHandler()
+    handler.initialize(context)
     started = time.perf_counter()
-    ((status, _, _),) = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
-    assert status == 200 and time.perf_counter() - started >= 0.3
+    ((status, body, _),) = run_batch(handler, context, [({"body": b"slow"}, "text/plain")])
+    assert status == 200 and body["label"] and time.perf_counter() - started >= 0.3
+    with pytest.raises(ValueError, match="simulated_latency_ms"):
+        initialized_handler(tiny_model_dir, {"simulated_latency_ms": 300})
 
 
 def test_options_from_the_deployment_file_go_over_the_archives(tiny_model_dir, tmp_path, monkeypatch):
