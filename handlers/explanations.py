@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from text_classification import HandlerOptions, Limits, ParsedRequest, RequestError, json_type, parse_with_extras
+from errors import InvalidInput, TooManySteps, TooManyTexts, TooManyTokens
+from text_classification import HandlerOptions, Limits, ParsedRequest, json_type, parse_with_extras
 
 METHOD = "layer integrated gradients on the input embeddings"
 
@@ -44,13 +45,11 @@ def parse_explanation(
     request, extras = parse_with_extras(row, limits, content_type, ("steps",))
     steps = extras.get("steps", explain.steps)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise RequestError(400, "InvalidInput", f'"steps" must be an integer of 2 or more, not {json_type(steps)}')
+        raise InvalidInput(f'"steps" must be an integer of 2 or more, not {json_type(steps)}')
     if steps > explain.max_steps:
-        raise RequestError(413, "TooManySteps", f'"steps" is {steps}; the limit is {explain.max_steps}')
+        raise TooManySteps(f'"steps" is {steps}; the limit is {explain.max_steps}')
     if len(request.texts) > explain.max_texts:
-        raise RequestError(
-            413, "TooManyTexts", f"{len(request.texts)} texts to explain; the limit is {explain.max_texts} per request"
-        )
+        raise TooManyTexts(f"{len(request.texts)} texts to explain; the limit is {explain.max_texts} per request")
     return request, steps
 
 
@@ -120,9 +119,7 @@ class Explainer:
         encoded = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
         n_tokens = encoded["input_ids"].shape[1]
         if n_tokens > max_tokens:
-            raise RequestError(
-                413, "TooManyTokens", f"a text to explain has {n_tokens} tokens; the limit is {max_tokens}"
-            )
+            raise TooManyTokens(f"a text to explain has {n_tokens} tokens; the limit is {max_tokens}")
         input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
         special = torch.tensor(
             self.tokenizer.get_special_tokens_mask(input_ids[0].tolist(), already_has_special_tokens=True)

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from errors import EmptyText, InvalidInput, RequestError, TooManyTexts
 from text_classification import (
     Limits,
     ParsedRequest,
-    RequestError,
     check_text,
     json_body,
     json_type,
@@ -67,23 +67,21 @@ def parse(
 
 def _object(value: Any, example: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise RequestError(400, "InvalidInput", f"the body must be an object like {example}, not {json_type(value)}")
+        raise InvalidInput(f"the body must be an object like {example}, not {json_type(value)}")
     return value
 
 
 def _unknown_fields(value: dict[str, Any], known: Sequence[str], where: str) -> None:
     unknown = [k for k in value if k not in known]
     if unknown:
-        raise RequestError(
-            400, "InvalidInput", f"{where} has {len(unknown)} unknown field(s); it takes {', '.join(known)}"
-        )
+        raise InvalidInput(f"{where} has {len(unknown)} unknown field(s); it takes {', '.join(known)}")
 
 
 def _count(n: int, limits: Limits, what: str) -> None:
     if n == 0:
-        raise RequestError(400, "EmptyText", f"{what} is empty")
+        raise EmptyText(f"{what} is empty")
     if n > limits.max_texts_per_request:
-        raise RequestError(413, "TooManyTexts", f"{what} has {n} items; the limit is {limits.max_texts_per_request}")
+        raise TooManyTexts(f"{what} has {n} items; the limit is {limits.max_texts_per_request}")
 
 
 def _parse_v1(value: Any, limits: Limits) -> ParsedRequest:
@@ -91,7 +89,7 @@ def _parse_v1(value: Any, limits: Limits) -> ParsedRequest:
     _unknown_fields(body, ("instances", "parameters"), "the body")
     instances = body.get("instances")
     if not isinstance(instances, list):
-        raise RequestError(400, "InvalidInput", f'"instances" must be a list, not {json_type(instances)}')
+        raise InvalidInput(f'"instances" must be a list, not {json_type(instances)}')
     _count(len(instances), limits, '"instances"')
     texts = []
     for i, instance in enumerate(instances):
@@ -111,19 +109,15 @@ def _shape(value: Any, limits: Limits) -> int:
     dimension before anything is multiplied, so that a shape of a few huge integers (a
     number of 4,000 digits is valid JSON) is refused without the cost of their product."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_SHAPE_DIMS:
-        raise RequestError(400, "InvalidInput", f'"shape" must be a list of 1 to {MAX_SHAPE_DIMS} dimensions')
+        raise InvalidInput(f'"shape" must be a list of 1 to {MAX_SHAPE_DIMS} dimensions')
     for d in value:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise RequestError(400, "InvalidInput", '"shape" must be a list of dimensions (integers, 0 or more)')
+            raise InvalidInput('"shape" must be a list of dimensions (integers, 0 or more)')
     if any(d > limits.max_texts_per_request for d in value):
-        raise RequestError(
-            413, "TooManyTexts", f'a dimension of "shape" is over the limit of {limits.max_texts_per_request} texts'
-        )
+        raise TooManyTexts(f'a dimension of "shape" is over the limit of {limits.max_texts_per_request} texts')
     n = math.prod(value)  # at most max_texts_per_request ** MAX_SHAPE_DIMS: small integers
     if n > limits.max_texts_per_request:
-        raise RequestError(
-            413, "TooManyTexts", f'"shape" holds {n} elements; the limit is {limits.max_texts_per_request}'
-        )
+        raise TooManyTexts(f'"shape" holds {n} elements; the limit is {limits.max_texts_per_request}')
     return n
 
 
@@ -135,7 +129,7 @@ def _flatten(data: Any, n: int, limits: Limits) -> list[Any]:
     if not isinstance(data, list):
         data = [data]
     max_lists = (MAX_SHAPE_DIMS + 1) * max(1, limits.max_texts_per_request)
-    mismatch = RequestError(400, "InvalidInput", f'"shape" holds {n} elements but "data" has more')
+    mismatch = InvalidInput(f'"shape" holds {n} elements but "data" has more')
     out: list[Any] = []
     lists = 0
     stack = [iter(data)]
@@ -144,9 +138,7 @@ def _flatten(data: Any, n: int, limits: Limits) -> list[Any]:
             if isinstance(item, list):
                 lists += 1
                 if len(stack) >= MAX_SHAPE_DIMS or lists > max_lists:
-                    raise RequestError(
-                        400,
-                        "InvalidInput",
+                    raise InvalidInput(
                         f'"data" nests deeper or wider than a shape of at most {MAX_SHAPE_DIMS} dimensions holds',
                     )
                 stack.append(iter(item))
@@ -164,20 +156,20 @@ def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
     _unknown_fields(body, ("id", "parameters", "inputs", "outputs"), "the body")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(400, "InvalidInput", f'"id" must be a string, not {json_type(request_id)}')
+        raise InvalidInput(f'"id" must be a string, not {json_type(request_id)}')
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
-        raise RequestError(400, "InvalidInput", '"inputs" must be a list of one tensor, named "text"')
+        raise InvalidInput('"inputs" must be a list of one tensor, named "text"')
     tensor = _object(inputs[0], '{"name": "text", "datatype": "BYTES", "shape": [n], "data": [...]}')
     _unknown_fields(tensor, ("name", "datatype", "shape", "data", "parameters"), '"inputs"[0]')
     if tensor.get("name") != "text":
-        raise RequestError(400, "InvalidInput", 'the input tensor must be named "text"')
+        raise InvalidInput('the input tensor must be named "text"')
     if tensor.get("datatype") != "BYTES":
-        raise RequestError(400, "InvalidInput", 'the "text" tensor\'s datatype must be "BYTES"')
+        raise InvalidInput('the "text" tensor\'s datatype must be "BYTES"')
     n = _shape(tensor.get("shape"), limits)
     data = _flatten(tensor.get("data"), n, limits)
     if len(data) != n:
-        raise RequestError(400, "InvalidInput", f'"shape" holds {n} elements but "data" has {len(data)}')
+        raise InvalidInput(f'"shape" holds {n} elements but "data" has {len(data)}')
     _count(n, limits, 'the "text" tensor')
     texts = tuple(check_text(t, f'"data"[{i}]', limits) for i, t in enumerate(data))
     outputs = body.get("outputs")
@@ -190,10 +182,10 @@ def _parse_v2(value: Any, limits: Limits) -> tuple[ParsedRequest, Envelope]:
             or not 1 <= len(outputs) <= len(V2_OUTPUTS)
             or not all(isinstance(o, dict) for o in outputs)
         ):
-            raise RequestError(400, "InvalidInput", '"outputs" must be a list of {"name": ...}, each output once')
+            raise InvalidInput('"outputs" must be a list of {"name": ...}, each output once')
         names = tuple(o.get("name") for o in outputs)
         if not all(isinstance(name, str) and name in V2_OUTPUTS for name in names) or len(set(names)) != len(names):
-            raise RequestError(400, "InvalidInput", f"the outputs are {', '.join(V2_OUTPUTS)}, each asked for once")
+            raise InvalidInput(f"the outputs are {', '.join(V2_OUTPUTS)}, each asked for once")
     return ParsedRequest(texts, True), Envelope(OIP_V2, request_id, names)
 
 

@@ -22,6 +22,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import backends
+from errors import ExplanationsDisabled, Overloaded, RequestError
 from explanations import Explainer, ExplainLimits, explainer_for, parse_explanation
 from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
@@ -29,7 +30,6 @@ from stages import Context, Encoding, Inferred, Preprocessed
 from text_classification import (
     HandlerOptions,
     ParsedRequest,
-    RequestError,
     Tally,
     TextTokenizer,
     flatten,
@@ -235,9 +235,7 @@ class SentimentHandler(BaseHandler):
             return None
         if not waited_ms > budget:  # in time, or a stamp that is not a time ("nan")
             return None
-        return RequestError(
-            503,
-            "Overloaded",
+        return Overloaded(
             f"waited {waited_ms:.0f} ms for a worker, over the {budget} ms the service keeps a request: "
             "it is over capacity; retry after a second",
         )
@@ -313,9 +311,7 @@ class SentimentHandler(BaseHandler):
         """The explainer initialize() loaded; never loaded here, inside a batch. A 404 where
         explanations are off (the handler option explanations: false)."""
         if self.explainer is None:
-            raise RequestError(
-                404, "ExplanationsDisabled", "explanations are off for this model (handler option explanations: false)"
-            )
+            raise ExplanationsDisabled("explanations are off for this model (handler option explanations: false)")
         return self.explainer
 
     def _parse(self, row: dict[str, Any], idx: int) -> tuple[ParsedRequest | RequestError, Envelope]:

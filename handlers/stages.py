@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from errors import RequestError
 from protocols import Envelope
-from text_classification import Batch, RequestError, Tally
+from text_classification import Batch, Tally
 
 Encoding = dict[str, list[int]]  # one tokenized text: input_ids, attention_mask, ...
 

@@ -25,6 +25,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from errors import (
+    EmptyBody,
+    EmptyText,
+    InternalServerError,
+    InvalidEncoding,
+    InvalidInput,
+    InvalidJSON,
+    RequestError,
+    TextTooLong,
+    TooManyTexts,
+    UnsupportedMediaType,
+)
+
 BODY_KEYS = ("body", "data")
 FORM_TEXT_KEY = "text"
 
@@ -112,24 +125,6 @@ def threads_per_worker(options: HandlerOptions) -> int:
     return options.torch_threads if options.torch_threads > 0 else usable_cores()
 
 
-class RequestError(Exception):
-    """A request the service refuses; answered with `status` and an error body.
-
-    The body has the same shape as TorchServe's own errors:
-    {"code": 400, "type": "InvalidJSON", "message": "..."}
-    Messages never quote the user's text.
-    """
-
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.status, "type": self.kind, "message": self.message}
-
-
 @dataclass(frozen=True)
 class ParsedRequest:
     texts: tuple[str, ...]
@@ -140,7 +135,7 @@ def _decode(raw: bytes | bytearray) -> str:
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(400, "InvalidEncoding", f"body is not valid UTF-8 (byte {e.start})") from None
+        raise InvalidEncoding(f"body is not valid UTF-8 (byte {e.start})") from None
 
 
 def _looks_like_json(text: str) -> bool:
@@ -163,12 +158,10 @@ def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
     """
     media_type = _media_type(content_type)
     if isinstance(raw, (bytes, bytearray)) and not raw:
-        raise RequestError(400, "EmptyBody", "request body is empty")
+        raise EmptyBody("request body is empty")
     sniff = media_type in SNIFFED_MEDIA_TYPES
     if not (sniff or media_type.endswith("json") or media_type.startswith("text/")):
-        raise RequestError(
-            415,
-            "UnsupportedMediaType",
+        raise UnsupportedMediaType(
             f"Content-Type {media_type[:80]!r} is not supported; send application/json or text/plain",
         )
     if isinstance(raw, (bytes, bytearray)):
@@ -181,34 +174,28 @@ def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
     try:
         return json.loads(raw), True
     except json.JSONDecodeError as e:
-        raise RequestError(
-            400,
-            "InvalidJSON",
+        raise InvalidJSON(
             f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
         ) from None
     except RecursionError:
-        raise RequestError(400, "InvalidJSON", "body is not valid JSON here: nested too deeply") from None
+        raise InvalidJSON("body is not valid JSON here: nested too deeply") from None
     except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise RequestError(400, "InvalidJSON", "body is not valid JSON here: a number has too many digits") from None
+        raise InvalidJSON("body is not valid JSON here: a number has too many digits") from None
 
 
 def check_text(value: Any, where: str, limits: Limits) -> str:
     """`value` as one text of a request, or RequestError: a non-empty string of real text
     (no unpaired surrogates) within the length limit."""
     if not isinstance(value, str):
-        raise RequestError(400, "InvalidInput", f"{where} must be a string, not {json_type(value)}")
+        raise InvalidInput(f"{where} must be a string, not {json_type(value)}")
     if not value.strip():
-        raise RequestError(400, "EmptyText", f"{where} is empty")
+        raise EmptyText(f"{where} is empty")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # JSON can escape half a surrogate pair: "\ud800"
-        raise RequestError(
-            400, "InvalidInput", f"{where} has an unpaired surrogate at character {e.start}: not text"
-        ) from None
+        raise InvalidInput(f"{where} has an unpaired surrogate at character {e.start}: not text") from None
     if len(value) > limits.max_text_chars:
-        raise RequestError(
-            413,
-            "TextTooLong",
+        raise TextTooLong(
             f"{where} has {len(value)} characters; the limit is {limits.max_text_chars}",
         )
     return value
@@ -228,26 +215,20 @@ def json_type(value: Any) -> str:
 
 def _from_json(value: Any, limits: Limits) -> ParsedRequest:
     if not isinstance(value, dict):
-        raise RequestError(
-            400,
-            "InvalidInput",
+        raise InvalidInput(
             f'JSON body must be an object like {{"text": "..."}}, not {json_type(value)}',
         )
     if "text" not in value:
-        raise RequestError(400, "InvalidInput", 'JSON body has no "text" field')
+        raise InvalidInput('JSON body has no "text" field')
     unknown = [k for k in value if k != "text"]
     if unknown:
-        raise RequestError(
-            400, "InvalidInput", f'JSON body has {len(unknown)} unknown field(s); "text" is the only one'
-        )
+        raise InvalidInput(f'JSON body has {len(unknown)} unknown field(s); "text" is the only one')
     text = value["text"]
     if isinstance(text, list):
         if not text:
-            raise RequestError(400, "EmptyText", '"text" is an empty list')
+            raise EmptyText('"text" is an empty list')
         if len(text) > limits.max_texts_per_request:
-            raise RequestError(
-                413,
-                "TooManyTexts",
+            raise TooManyTexts(
                 f'"text" has {len(text)} items; the limit is {limits.max_texts_per_request}',
             )
         return ParsedRequest(tuple(check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True)
@@ -265,18 +246,14 @@ def json_body(row: dict[str, Any], content_type: str | None = None) -> Any:
     for key in BODY_KEYS:
         if key in row:
             if _media_type(content_type).startswith("text/"):
-                raise RequestError(
-                    415, "UnsupportedMediaType", "this API takes a JSON body: send 'Content-Type: application/json'"
-                )
+                raise UnsupportedMediaType("this API takes a JSON body: send 'Content-Type: application/json'")
             value, is_json = _body_value(row[key], content_type)
             if not is_json:
-                raise RequestError(
-                    415, "UnsupportedMediaType", "this API takes a JSON body: send 'Content-Type: application/json'"
-                )
+                raise UnsupportedMediaType("this API takes a JSON body: send 'Content-Type: application/json'")
             return value
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
-        raise RequestError(415, "UnsupportedMediaType", "this API takes a JSON body, not a form")
-    raise RequestError(400, "EmptyBody", "request body is empty")
+        raise UnsupportedMediaType("this API takes a JSON body, not a form")
+    raise EmptyBody("request body is empty")
 
 
 def parse_request(row: dict[str, Any], limits: Limits = Limits(), content_type: str | None = None) -> ParsedRequest:
@@ -309,8 +286,8 @@ def parse_with_extras(
         return ParsedRequest((check_text(value, 'form field "text"', limits),), False), {}
     if row or _media_type(content_type) == "application/x-www-form-urlencoded":
         # curl -d without a Content-Type sends a form; TorchServe hands over its fields
-        raise RequestError(415, "UnsupportedMediaType", f"body arrived form-encoded without a text field; {FORM_HINT}")
-    raise RequestError(400, "EmptyBody", "request body is empty")
+        raise UnsupportedMediaType(f"body arrived form-encoded without a text field; {FORM_HINT}")
+    raise EmptyBody("request body is empty")
 
 
 @dataclass
@@ -434,7 +411,7 @@ def prediction(probabilities: Sequence[float], labels: Sequence[str]) -> dict[st
 
 def internal_error(step: str) -> RequestError:
     """The answer to a request that hit a bug in the service rather than a fault of its own."""
-    return RequestError(500, "InternalServerError", f"the service failed while {step} this request")
+    return InternalServerError(f"the service failed while {step} this request")
 
 
 @dataclass
@@ -515,7 +492,7 @@ def outcomes(
             continue
         results = [prediction(p, labels) for p in mine if not isinstance(p, RequestError)]
         if any(not all(math.isfinite(v) for v in r["scores"].values()) for r in results):
-            out.append(RequestError(500, "InternalServerError", "the model returned non-finite scores"))
+            out.append(InternalServerError("the model returned non-finite scores"))
             continue
         out.append(results)
     return out

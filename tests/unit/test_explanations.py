@@ -13,8 +13,9 @@ import sys
 import pytest
 from handler_helpers import initialized_handler, run_batch
 
+from errors import RequestError
 from explanations import ExplainLimits, merge_word_pieces, parse_explanation
-from text_classification import Limits, RequestError
+from text_classification import Limits
 
 JSON = "application/json"
 EXPLAIN = {"explain": "True"}

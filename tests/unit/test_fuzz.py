@@ -30,8 +30,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from errors import RequestError
 from protocols import KSERVE_V1, NATIVE, OIP_V2, parse
-from text_classification import Limits, ParsedRequest, RequestError, run_isolated
+from text_classification import Limits, ParsedRequest, run_isolated
 
 LIMITS = Limits(max_texts_per_request=4, max_text_chars=200)
 CONTENT_TYPES = st.one_of(

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from errors import RequestError, TooManyTexts
 from protocols import KSERVE_V1, NATIVE, OIP_V2, Envelope, Model, parse, protocol_of, render
-from text_classification import Limits, RequestError
+from text_classification import Limits
 
 LIMITS = Limits(max_texts_per_request=3, max_text_chars=50)
 JSON = "application/json"
@@ -266,7 +267,7 @@ def test_answers_in_each_protocol():
 
 
 def test_errors_in_each_protocols_shape():
-    error = RequestError(413, "TooManyTexts", "too many")
+    error = TooManyTexts("too many")
     assert json.loads(render(Envelope(), error, [], MODEL)[1]) == error.body()
     for protocol in (KSERVE_V1, OIP_V2):
         status, body = render(Envelope(protocol), error, [], MODEL)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from errors import EmptyText, InternalServerError, RequestError, TooManyTexts
 from text_classification import (
     HandlerOptions,
     Limits,
     ParsedRequest,
-    RequestError,
     flatten,
     label_names,
     micro_batches,
@@ -115,7 +115,7 @@ def test_error_messages_do_not_quote_user_text():
 def test_flatten_keeps_each_request_slice_and_skips_failures():
     parsed = [
         ParsedRequest(("a",), False),
-        RequestError(400, "EmptyText", "x"),
+        EmptyText("x"),
         ParsedRequest(("b", "c"), True),
     ]
     batch = flatten(parsed)
@@ -124,7 +124,7 @@ def test_flatten_keeps_each_request_slice_and_skips_failures():
 
 
 def test_outcomes_map_probabilities_back_to_requests():
-    too_many = RequestError(413, "TooManyTexts", "too many")
+    too_many = TooManyTexts("too many")
     parsed = [ParsedRequest(("good",), False), too_many, ParsedRequest(("bad", "good"), True)]
     batch = flatten(parsed)
     probabilities = [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]
@@ -136,7 +136,7 @@ def test_outcomes_map_probabilities_back_to_requests():
 
 def test_a_failed_step_or_non_finite_scores_answer_their_request_alone():
     batch = flatten([ParsedRequest(("x",), False), ParsedRequest(("y", "z"), True)])
-    failed = RequestError(500, "InternalServerError", "tokenizing failed")
+    failed = InternalServerError("tokenizing failed")
     out = outcomes(batch, [[float("nan"), float("nan")], failed, [0.5, 0.5]], ["a", "b"])
     assert isinstance(out[0], RequestError) and out[0].kind == "InternalServerError"
     assert out[1] is failed
