@@ -46,13 +46,13 @@ stop:
 test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(MAKE) image
-	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) --durations=25 $(TESTS)
+	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) --durations=25 $(TESTS) $(PYTEST_ARGS)
 
-# -p randomly: random order (pytest-randomly; off by default in pyproject.toml, where the
-# integration tests' module fixtures keep their servers in file order); a failing order is
-# replayed with the seed it prints: make test-unit PYTEST_ARGS=--randomly-seed=N
+# Both run in random order (pytest-randomly: the modules shuffled, then the tests within
+# each, so a module's fixtures still start once); a failing order is replayed with the
+# seed it prints: make test-unit PYTEST_ARGS=--randomly-seed=N (or make test)
 test-unit: $(VENV)/.installed system-unit
-	$(PY) -m pytest -p randomly --hypothesis-seed=$(HYPOTHESIS_SEED) tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) tests/unit $(PYTEST_ARGS)
 
 # the unit tests of gateway/gateway.js run it in Debian's njs interpreter, without nginx
 system-unit:

@@ -14,6 +14,9 @@ from typing import Any
 
 # ports this process has handed out: never handed out twice, even once free again
 _handed_out: set[int] = set()
+# its own generator: a test runner that reseeds `random` before each test (pytest-randomly)
+# would otherwise make every test try the same ports first
+_random = random.Random()
 
 
 def _ephemeral_low() -> int:
@@ -34,7 +37,7 @@ def free_port() -> int:
     after the other cannot be given the same."""
     high = min(_ephemeral_low(), 65536)
     for _ in range(1000):
-        port = random.randrange(10_000, high)
+        port = _random.randrange(10_000, high)
         if port in _handed_out:
             continue
         with socket.socket() as s:

@@ -22,7 +22,7 @@ def test_a_port_in_use_is_not_handed_out(monkeypatch):
         held.listen()
         taken = held.getsockname()[1]
         candidates = iter([taken, taken, *range(10_000, 65536)])
-        monkeypatch.setattr(net.random, "randrange", lambda lo, hi: next(candidates))
+        monkeypatch.setattr(net._random, "randrange", lambda lo, hi: next(candidates))
         monkeypatch.setattr(net, "_ephemeral_low", lambda: 65536)
         port = net.free_port()
         assert port != taken and port >= 10_000
