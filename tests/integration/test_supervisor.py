@@ -18,7 +18,7 @@ from clients.torchserve import TorchServeClient
 from common.net import free_port
 from common.paths import ROOT
 from common.torchserve_files import KEY_FILE, read_keys
-from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front
+from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, poll
 
 CLIENTS = {"supervised": "supervised-client-key-0123456789"}
 
@@ -26,6 +26,22 @@ CLIENTS = {"supervised": "supervised-client-key-0123456789"}
 @dataclass
 class Workdir:
     workdir: Path  # what gateway_in_front reads a node from
+
+
+def supervisor_events(tmp_path) -> list[dict]:
+    """The JSON lines of the supervisor's log so far (not one still being written)."""
+    events = []
+    for line in (tmp_path / "supervisor.log").read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+    return events
+
+
+def rotations(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["message"] == "rotated the inference key"]
 
 
 def test_scheduled_rotations_under_load_lose_no_request(default_store, tmp_path):
@@ -64,13 +80,10 @@ def test_scheduled_rotations_under_load_lose_no_request(default_store, tmp_path)
         TorchServeClient.from_config(workdir / "config.properties", workdir / KEY_FILE).wait_until_ready(240)
         first_key = read_keys(workdir / KEY_FILE)["inference"]
         with gateway_in_front(Workdir(workdir), tmp_path / "gateway", CLIENTS) as gateway:
+            # under load until the supervisor has rotated the key three times (every 3 s)
             with SteadyLoad(gateway, [lambda: CLIENTS["supervised"]], clients_per_key=8) as load:
-                time.sleep(14)
-        events = [
-            json.loads(line) for line in (tmp_path / "supervisor.log").read_text().splitlines() if line.startswith("{")
-        ]
-        rotations = [e for e in events if e["message"] == "rotated the inference key"]
-        assert len(rotations) >= 3, [e["message"] for e in events]
+                events = poll(lambda: supervisor_events(tmp_path), lambda e: len(rotations(e)) >= 3, timeout=60)
+        assert len(rotations(events)) >= 3, [e["message"] for e in events]
         assert read_keys(workdir / KEY_FILE)["inference"] != first_key
         assert load.failed == [], f"{len(load.failed)} of {load.ok + len(load.failed)} failed: {load.failed[:5]}"
         assert load.ok > 200, f"only {load.ok} requests: the load did not run"
