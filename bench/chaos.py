@@ -85,12 +85,14 @@ def table(results: list[dict[str, Any]]) -> str:
 def write_doc(report: dict[str, Any]) -> None:
     m = report["machine"]
     assert isinstance(m, dict)
+    failed_before = f"{report['baseline_failed']} failed" if report["baseline_failed"] else "none failed"
     text = (
         f"{BEGIN}\n"
         f"Measured by `make chaos` on {report['date']}: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB,"
         f" kernel {m['kernel']}; each replica runs {report.get('pod', 'as processes')};"
         f" {report['clients']} keep-alive clients at up to {report['rate']} requests/s each"
-        f" ({report['baseline_rps']} requests/s before the first fault, none failed), holds of {report['hold_s']:g} s."
+        f" ({report['baseline_rps']} requests/s before the first fault, {failed_before}),"
+        f" holds of {report['hold_s']:g} s."
         f" Raw: bench/results/chaos.json.\n\n"
         f"{table(report['results'])}\n"
         f"{END}"
