@@ -19,22 +19,24 @@ tests/integration/test_chaos.py, which needs no image):
 - its writable directories (TorchServe's working directory, the gateway's) on a tmpfs of
   its own (the pod's emptyDir, `--disk-mb`): a disk that can be filled.
 - two containers, each in cgroups of its own (v2 for the processes, v1 `cpu` for a CPU
-  limit): `torchserve` (python -m server.container with the production profile, one
-  worker) and `gateway` (python -m gateway). As processes, each is a command in the
-  namespace; from the image, `podman run --network ns:...` with the deployment's
-  arguments, read-only root and no capabilities, its processes in a cgroup podman makes
+  limit), read from deployment.yaml (testbed/pod.py): `torchserve` and `gateway`, with the
+  manifest's arguments, but a 30 s grace, a 2 s drain, no rate limit to speak of, the
+  replica's address, and as the ConfigMap's torchserve.properties TorchServe's ports and
+  one worker. As processes, each is a command in the namespace, the manifest's mount
+  paths the replica's directories; from the image, `podman run --network ns:...` with the
+  manifest's volumes as the replica's directories, read-only root and no capabilities, its processes in a cgroup podman makes
   below the container's own (--cgroup-parent; `ip netns exec` would hide the cgroup mounts
   from runc). Every process a container starts stays in its cgroups, so a container is
   stopped, frozen or killed whole, by the pids they list.
 - a kubelet (one thread for all replicas) that restarts a container whose process exited
   (restartPolicy Always, without the back-off) and runs TorchServe's liveness probe
-  (python -m server.health in the namespace: every 10 s, 3 failures restart it; a startup
-  probe of 5 s x 60 before that). A frozen replica's kubelet is frozen with it (`paused`).
+  (python -m server.health in the namespace, at the manifest's period, timeout and
+  failures: every 10 s, 3 failures restart it; its startup probe, 5 s x 60, before that). A frozen replica's kubelet is frozen with it (`paused`).
 
 The front: HAProxy in the root namespace on 127.0.0.1, with testbed/front.py's FRONT_CONF
 (the Service's stand-in, as container/stack.py runs it too: /readyz checks every second,
-out after 2 failures, back after 2 passes, no retries, no redispatch), plus a stats socket through which the testbed
-follows each replica's state. Everything is torn down by name and pid in reverse order,
+out after 2 failures, back after 2 passes, no retries, no redispatch), plus a stats
+socket through which the testbed follows each replica's state. Everything is torn down by name and pid in reverse order,
 also when bringing up fails, in bounded time.
 """
 
@@ -64,12 +66,18 @@ from common import events
 from common.paths import ROOT
 from testbed.front import FRONT_CONF
 from testbed.local_server import ONE_WORKER_MODELS
+from testbed.pod import ContainerSpec, pod
 from testbed.podman import podman, podman_env
 
 NET = "10.213"
-GATEWAY_PORT = 8000
-METRICS_PORT = 9082  # the gateway's metrics listener, as in deployment.yaml
-IMAGE_UID = 10001  # the image's user (container/Containerfile's USER)
+POD = pod()  # deployment.yaml's pod: what each replica runs
+GATEWAY_PORT = POD.containers["gateway"].ports["http"]
+METRICS_PORT = POD.containers["gateway"].ports["metrics"]  # the gateway's metrics listener
+IMAGE_UID = POD.uid  # the pod's user (the image's USER too)
+# What the testbed sets differently from the pod: a shorter grace and drain (its faults
+# are seconds apart), no rate limit on its one client key, the replica's own address
+GRACE_S = "30"
+GATEWAY_FLAGS = {"rate": "10000", "burst": "20000", "drain_delay": "2"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -87,8 +95,9 @@ def cgroup_parents() -> tuple[Path, Path, bool]:
     return CGROUP_ROOT / "unified", CGROUP_ROOT / "cpu", False
 
 
-PRODUCTION_PROFILE = ROOT / "container" / "production.properties"
-# the ports of TorchServe in every replica: its namespace's loopback
+# the ConfigMap's torchserve.properties (deploy/kubernetes/base/configmap.yaml) as the
+# testbed mounts it: TorchServe's ports on the namespace's loopback, one worker
+TORCHSERVE_SETTINGS = "torchserve.properties"
 PORTS_PROFILE = (
     "inference_address=http://127.0.0.1:8080\n"
     "management_address=http://127.0.0.1:8081\n"
@@ -102,9 +111,11 @@ HTTPLOG = re.compile(
     r"\[(?P<date>\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] front \S+?/(?P<server>\S+) \S+ "
     r"(?P<status>-?\d+) \S+ \S+ \S+ (?P<term>\S{4})"
 )
-# the pod's probes for the TorchServe container (deployment.yaml)
-LIVENESS_PERIOD_S, LIVENESS_FAILURES, PROBE_TIMEOUT_S = 10.0, 3, 5.0
-STARTUP_PERIOD_S, STARTUP_FAILURES = 5.0, 60
+# the pod's probes for the TorchServe container, as the kubelet stand-in runs them
+_LIVENESS, _STARTUP = POD.containers["torchserve"].liveness, POD.containers["torchserve"].startup
+assert _LIVENESS is not None and _STARTUP is not None, "deployment.yaml: TorchServe's probes"
+LIVENESS_PERIOD_S, LIVENESS_FAILURES, PROBE_TIMEOUT_S = _LIVENESS.period_s, _LIVENESS.failures, _LIVENESS.timeout_s
+STARTUP_PERIOD_S, STARTUP_FAILURES = _STARTUP.period_s, _STARTUP.failures
 
 
 def log(message: str) -> None:
@@ -317,6 +328,20 @@ class Replica:
         return self.root / "torchserve-tmp"
 
     @property
+    def settings_dir(self) -> Path:  # the ConfigMap's files (the node's, not the pod's disk)
+        return self.logs / "settings"
+
+    def volumes(self) -> dict[str, Path]:
+        """deployment.yaml's volumes by name, as the replica's directories."""
+        return {
+            "torchserve": self.ts_dir,
+            "torchserve-tmp": self.ts_tmp,
+            "gateway-tmp": self.gw_dir,
+            "settings": self.settings_dir,
+            "clients": self.clients_file.parent,
+        }
+
+    @property
     def logs(self) -> Path:  # the node's container logs: not the pod's disk
         return self.root.parent / f"{self.name}-logs"
 
@@ -324,91 +349,86 @@ class Replica:
         return run("ip", "netns", "exec", self.netns, *cmd, timeout=timeout, check=check)
 
     def make_containers(self) -> None:
+        """The pod's two containers, with deployment.yaml's arguments (GRACE_S, GATEWAY_FLAGS
+        and the replica's address instead of the pod's), from the image or as processes."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        ports = self.logs / "ports.properties"
-        ports.write_text(PORTS_PROFILE)
+        self.settings_dir.mkdir(exist_ok=True)
+        (self.settings_dir / TORCHSERVE_SETTINGS).write_text(PORTS_PROFILE)
+        specs = POD.containers
+        args = {
+            "torchserve": specs["torchserve"].args_with(grace=GRACE_S),
+            "gateway": specs["gateway"].args_with(listen=self.address, **GATEWAY_FLAGS),
+        }
         if self.image is not None:
-            self._make_image_containers(self.image, ports)
+            self._make_image_containers(self.image, args)
             return
-        py = sys.executable
-        marker = self.gw_dir / "gateway-drained"
-        env = {"SENTIMENT_LOG_TO": "stdout", "PYTHONUNBUFFERED": "1"}
+        env = {"SENTIMENT_LOG_TO": "stdout", "PYTHONUNBUFFERED": "1", "TS_WORKDIR": str(self.ts_dir)}
         self.containers = {
-            "torchserve": Container(
-                f"chaos-{self.tag}-r{self.index}-torchserve",
+            name: Container(
+                f"chaos-{self.tag}-r{self.index}-{name}",
                 self.netns,
-                [py, "-m", "server.container", "--workdir", str(self.ts_dir), "--profile", str(PRODUCTION_PROFILE)]
-                + ["--profile", str(ports), "--drain-marker", str(marker), "--grace", "30"],
-                self.logs / "torchserve.log",
+                self._as_process(specs[name], args[name]),
+                self.logs / f"{name}.log",
                 env,
-            ),
-            "gateway": Container(
-                f"chaos-{self.tag}-r{self.index}-gateway",
-                self.netns,
-                [py, "-m", "gateway", "--node", str(self.ts_dir), "--clients-file", str(self.clients_file)]
-                + ["--listen", self.address, "--port", str(GATEWAY_PORT), "--workdir", str(self.gw_dir)]
-                + ["--metrics-port", str(METRICS_PORT)]
-                + ["--rate", "10000", "--burst", "20000", "--drain-delay", "2", "--drained-marker", str(marker)],
-                self.logs / "gateway.log",
-                env,
-            ),
+            )
+            for name in ("torchserve", "gateway")
         }
 
-    def _make_image_containers(self, image: str, ports: Path) -> None:
-        """The pod's two containers from the image, as deployment.yaml runs them: the same
-        arguments, a read-only root, no capabilities, the image's user, the emptyDirs as
+    def _as_process(self, spec: ContainerSpec, args: list[str]) -> list[str]:
+        """A container's arguments for a process on this machine: this Python, the image's
+        /app as the repository, and each mount path as the replica's directory for it."""
+        volumes = self.volumes()
+        paths = {"/app": ROOT, **{path: volumes[name] for name, path in spec.mounts.items()}}
+        out = [sys.executable if args[0] == "python" else args[0]]
+        for arg in args[1:]:
+            for prefix in sorted(paths, key=len, reverse=True):
+                if arg == prefix or arg.startswith(prefix + "/"):
+                    arg = str(paths[prefix]) + arg[len(prefix) :]
+                    break
+            out.append(arg)
+        return out
+
+    def _make_image_containers(self, image: str, args: dict[str, list[str]]) -> None:
+        """The pod's two containers from the image, as deployment.yaml runs them: its
+        arguments, a read-only root, no capabilities, the image's user, its volumes as
         directories of the replica's tmpfs (owned by that user), the clients file read-only."""
         for d in (self.ts_dir, self.ts_tmp, self.gw_dir):
             d.mkdir(exist_ok=True)
             os.chown(d, IMAGE_UID, IMAGE_UID)
         os.chown(self.clients_file, IMAGE_UID, IMAGE_UID)  # the Secret's file, readable by the pod's user only
-
-        def podman_run(name: str, mounts: dict[Path, str], args: list[str]) -> list[str]:
-            volumes = [a for source, target in mounts.items() for a in ("--volume", f"{source}:{target}")]
-            return [
+        read_only = {"settings", "clients"}
+        volumes = self.volumes()
+        env = {"CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"]}
+        self.containers = {}
+        for name in ("torchserve", "gateway"):
+            spec = POD.containers[name]
+            mounts = [
+                a
+                for volume, path in spec.mounts.items()
+                for a in ("--volume", f"{volumes[volume]}:{path}" + (":ro" if volume in read_only else ""))
+            ]
+            container = f"chaos-{self.tag}-r{self.index}-{name}"
+            argv = [
                 "podman",
                 "run",
                 "--rm",
                 "--replace",
                 "--name",
-                name,
+                container,
                 "--network",
                 f"ns:/run/netns/{self.netns}",
                 "--cgroup-parent",
-                f"/{name}",
+                f"/{container}",
                 "--read-only",
                 "--cap-drop",
                 "ALL",
                 "--security-opt",
                 "no-new-privileges",
-                *volumes,
+                *mounts,
                 image,
-                *args,
+                *args[name],
             ]
-
-        names = {c: f"chaos-{self.tag}-r{self.index}-{c}" for c in ("torchserve", "gateway")}
-        env = {"CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"]}
-        torchserve = podman_run(
-            names["torchserve"],
-            {self.ts_dir: "/run/torchserve", self.ts_tmp: "/tmp", ports: "/etc/chaos/ports.properties:ro"},
-            ["python", "-m", "server.container", "--profile", "/app/container/production.properties"]
-            + ["--profile", "/etc/chaos/ports.properties", "--drain-marker", "/run/torchserve/gateway-drained"]
-            + ["--grace", "30"],
-        )
-        secret = "/etc/sentiment-clients/clients"
-        gateway = podman_run(
-            names["gateway"],
-            {self.ts_dir: "/run/torchserve", self.gw_dir: "/tmp", self.clients_file: f"{secret}:ro"},
-            ["python", "-m", "gateway", "--node", "/run/torchserve", "--clients-file", secret]
-            + ["--listen", self.address, "--port", str(GATEWAY_PORT), "--workdir", "/tmp/gateway"]
-            + ["--metrics-port", str(METRICS_PORT)]
-            + ["--rate", "10000", "--burst", "20000", "--drain-delay", "2"]
-            + ["--drained-marker", "/run/torchserve/gateway-drained"],
-        )
-        self.containers = {
-            c: Container(names[c], self.netns, argv, self.logs / f"{c}.log", env, podman=True)
-            for c, argv in (("torchserve", torchserve), ("gateway", gateway))
-        }
+            self.containers[name] = Container(container, self.netns, argv, self.logs / f"{name}.log", env, podman=True)
 
     def all_pids(self) -> list[int]:
         return [pid for c in self.containers.values() for pid in c.pids()]
@@ -591,7 +611,9 @@ class Testbed:
     def up(self, timeout: float = 480) -> None:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        clients_file = self.workdir / "clients"
+        # the Secret's volume: a directory holding the clients file
+        clients_file = self.workdir / "clients-secret" / "clients"
+        clients_file.parent.mkdir(exist_ok=True)
         fd = os.open(clients_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"chaos={self.client_key}\n")
