@@ -24,14 +24,16 @@ tests/integration/test_chaos.py, which needs no image):
   replica's address, and as the ConfigMap's torchserve.properties TorchServe's ports and
   one worker. As processes, each is a command in the namespace, the manifest's mount
   paths the replica's directories; from the image, `podman run --network ns:...` with the
-  manifest's volumes as the replica's directories, read-only root and no capabilities, its processes in a cgroup podman makes
-  below the container's own (--cgroup-parent; `ip netns exec` would hide the cgroup mounts
-  from runc). Every process a container starts stays in its cgroups, so a container is
-  stopped, frozen or killed whole, by the pids they list.
+  manifest's volumes as the replica's directories, read-only root and no capabilities,
+  its processes in a cgroup podman makes below the container's own (--cgroup-parent;
+  `ip netns exec` would hide the cgroup mounts from runc). Every process a container
+  starts stays in its cgroups, so a container is stopped, frozen or killed whole, by the
+  pids they list.
 - a kubelet (one thread for all replicas) that restarts a container whose process exited
   (restartPolicy Always, without the back-off) and runs TorchServe's liveness probe
   (python -m server.health in the namespace, at the manifest's period, timeout and
-  failures: every 10 s, 3 failures restart it; its startup probe, 5 s x 60, before that). A frozen replica's kubelet is frozen with it (`paused`).
+  failures: every 10 s, 3 failures restart it; its startup probe, 5 s x 60, before
+  that). A frozen replica's kubelet is frozen with it (`paused`).
 
 The front: HAProxy in the root namespace on 127.0.0.1, with testbed/front.py's FRONT_CONF
 (the Service's stand-in, as container/stack.py runs it too: /readyz checks every second,
