@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.paths import CONFIG, LOG_CONFIG, ROOT, ROOT_RELATIVE_KEYS
-from common.torchserve_files import KEY_FILE, read_keys, read_properties
+from common.torchserve_files import KEY_FILE, format_properties, read_keys, read_properties
 
 
 def derived_config(overrides: dict[str, str], base: Path = CONFIG) -> dict[str, str]:
@@ -27,7 +27,7 @@ def derived_config(overrides: dict[str, str], base: Path = CONFIG) -> dict[str, 
 
 
 def write_properties(path: Path, props: dict[str, str]) -> None:
-    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    Path(path).write_text(format_properties(props), encoding="ascii")
 
 
 def venv_bin() -> str:
