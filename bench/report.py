@@ -372,7 +372,11 @@ def charts(results: dict, out: Path) -> None:
     shipped = s["shipped_variant"]
     sweep = results["batch_sweep"]
     sizes = [int(b) for b in sweep]
-    raw = {r["batch_size"]: r for r in results["raw"][shipped]["results"]["micro"]}
+    # the limit the server is compared with: one single-threaded process per core (the
+    # server's own layout); one process using every core beside it, for contrast
+    parallel = results["raw"][shipped]["parallel"]
+    limit = {r["batch_size"]: r for r in parallel["results"]}
+    one = {r["batch_size"]: r for r in results["raw"][shipped]["results"]["micro"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(
         sizes,
@@ -381,10 +385,17 @@ def charts(results: dict, out: Path) -> None:
         label=f"TorchServe, concurrency {s['batch_sweep_concurrency']}",
     )
     left.plot(
-        sizes,
-        [raw[b]["sentences_per_s"] for b in sizes if b in raw],
+        [b for b in sizes if b in limit],
+        [limit[b]["sentences_per_s"] for b in sizes if b in limit],
         "s--",
-        label="raw model in-process (micro-batched)",
+        label=f"raw limit: {parallel['processes']} processes x {parallel['threads']} thread",
+    )
+    left.plot(
+        [b for b in sizes if b in one],
+        [one[b]["sentences_per_s"] for b in sizes if b in one],
+        "x:",
+        color="grey",
+        label="raw: one process, every core",
     )
     left.set(xlabel="batch size", ylabel="sentences / s", title="Throughput", xscale="log", xticks=sizes)
     left.set_xticklabels(sizes)
@@ -392,7 +403,12 @@ def charts(results: dict, out: Path) -> None:
     left.legend()
     for key, style in (("p50_ms", "o-"), ("p99_ms", "^-")):
         right.plot(sizes, [sweep[str(b)][key] for b in sizes], style, label=f"TorchServe {key[:3]}")
-    right.plot(sizes, [raw[b]["batch_p50_ms"] for b in sizes if b in raw], "s--", label="raw batch p50")
+    right.plot(
+        [b for b in sizes if b in limit],
+        [limit[b]["batch_p50_ms"] for b in sizes if b in limit],
+        "s--",
+        label="raw limit batch p50",
+    )
     right.set(xlabel="batch size", ylabel="ms", title="Latency per request", xscale="log", xticks=sizes)
     right.set_xticklabels(sizes)
     right.set_ylim(bottom=0)
