@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from testbed.chaos import FAULTS, Load, run_fault
 from testbed.netns import Replica, Testbed
@@ -79,15 +79,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
     samples = report["samples"]
     t = [s["t_s"] / 60 for s in samples]
     fig, (mem, fds, err) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
-    roles = ["frontend", "worker", "nginx", "gateway"]
-    for name in samples[0]["replicas"]:
-        for r in roles:
-            rss = [s["replicas"][name].get(r, {}).get("rss_mib", 0) for s in samples]
-            fd = [s["replicas"][name].get(r, {}).get("fds", 0) for s in samples]
-            mem.plot(t, rss, label=f"{name} {r}")
-            fds.plot(t, fd, label=f"{name} {r}")
-    mem.plot(t, [s.get("front", {}).get("rss_mib", 0) for s in samples], "k--", label="front (HAProxy)")
-    fds.plot(t, [s.get("front", {}).get("fds", 0) for s in samples], "k--", label="front (HAProxy)")
+    # a colour per process role, a line style per replica; a sample where the process was
+    # not running (killed, restarting) is a gap, not a drop to 0
+    colours = {"frontend": "tab:blue", "worker": "tab:orange", "nginx": "tab:green", "gateway": "tab:purple"}
+    styles: list[Literal["-", "--", ":", "-."]] = ["-", "--", ":", "-."]
+    nan = float("nan")
+    for name, style in zip(samples[0]["replicas"], styles * 4, strict=False):
+        for role, colour in colours.items():
+            for ax, key in ((mem, "rss_mib"), (fds, "fds")):
+                values = [s["replicas"][name].get(role, {}).get(key, nan) for s in samples]
+                ax.plot(t, values, style, color=colour, linewidth=1)
+    front = [s.get("front") or {} for s in samples]
+    mem.plot(t, [f.get("rss_mib", nan) for f in front], color="black", linewidth=1)
+    fds.plot(t, [f.get("fds", nan) for f in front], color="black", linewidth=1)
+    from matplotlib.lines import Line2D
+
+    legend = [Line2D([], [], color=c, label=role) for role, c in colours.items()]
+    legend.append(Line2D([], [], color="black", label="front (HAProxy)"))
+    legend += [
+        Line2D([], [], color="grey", linestyle=st, label=name)
+        for name, st in zip(samples[0]["replicas"], styles * 4, strict=False)
+    ]
     err.plot(t, [s["failed"] for s in samples], "r-", label="failed requests (cumulative)")
     for f in report["faults"]:
         for ax in (mem, fds, err):
@@ -97,8 +109,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fds.set_ylabel("open descriptors")
     err.set_ylabel("failed requests")
     err.set_xlabel("minutes")
-    mem.legend(fontsize=6, ncol=4)
-    fds.legend(fontsize=6, ncol=4)
+    mem.legend(handles=legend, fontsize=7, ncol=4)
+    fds.legend(handles=legend, fontsize=7, ncol=4)
     err.legend(fontsize=8)
     mem.set_title(
         f"soak: {report['duration_s'] / 60:g} min, {report['clients']} clients at <= {report['rate']}/s, "
@@ -119,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=ROOT / "build" / "chaos" / "soak")
     p.add_argument("--image", help="run the pod's containers from this image (podman), not as processes")
     p.add_argument("--out", type=Path, default=OUT, help="results: OUT.json and OUT.png")
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT.png from OUT.json, run nothing")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png"))
+        return 0
     samples: list[dict[str, Any]] = []
     faults: list[dict[str, Any]] = []
     with (
