@@ -281,7 +281,7 @@ function client(r) {
 }
 
 function nodeKey(r) {
-    var text = readText(r.variables.node_dir + '/key_file.json');
+    var text = readText(r.variables.node_dir + '/' + r.variables.key_file);
     try {
         var key = JSON.parse(text).inference.key;
         return whole(NODE_KEY, key) ? key : '';
@@ -328,7 +328,7 @@ function lockHeld(path, maxAge) {
 // The cap is the config's $rotation_lock_max_age_ms (common/keys.py LOCK_MAX_AGE_S): no
 // request waits longer, and one that finds a stale lock goes on at once.
 function hold(r) {
-    var lock = r.variables.node_dir + '/key_rotation.lock';
+    var lock = r.variables.node_dir + '/' + r.variables.rotation_lock;
     var maxAge = Number(r.variables.rotation_lock_max_age_ms) || 0;
     var waited = 0;
     function attempt() {

@@ -525,6 +525,8 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "JWT_MAX_LIFETIME": str(jwt.max_lifetime_s if jwt else 0),
         # gateway.js's hold: past this age a rotation lock is stale (common/keys.py)
         "ROTATION_LOCK_MAX_AGE_MS": str(round(LOCK_MAX_AGE_S * 1000)),
+        "KEY_FILE": KEY_FILE,
+        "ROTATION_LOCK": ROTATION_LOCK,
         "RATE": str(settings.rate_per_s),
         "BURST": str(settings.burst),
         "PROBE_RATE": str(settings.probe_rate_per_s),

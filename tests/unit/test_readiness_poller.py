@@ -366,10 +366,11 @@ var setTimeout = function (fn, ms) { QUEUE.push(fn); };
 var ngx = {INFO: 7, WARN: 5, ERR: 4, log: function () {}};
 %s
 var CASES = %s;
+var LOCK = %s;
 require('fs').writeFileSync(%s, JSON.stringify(CASES.map(function (c) {
     var events = [], polls = 0;
     var r = {
-        variables: {node_dir: c.dir, rotation_lock_max_age_ms: c.max_age_ms},
+        variables: {node_dir: c.dir, rotation_lock_max_age_ms: c.max_age_ms, rotation_lock: LOCK},
         uri: '/_held/predictions/sentiment',
         method: 'POST',
         headersOut: {},
@@ -383,12 +384,12 @@ require('fs').writeFileSync(%s, JSON.stringify(CASES.map(function (c) {
     while (QUEUE.length) {
         polls++;
         if (polls === c.remove_after) {
-            require('fs').unlinkSync(c.dir + '/key_rotation.lock');
+            require('fs').unlinkSync(c.dir + '/' + LOCK);
             events.push(['removed', polls]);
         }
         QUEUE.shift()();
     }
-    return {events: events, held: lockHeld(c.dir + '/key_rotation.lock', Number(c.max_age_ms))};
+    return {events: events, held: lockHeld(c.dir + '/' + LOCK, Number(c.max_age_ms))};
 })));
 """
 
@@ -399,7 +400,7 @@ def run_hold(cases: list[dict], tmp: Path) -> list[dict]:
     assert exports == 1
     output = tmp / "hold.json"
     script = tmp / "hold.js"
-    script.write_text(HOLD_DRIVER % (code, json.dumps(cases), json.dumps(str(output))))
+    script.write_text(HOLD_DRIVER % (code, json.dumps(cases), json.dumps(ROTATION_LOCK), json.dumps(str(output))))
     done = subprocess.run([NJS, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and output.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     results: list[dict] = json.loads(output.read_text())
