@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import events
+from common import contract, events
 from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, held for a key switch
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
@@ -313,17 +313,38 @@ def node_socket(workdir: Path, index: int) -> Path:
     return Path(workdir).resolve() / f"node{index}.sock"
 
 
+# the caller, from the API's server block to a node's (whose limit per key counts it);
+# the node's block drops it before TorchServe
+CLIENT_HEADER = "sentiment-client"
+
+
+def nginx_variable(header: str) -> str:
+    """nginx's variable for a request header: $http_ and the name, '-' as '_'."""
+    return "$http_" + header.lower().replace("-", "_")
+
+
 # What every proxying location sends on: the headers the handler reads are the gateway's
-# (the protocol by route; explain and describe never from a client; the time it sends the
-# request on, which the handler's queue budget counts from), and the client's
-# key or token stays here (the node's server block puts in the node's key).
-NODE_HEADERS = """            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header sentiment-protocol $protocol;
-            proxy_set_header sentiment-client $client;
-            proxy_set_header sentiment-sent-at $msec;
-            proxy_set_header explain "";
-            proxy_set_header describe "";"""
+# (handlers/contract.py: the protocol by route; the time it sends the request on, which
+# the handler's queue budget counts from; TorchServe's own never from a client), and the
+# client's key or token stays here (the node's server block puts in the node's key).
+NODE_HEADERS = "\n".join(
+    f"            proxy_set_header {name} {value};"
+    for name, value in (
+        ("Connection", '""'),
+        ("Authorization", '""'),
+        (contract.PROTOCOL_HEADER, "$protocol"),
+        (CLIENT_HEADER, "$client"),
+        (contract.SENT_AT_HEADER, "$msec"),
+        *((header, '""') for header in contract.TORCHSERVE_HEADERS),
+    )
+)
+
+
+def protocol_map() -> str:
+    """The body of nginx's `map $route $protocol`: contract.PROTOCOL_BY_ROUTE, and no
+    header (the native protocol) for every other route."""
+    lines = ['        default "";'] + [f"        {route} {p};" for route, p in contract.PROTOCOL_BY_ROUTE.items()]
+    return "\n".join(lines)
 
 
 def open_total(settings: GatewaySettings, nodes: int) -> int:
@@ -419,7 +440,7 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
     upstream = "\n".join(f"        server unix:{sock} max_fails=1 fail_timeout=5s;" for sock in sockets)
     proxy = f"""            proxy_set_header Authorization "Bearer $node_key";
             proxy_set_header Connection "";
-            proxy_set_header sentiment-client "";
+            proxy_set_header {CLIENT_HEADER} "";
             proxy_http_version 1.1;
             proxy_connect_timeout 1s;
             proxy_read_timeout {settings.read_timeout_s}s;
@@ -548,6 +569,9 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "UPSTREAM_SERVERS": upstream,
         "NODE_SERVERS": node_servers,
         "NODE_HEADERS": NODE_HEADERS,
+        "PROTOCOL_MAP": protocol_map(),
+        "PROTOCOL_VARIABLE": nginx_variable(contract.PROTOCOL_HEADER),
+        "CLIENT_VARIABLE": nginx_variable(CLIENT_HEADER),
         "MAX_BODY": settings.max_body,
         # the node's server block times out first and counts as the node failing
         "PROXY_READ_TIMEOUT": f"{settings.read_timeout_s + 5}s",

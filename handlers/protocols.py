@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from contract import KSERVE_V1, NATIVE, OIP_V2
+
 from errors import EmptyText, InvalidInput, RequestError, TooManyTexts
 from text_classification import (
     Limits,
@@ -27,10 +29,6 @@ from text_classification import (
     parse_request,
 )
 
-NATIVE = "native"
-KSERVE_V1 = "kserve-v1"
-OIP_V2 = "oip-v2"
-HEADER = "sentiment-protocol"
 V2_OUTPUTS = ("label", "score", "scores")
 
 

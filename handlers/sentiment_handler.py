@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from contract import EXPLAIN_HEADER, PROTOCOL_HEADER, SENT_AT_HEADER
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
@@ -24,7 +25,6 @@ from ts.torch_handler.base_handler import BaseHandler
 import backends
 from errors import ExplanationsDisabled, Overloaded, RequestError
 from explanations import Explainer, ExplainLimits, explainer_for, parse_explanation
-from protocols import HEADER as PROTOCOL_HEADER
 from protocols import Envelope, Model, parse, protocol_of, render
 from stages import Context, Encoding, Inferred, Preprocessed
 from text_classification import (
@@ -46,9 +46,6 @@ logger = logging.getLogger(__name__)
 
 
 OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
-# set by the gateway on every request it sends on (a client's own value is replaced):
-# its clock then, which the queue budget counts from
-SENT_AT_HEADER = "sentiment-sent-at"
 
 
 def deployment_overrides() -> dict[str, Any]:
@@ -189,7 +186,7 @@ class SentimentHandler(BaseHandler):
         now = time.time()
         late = {i: error for i in range(len(data)) if (error := self._overdue(i, now)) is not None}
         live = [i for i in range(len(data)) if i not in late]
-        explain = {i for i in live if context.get_request_header(i, "explain") == "True"}
+        explain = {i for i in live if context.get_request_header(i, EXPLAIN_HEADER) == "True"}
 
         def attempt(rows: Sequence[int]) -> list[str]:
             mine = Tally()

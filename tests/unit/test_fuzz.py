@@ -27,11 +27,12 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from contract import KSERVE_V1, NATIVE, OIP_V2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from errors import RequestError
-from protocols import KSERVE_V1, NATIVE, OIP_V2, parse
+from protocols import parse
 from text_classification import Limits, ParsedRequest, run_isolated
 
 LIMITS = Limits(max_texts_per_request=4, max_text_chars=200)

@@ -111,3 +111,24 @@ def test_the_gateway_doc_lists_every_refusal():
     rows = set(re.findall(r"^\| (\d{3}) \| `(\w+)` \|", doc, re.M))
     table = {(str(r.status), r.type) for r in refusals("sentiment", "1m").values()}
     assert rows == table, (rows - table, table - rows)
+
+
+def test_what_a_node_is_sent_is_the_handlers_contract(config):
+    """Every location that proxies to a node's server block sets the handler's headers
+    (handlers/contract.py) from the gateway's own variables and clears TorchServe's, and
+    the protocol of each route is the contract's."""
+    import contract  # handlers/contract.py, as the handler imports it
+
+    _, text = config
+    proxying = text.count("proxy_pass http://nodes")
+    assert proxying >= 3
+    for header, value in ((contract.PROTOCOL_HEADER, "$protocol"), (contract.SENT_AT_HEADER, "$msec")):
+        assert text.count(f"proxy_set_header {header} {value};") == proxying, header
+    for header in contract.TORCHSERVE_HEADERS:
+        assert text.count(f'proxy_set_header {header} "";') == proxying, header
+    protocol_map = re.search(r"map \$route \$protocol \{(.*?)\}", text, re.S)
+    assert protocol_map is not None
+    entries = dict(re.findall(r"^\s*(\S+) (\S+);$", protocol_map.group(1), re.M))
+    assert entries == {"default": '""', **contract.PROTOCOL_BY_ROUTE}
+    assert set(contract.PROTOCOL_BY_ROUTE.values()) | {contract.NATIVE} == set(contract.PROTOCOLS)
+    assert re.search(r"map \$http_sentiment_protocol \$refusal_shape", text)

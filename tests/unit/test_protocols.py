@@ -8,9 +8,10 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from contract import KSERVE_V1, NATIVE, OIP_V2
 
 from errors import RequestError, TooManyTexts
-from protocols import KSERVE_V1, NATIVE, OIP_V2, Envelope, Model, parse, protocol_of, render
+from protocols import Envelope, Model, parse, protocol_of, render
 from text_classification import Limits
 
 LIMITS = Limits(max_texts_per_request=3, max_text_chars=50)

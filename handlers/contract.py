@@ -1,0 +1,27 @@
+"""What the gateway and the node's handler agree on, in one place: the headers the gateway
+sets on every request it sends a node (and the handler reads), and the wire protocol each
+route is answered in.
+
+The handler imports this module (archive.sh packs it beside the handler); the gateway's
+renderer reads this same file (common/contract.py) and writes its facts into nginx's
+config; tests/unit/test_gateway_config.py checks the rendered config against it. A
+client's own value of any of these headers never reaches a node."""
+
+from __future__ import annotations
+
+# the wire protocol to answer in (PROTOCOLS); absent: the native one
+PROTOCOL_HEADER = "sentiment-protocol"
+# when the gateway sent the request on, in seconds since the epoch (nginx's $msec): the
+# handler's queue budget counts from it; absent (straight to TorchServe): never refused
+SENT_AT_HEADER = "sentiment-sent-at"
+# TorchServe's own: its frontend sets them for its explanations and description APIs, so
+# the gateway clears a client's
+TORCHSERVE_HEADERS = ("explain", "describe")
+EXPLAIN_HEADER = "explain"
+
+NATIVE = "native"  # {"text": ...}
+KSERVE_V1 = "kserve-v1"  # {"instances": [...]} -> {"predictions": [...]}
+OIP_V2 = "oip-v2"  # {"inputs": [...]} -> {"outputs": [...]}
+PROTOCOLS = (NATIVE, KSERVE_V1, OIP_V2)
+# the gateway's routes (its $route names) answered in another protocol than NATIVE
+PROTOCOL_BY_ROUTE = {"v1_predict": KSERVE_V1, "v2_infer": OIP_V2}
