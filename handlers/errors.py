@@ -16,6 +16,7 @@ class RequestError(Exception):
 
     status: ClassVar[int]
     kind: ClassVar[str]  # the body's "type": the class's name
+    retry_after_s: ClassVar[int | None] = None  # the answer's Retry-After, when the client may come back
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,9 +79,10 @@ class InternalServerError(RequestError):
 
 
 class Overloaded(RequestError):
-    """The request waited for a worker past the queue budget: not run (Retry-After: 1)."""
+    """The request waited for a worker past the queue budget: not run."""
 
     status = 503
+    retry_after_s = 1
 
 
 ALL: tuple[type[RequestError], ...] = tuple(RequestError.__subclasses__())

@@ -206,7 +206,6 @@ class SentimentHandler(BaseHandler):
             answer = answered[idx] if idx in answered else late[idx]
             if isinstance(answer, RequestError):  # over the queue budget
                 out.append(self._refuse(idx, answer, tally))
-                self.context.set_response_header(idx, "Retry-After", "1")
             elif isinstance(answer, Exception):
                 _log_failure("answering", answer)
                 out.append(self._refuse(idx, internal_error("answering"), tally))
@@ -242,8 +241,15 @@ class SentimentHandler(BaseHandler):
         envelope = Envelope(protocol_of(self._header(idx, PROTOCOL_HEADER)))
         tally.errors.append(error.kind)
         status, body = render(envelope, error, self.labels, self.served_model)
+        return self._respond(idx, status, body, error)
+
+    def _respond(self, idx: int, status: int, body: str, error: RequestError | None = None) -> str:
+        """Request `idx`'s answer, the one place its status and headers are set: JSON, and
+        the Retry-After its error asks for, if any."""
         self.context.set_response_content_type(idx, "application/json")
         self.context.set_response_status(status, "", idx)
+        if error is not None and error.retry_after_s is not None:
+            self.context.set_response_header(idx, "Retry-After", str(error.retry_after_s))
         return body
 
     def _emit_batch(self, tally: Tally, predictions: int) -> None:
@@ -278,6 +284,7 @@ class SentimentHandler(BaseHandler):
     def _explain(self, row: dict[str, Any], idx: int, tally: Tally) -> str:
         """One explanation request: word attributions per text (handlers/explanations.py)."""
         started = time.perf_counter()
+        error: RequestError | None = None
         try:
             explainer = self._explainer()
             request, steps = parse_explanation(
@@ -296,9 +303,7 @@ class SentimentHandler(BaseHandler):
                 error = internal_error("explaining")
             tally.errors.append(error.kind)
             status, body = error.status, json.dumps(error.body())
-        self.context.set_response_content_type(idx, "application/json")
-        self.context.set_response_status(status, "", idx)
-        return body
+        return self._respond(idx, status, body, error)
 
     def _served(self, text: str) -> list[float]:
         """One text's class probabilities from the served model, as /predictions computes them."""
@@ -386,9 +391,7 @@ class SentimentHandler(BaseHandler):
                 tally.texts += len(outcome)
             is_list = not isinstance(request, RequestError) and request.is_list
             status, body = render(envelope, outcome, self.labels, self.served_model, is_list)
-            self.context.set_response_content_type(idx, "application/json")
-            self.context.set_response_status(status, "", idx)
-            out.append(body)
+            out.append(self._respond(idx, status, body, outcome if isinstance(outcome, RequestError) else None))
         return out
 
 
