@@ -21,6 +21,9 @@ import requests
 from helpers import SteadyLoad, gateway_in_front, settled
 from testbed.local_server import LocalTorchServe
 
+# a node whose workers load the explainer, then explanations beside a stream of predictions
+pytestmark = pytest.mark.timeout(600)
+
 CLIENTS = {"cold": "cold-worker-client-key-1618"}
 # a line the worker writes to stdout, as TorchServe's frontend logs it in model_log.log
 WORKER_LINE = re.compile(r" (W-\d+-[\w.-]+)-stdout MODEL_LOG - (.*)$")

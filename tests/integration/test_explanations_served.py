@@ -20,6 +20,9 @@ from common.paths import DEFAULT_MODEL_DIR
 from helpers import gateway_in_front
 from training.tweets import split_tweets
 
+# every held-out tweet predicted and a share of them explained (about a minute here)
+pytestmark = pytest.mark.timeout(600)
+
 CLIENTS = {"explainer": "explainer-client-key-2718"}
 AUTH = {"Authorization": f"Bearer {CLIENTS['explainer']}"}
 # (sentence, the word that carries its sentiment)

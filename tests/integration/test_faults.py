@@ -18,6 +18,9 @@ from helpers import predict, tiny_archive
 from testbed.local_server import LocalTorchServe
 from training.tweets import split_tweets
 
+# a killed worker given 120 s to come back, slow and stuck models
+pytestmark = pytest.mark.timeout(600)
+
 
 def ready_workers(server, model="sentiment") -> list[int]:
     return server.client.worker_pids(model, ready_only=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from clients.torchserve import TorchServeClient, key_refused
 from common.torchserve_files import KEY_FILE, read_keys
 from helpers import ONE_WORKER_MODELS, keys_cli, predict
 from testbed.local_server import LocalTorchServe
+
+# keys left to expire (a minute at most), then a node waited for (180 s at most)
+pytestmark = pytest.mark.timeout(600)
 
 
 def start(store, workdir, expiry_min, wait_for_models=True):

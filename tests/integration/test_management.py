@@ -18,6 +18,9 @@ import requests
 from common.paths import ROOT
 from testbed.local_server import LocalTorchServe
 
+# models registered, scaled and waited for on a node of its own
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def empty_server(default_store, tmp_path_factory):

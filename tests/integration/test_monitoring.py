@@ -19,6 +19,9 @@ from helpers import poll
 from testbed.prometheus import LocalPrometheus, rule_groups
 from training.tweets import split_tweets
 
+# Prometheus through idle, 45 s of load and up to two minutes after it (two minutes here)
+pytestmark = pytest.mark.timeout(600)
+
 SIGNAL = "sentiment:queued_requests:rate1m"
 
 

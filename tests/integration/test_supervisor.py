@@ -14,11 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from clients.torchserve import TorchServeClient
 from common.net import free_port
 from common.paths import ROOT
 from common.torchserve_files import KEY_FILE, read_keys
 from helpers import ONE_WORKER_MODELS, SteadyLoad, gateway_in_front, poll
+
+# the supervisor's TorchServe waited for (240 s at most), then rotations under load
+pytestmark = pytest.mark.timeout(600)
 
 CLIENTS = {"supervised": "supervised-client-key-0123456789"}
 
