@@ -16,8 +16,8 @@ PROTOCOL_HEADER = "sentiment-protocol"
 SENT_AT_HEADER = "sentiment-sent-at"
 # TorchServe's own: its frontend sets them for its explanations and description APIs, so
 # the gateway clears a client's
-TORCHSERVE_HEADERS = ("explain", "describe")
 EXPLAIN_HEADER = "explain"
+TORCHSERVE_HEADERS = (EXPLAIN_HEADER, "describe")
 
 NATIVE = "native"  # {"text": ...}
 KSERVE_V1 = "kserve-v1"  # {"instances": [...]} -> {"predictions": [...]}
