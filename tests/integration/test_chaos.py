@@ -13,14 +13,17 @@ needs no root.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from common.net import free_port
+from common.paths import MODEL_CONFIG
 from helpers import poll
 from testbed.chaos import FAULTS, NODE_UNAVAILABLE, OVER_BUDGET, Load, Result, run_fault, sent_before_out
 from testbed.local_server import ONE_WORKER_BATCH
@@ -31,6 +34,8 @@ pytestmark = pytest.mark.timeout(1200)
 CLIENTS = 4
 RATE = 8.0  # requests a second per client at most
 BATCH = ONE_WORKER_BATCH  # what the replica's one worker holds at once
+# the handler's queue budget as the archive ships it (model-config.yaml)
+QUEUE_BUDGET_S = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]["queue_budget_ms"] / 1000
 HOLD_S = 10.0
 # a request that reached no replica: the connection to it was refused (SC) or not made in time (sC)
 NEVER_SENT = ("SC", "sC")
@@ -75,9 +80,13 @@ def test_a_killed_worker_costs_at_most_its_batch_and_is_replaced(bed):
     assert replica.worker_pids() and set(replica.worker_pids()).isdisjoint(before)
     # only TorchServe's answers for the batch the worker held (500/503/507, whatever their
     # type: at most one request per client, each has one open) and the queue budget's 503
-    # for what waited for the new worker: BATCH in all, the bound this test has always had
+    # for what waited for the new worker: until it answered (back_s), each of a client's
+    # requests there waited the budget before its 503, so at most back_s / budget + 1 a
+    # client; and BATCH in all, the bound this test has always had
     statuses = {o.split()[0] for o in result.failed_by_outcome}
     assert statuses <= {"replica-500", "replica-503", "replica-507"}, repr(result)
+    assert result.failed - result.count(OVER_BUDGET) <= CLIENTS, repr(result)
+    assert result.count(OVER_BUDGET) <= CLIENTS * (math.floor(result.back_s / QUEUE_BUDGET_S) + 1), repr(result)
     assert result.failed <= BATCH, repr(result)
     no_client_timeouts(result)
 
