@@ -24,8 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bodies import Limits, ParsedRequest, json_type
 from errors import InvalidInput, TooManySteps, TooManyTexts, TooManyTokens
-from text_classification import HandlerOptions, Limits, ParsedRequest, json_type, parse_with_extras
+from native import parse_with_extras
+from text_classification import HandlerOptions
 
 METHOD = "layer integrated gradients on the input embeddings"
 

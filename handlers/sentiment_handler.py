@@ -17,19 +17,19 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from contract import EXPLAIN_HEADER, PROTOCOL_HEADER, SENT_AT_HEADER
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import backends
+from bodies import ParsedRequest
+from contract import EXPLAIN_HEADER, PROTOCOL_HEADER, SENT_AT_HEADER
 from errors import ExplanationsDisabled, Overloaded, RequestError
 from explanations import Explainer, ExplainLimits, explainer_for, parse_explanation
 from protocols import Envelope, Model, parse, protocol_of, render
 from stages import Context, Encoding, Inferred, Preprocessed
 from text_classification import (
     HandlerOptions,
-    ParsedRequest,
     Tally,
     TextTokenizer,
     flatten,

@@ -1,17 +1,9 @@
-"""Plain functions behind the sentiment handler: options, request parsing, batching, labels.
+"""Plain functions behind the sentiment handler: options, batching, labels, outcomes.
 
 Nothing here knows about TorchServe or torch (numpy only), so tests call it without a server. The
-handler (`sentiment_handler.py`) only moves data between TorchServe and these functions.
-
-A request arrives from TorchServe as a dict of its parameters:
-  - a raw body (JSON or text/plain) is under "body" (or "data" for a multipart upload),
-    as bytes, as str (TorchServe decoded text) or as a parsed JSON value (TorchServe
-    decoded application/json);
-  - a form-encoded body (`curl -d text=...`) arrives as form fields: the field "text"
-    is accepted, anything else is answered 415.
-Accepted bodies: a plain text, `{"text": "..."}`, or `{"text": ["...", ...]}`. The last
-one is answered with a list of results in the same order. (KServe v1 and OIP v2 bodies
-are protocols.py's; they share these checks.)
+handler (`sentiment_handler.py`) only moves data between TorchServe and these functions;
+a request's body is parsed by its protocol's module (protocols.py dispatches: native.py,
+kserve_v1.py, oip_v2.py, over bodies.py's shared checks).
 """
 
 from __future__ import annotations
@@ -25,28 +17,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bodies import Limits, ParsedRequest
 from errors import (
-    EmptyBody,
-    EmptyText,
     InternalServerError,
-    InvalidEncoding,
-    InvalidInput,
-    InvalidJSON,
     RequestError,
-    TextTooLong,
-    TooManyTexts,
-    UnsupportedMediaType,
 )
-
-BODY_KEYS = ("body", "data")
-FORM_TEXT_KEY = "text"
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_texts_per_request: int = 32
-    max_text_chars: int = 10_000
-
 
 QUANTIZE_CHOICES = ("none", "int8")
 BACKEND_CHOICES = ("torch", "onnxruntime")
@@ -123,171 +98,6 @@ def usable_cores() -> int:
 
 def threads_per_worker(options: HandlerOptions) -> int:
     return options.torch_threads if options.torch_threads > 0 else usable_cores()
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    texts: tuple[str, ...]
-    is_list: bool  # answered with a list (the client sent {"text": [...]})
-
-
-def _decode(raw: bytes | bytearray) -> str:
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidEncoding(f"body is not valid UTF-8 (byte {e.start})") from None
-
-
-def _looks_like_json(text: str) -> bool:
-    return text.lstrip()[:1] in ("{", "[")
-
-
-SNIFFED_MEDIA_TYPES = ("", "multipart/form-data")
-
-
-def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
-
-
-def _body_value(raw: Any, content_type: str | None) -> tuple[Any, bool]:
-    """(value, is_json) of the body as TorchServe handed it over: plain text or parsed JSON.
-
-    JSON media types are parsed, text/* is taken as it is; with no Content-Type (or a
-    multipart field, which has none of its own) a body starting with { or [ is JSON.
-    Anything else (XML, images, octet streams) is refused with 415.
-    """
-    media_type = _media_type(content_type)
-    if isinstance(raw, (bytes, bytearray)) and not raw:
-        raise EmptyBody("request body is empty")
-    sniff = media_type in SNIFFED_MEDIA_TYPES
-    if not (sniff or media_type.endswith("json") or media_type.startswith("text/")):
-        raise UnsupportedMediaType(
-            f"Content-Type {media_type[:80]!r} is not supported; send application/json or text/plain",
-        )
-    if isinstance(raw, (bytes, bytearray)):
-        raw = _decode(raw)
-    if not isinstance(raw, str):
-        return raw, True  # TorchServe already parsed the JSON (decode_input_request=true)
-    is_json = media_type.endswith("json") or (sniff and _looks_like_json(raw))
-    if not is_json:
-        return raw, False
-    try:
-        return json.loads(raw), True
-    except json.JSONDecodeError as e:
-        raise InvalidJSON(
-            f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
-        ) from None
-    except RecursionError:
-        raise InvalidJSON("body is not valid JSON here: nested too deeply") from None
-    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise InvalidJSON("body is not valid JSON here: a number has too many digits") from None
-
-
-def check_text(value: Any, where: str, limits: Limits) -> str:
-    """`value` as one text of a request, or RequestError: a non-empty string of real text
-    (no unpaired surrogates) within the length limit."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where} must be a string, not {json_type(value)}")
-    if not value.strip():
-        raise EmptyText(f"{where} is empty")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:  # JSON can escape half a surrogate pair: "\ud800"
-        raise InvalidInput(f"{where} has an unpaired surrogate at character {e.start}: not text") from None
-    if len(value) > limits.max_text_chars:
-        raise TextTooLong(
-            f"{where} has {len(value)} characters; the limit is {limits.max_text_chars}",
-        )
-    return value
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-def _from_json(value: Any, limits: Limits) -> ParsedRequest:
-    if not isinstance(value, dict):
-        raise InvalidInput(
-            f'JSON body must be an object like {{"text": "..."}}, not {json_type(value)}',
-        )
-    if "text" not in value:
-        raise InvalidInput('JSON body has no "text" field')
-    unknown = [k for k in value if k != "text"]
-    if unknown:
-        raise InvalidInput(f'JSON body has {len(unknown)} unknown field(s); "text" is the only one')
-    text = value["text"]
-    if isinstance(text, list):
-        if not text:
-            raise EmptyText('"text" is an empty list')
-        if len(text) > limits.max_texts_per_request:
-            raise TooManyTexts(
-                f'"text" has {len(text)} items; the limit is {limits.max_texts_per_request}',
-            )
-        return ParsedRequest(tuple(check_text(t, f'"text"[{i}]', limits) for i, t in enumerate(text)), True)
-    return ParsedRequest((check_text(text, '"text"', limits),), False)
-
-
-FORM_HINT = (
-    "send JSON with 'Content-Type: application/json', plain text with "
-    "'Content-Type: text/plain', or a form field named text"
-)
-
-
-def json_body(row: dict[str, Any], content_type: str | None = None) -> Any:
-    """The JSON value of a request to an API that takes JSON only (KServe v1, OIP v2)."""
-    for key in BODY_KEYS:
-        if key in row:
-            if _media_type(content_type).startswith("text/"):
-                raise UnsupportedMediaType("this API takes a JSON body: send 'Content-Type: application/json'")
-            value, is_json = _body_value(row[key], content_type)
-            if not is_json:
-                raise UnsupportedMediaType("this API takes a JSON body: send 'Content-Type: application/json'")
-            return value
-    if row or _media_type(content_type) == "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType("this API takes a JSON body, not a form")
-    raise EmptyBody("request body is empty")
-
-
-def parse_request(row: dict[str, Any], limits: Limits = Limits(), content_type: str | None = None) -> ParsedRequest:
-    """One TorchServe request (a dict of parameters) -> its texts, or RequestError.
-
-    `content_type` is the request's Content-Type header.
-    """
-    return parse_with_extras(row, limits, content_type)[0]
-
-
-def parse_with_extras(
-    row: dict[str, Any], limits: Limits, content_type: str | None, extras: Sequence[str] = ()
-) -> tuple[ParsedRequest, dict[str, Any]]:
-    """parse_request, where a JSON object body may also hold the fields named in `extras`
-    (returned beside the texts, unchecked)."""
-    for key in BODY_KEYS:
-        if key in row:
-            value, is_json = _body_value(row[key], content_type)
-            if not is_json:
-                return ParsedRequest((check_text(value, "body", limits),), False), {}
-            found = {}
-            if isinstance(value, dict) and extras:
-                value = dict(value)
-                found = {name: value.pop(name) for name in extras if name in value}
-            return _from_json(value, limits), found
-    if FORM_TEXT_KEY in row:
-        value = row[FORM_TEXT_KEY]
-        if isinstance(value, (bytes, bytearray)):
-            value = _decode(value)
-        return ParsedRequest((check_text(value, 'form field "text"', limits),), False), {}
-    if row or _media_type(content_type) == "application/x-www-form-urlencoded":
-        # curl -d without a Content-Type sends a form; TorchServe hands over its fields
-        raise UnsupportedMediaType(f"body arrived form-encoded without a text field; {FORM_HINT}")
-    raise EmptyBody("request body is empty")
 
 
 @dataclass

@@ -13,9 +13,9 @@ import sys
 import pytest
 from handler_helpers import initialized_handler, run_batch
 
+from bodies import Limits
 from errors import RequestError
 from explanations import ExplainLimits, merge_word_pieces, parse_explanation
-from text_classification import Limits
 
 JSON = "application/json"
 EXPLAIN = {"explain": "True"}

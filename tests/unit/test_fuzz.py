@@ -27,13 +27,14 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-from contract import KSERVE_V1, NATIVE, OIP_V2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bodies import Limits, ParsedRequest
+from contract import KSERVE_V1, NATIVE, OIP_V2
 from errors import RequestError
 from protocols import parse
-from text_classification import Limits, ParsedRequest, run_isolated
+from text_classification import run_isolated
 
 LIMITS = Limits(max_texts_per_request=4, max_text_chars=200)
 CONTENT_TYPES = st.one_of(
@@ -282,7 +283,7 @@ ENVELOPES = st.one_of(st.tuples(V1_HOSTILE, st.just(KSERVE_V1)), st.tuples(V2_HO
 def test_fuzz_v1_v2_envelopes_are_parsed_or_refused_within_their_limits(envelope, content_type):
     """Hostile v1 and v2 envelopes in their own protocol: texts within the limits or a 4xx,
     and a product of a few small dimensions at most on the way (never of a client's shape)."""
-    import protocols
+    import oip_v2
 
     body, protocol = envelope
     products = []
@@ -291,7 +292,7 @@ def test_fuzz_v1_v2_envelopes_are_parsed_or_refused_within_their_limits(envelope
         products.append(list(values))
         return math.prod(values)
 
-    with mock.patch.object(protocols, "math", SimpleNamespace(prod=prod)):
+    with mock.patch.object(oip_v2, "math", SimpleNamespace(prod=prod)):
         try:
             parsed, returned = parse({"body": body}, LIMITS, content_type, protocol)
         except RequestError as e:
@@ -299,7 +300,7 @@ def test_fuzz_v1_v2_envelopes_are_parsed_or_refused_within_their_limits(envelope
             assert e.kind and e.message
             parsed = None
     assert all(
-        len(p) <= protocols.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p) for p in products
+        len(p) <= oip_v2.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p) for p in products
     )
     if parsed is not None:
         assert is_valid_request(parsed), parsed

@@ -8,11 +8,11 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from contract import KSERVE_V1, NATIVE, OIP_V2
 
+from bodies import Limits
+from contract import KSERVE_V1, NATIVE, OIP_V2
 from errors import RequestError, TooManyTexts
 from protocols import Envelope, Model, parse, protocol_of, render
-from text_classification import Limits
 
 LIMITS = Limits(max_texts_per_request=3, max_text_chars=50)
 JSON = "application/json"
@@ -154,7 +154,7 @@ HUGE = int("9" * 4000)  # valid JSON, and Python parses it: 4,000 digits is unde
     ],
 )
 def test_v2_shapes_are_checked_dimension_by_dimension_before_any_product(shape, status, kind, monkeypatch):
-    import protocols
+    import oip_v2
 
     products = []
 
@@ -162,14 +162,14 @@ def test_v2_shapes_are_checked_dimension_by_dimension_before_any_product(shape, 
         products.append(list(values))
         return math.prod(values)
 
-    monkeypatch.setattr(protocols, "math", SimpleNamespace(prod=prod))
+    monkeypatch.setattr(oip_v2, "math", SimpleNamespace(prod=prod))
     error = refused(
         json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape, "data": ["a"]}]}).encode(), OIP_V2
     )
     assert (error.status, error.kind) == (status, kind)
     # a product is taken of a few dimensions within the limit only, never of what the client sent
     assert all(
-        len(p) <= protocols.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p) for p in products
+        len(p) <= oip_v2.MAX_SHAPE_DIMS and all(0 <= d <= LIMITS.max_texts_per_request for d in p) for p in products
     )
     assert "999" not in error.message  # no request text (nor its numbers) in an error
 
@@ -202,9 +202,9 @@ def counting(value):
     ],
 )
 def test_v2_data_is_read_only_as_far_as_the_shape_allows(data, most):
-    import protocols
+    import oip_v2
 
-    most = most or (protocols.MAX_SHAPE_DIMS + 1) * LIMITS.max_texts_per_request + 1
+    most = most or (oip_v2.MAX_SHAPE_DIMS + 1) * LIMITS.max_texts_per_request + 1
     CountingList.read = 0
     body = {
         "inputs": [

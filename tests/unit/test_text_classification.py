@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from bodies import Limits, ParsedRequest
 from errors import EmptyText, InternalServerError, RequestError, TooManyTexts
+from native import parse_request
 from text_classification import (
     HandlerOptions,
-    Limits,
-    ParsedRequest,
     flatten,
     label_names,
     micro_batches,
     outcomes,
-    parse_request,
     prediction,
     threads_per_worker,
     usable_cores,
