@@ -38,8 +38,8 @@ tests/integration/test_chaos.py, which needs no image):
 The front: HAProxy in the root namespace on 127.0.0.1, with testbed/front.py's FRONT_CONF
 (the Service's stand-in, as container/stack.py runs it too: /readyz checks every second,
 out after 2 failures, back after 2 passes, no retries, no redispatch), plus a stats
-socket through which the testbed follows each replica's state. Everything is torn down by name and pid in reverse order,
-also when bringing up fails, in bounded time.
+socket through which the testbed follows each replica's state. Everything is torn down
+by name and pid in reverse order, also when bringing up fails, in bounded time.
 """
 
 from __future__ import annotations
@@ -367,7 +367,7 @@ class Replica:
         env = {"SENTIMENT_LOG_TO": "stdout", "PYTHONUNBUFFERED": "1", "TS_WORKDIR": str(self.ts_dir)}
         self.containers = {
             name: Container(
-                f"chaos-{self.tag}-r{self.index}-{name}",
+                self.container_name(name),
                 self.netns,
                 self._as_process(specs[name], args[name]),
                 self.logs / f"{name}.log",
@@ -375,6 +375,10 @@ class Replica:
             )
             for name in ("torchserve", "gateway")
         }
+
+    def container_name(self, name: str) -> str:
+        """The name of the replica's container `name` (its cgroups' and podman's)."""
+        return f"{self.netns}-{name}"
 
     def _as_process(self, spec: ContainerSpec, args: list[str]) -> list[str]:
         """A container's arguments for a process on this machine: this Python, the image's
@@ -393,12 +397,11 @@ class Replica:
     def _make_image_containers(self, image: str, args: dict[str, list[str]]) -> None:
         """The pod's two containers from the image, as deployment.yaml runs them: its
         arguments, a read-only root, no capabilities, the image's user, its volumes as
-        directories of the replica's tmpfs (owned by that user), the clients file read-only."""
+        directories of the replica's tmpfs (owned by that user), read-only where it says so."""
         for d in (self.ts_dir, self.ts_tmp, self.gw_dir):
             d.mkdir(exist_ok=True)
             os.chown(d, IMAGE_UID, IMAGE_UID)
         os.chown(self.clients_file, IMAGE_UID, IMAGE_UID)  # the Secret's file, readable by the pod's user only
-        read_only = {"settings", "clients"}
         volumes = self.volumes()
         env = {"CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"]}
         self.containers = {}
@@ -407,9 +410,9 @@ class Replica:
             mounts = [
                 a
                 for volume, path in spec.mounts.items()
-                for a in ("--volume", f"{volumes[volume]}:{path}" + (":ro" if volume in read_only else ""))
+                for a in ("--volume", f"{volumes[volume]}:{path}" + (":ro" if volume in spec.read_only else ""))
             ]
-            container = f"chaos-{self.tag}-r{self.index}-{name}"
+            container = self.container_name(name)
             argv = [
                 "podman",
                 "run",

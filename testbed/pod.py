@@ -43,6 +43,7 @@ class ContainerSpec:
     args: tuple[str, ...]
     ports: dict[str, int]  # by the port's name
     mounts: dict[str, str]  # volume name -> mount path
+    read_only: frozenset[str]  # the volumes mounted read-only
     startup: Probe | None
     liveness: Probe | None
     readiness: Probe | None
@@ -77,6 +78,7 @@ def pod() -> Pod:
             args=tuple(str(a) for a in c["args"]),
             ports={p["name"]: int(p["containerPort"]) for p in c.get("ports", [])},
             mounts={m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])},
+            read_only=frozenset(m["name"] for m in c.get("volumeMounts", []) if m.get("readOnly")),
             startup=Probe.from_manifest(c.get("startupProbe")),
             liveness=Probe.from_manifest(c.get("livenessProbe")),
             readiness=Probe.from_manifest(c.get("readinessProbe")),

@@ -28,6 +28,8 @@ def test_the_pod_is_read_from_the_manifest():
         torchserve["livenessProbe"]["failureThreshold"],
     )
     assert spec.uid == manifest["securityContext"]["runAsUser"]
+    assert spec.containers["gateway"].read_only == {"clients"}
+    assert spec.containers["torchserve"].read_only == {"settings"}
 
 
 def test_a_testbed_changes_flags_and_never_adds_one():
