@@ -20,8 +20,16 @@ def _load() -> ModuleType:
 
 
 _contract = _load()
+
+# The gateway's API port: its default (python -m gateway, make serve, the clients' default
+# URL) and the manifests' (deployment.yaml's gateway `--port` and `http` port, checked by
+# tests/unit/test_testbed_pod.py)
+GATEWAY_PORT = 8000
+
 PROTOCOL_HEADER: str = _contract.PROTOCOL_HEADER
 SENT_AT_HEADER: str = _contract.SENT_AT_HEADER
 TORCHSERVE_HEADERS: tuple[str, ...] = _contract.TORCHSERVE_HEADERS
 NATIVE: str = _contract.NATIVE
-PROTOCOL_BY_ROUTE: dict[str, str] = _contract.PROTOCOL_BY_ROUTE
+KSERVE_V1: str = _contract.KSERVE_V1
+OIP_V2: str = _contract.OIP_V2
+PROTOCOLS: tuple[str, ...] = _contract.PROTOCOLS

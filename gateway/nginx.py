@@ -23,6 +23,7 @@ from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside k
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
 from gateway.refusals import RETRY_AFTER, SHAPES, refusals
+from gateway.routes import protocol_map, route_map
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
 SCRIPT = Path(__file__).resolve().parent / "gateway.js"
@@ -340,13 +341,6 @@ NODE_HEADERS = "\n".join(
 )
 
 
-def protocol_map() -> str:
-    """The body of nginx's `map $route $protocol`: contract.PROTOCOL_BY_ROUTE, and no
-    header (the native protocol) for every other route."""
-    lines = ['        default "";'] + [f"        {route} {p};" for route, p in contract.PROTOCOL_BY_ROUTE.items()]
-    return "\n".join(lines)
-
-
 def open_total(settings: GatewaySettings, nodes: int) -> int:
     """Requests in progress at the API server, all callers together: what the nodes take in
     flight, and one caller's worth of bodies still arriving beside them. One caller's slow
@@ -570,6 +564,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "NODE_SERVERS": node_servers,
         "NODE_HEADERS": NODE_HEADERS,
         "PROTOCOL_MAP": protocol_map(),
+        "ROUTE_MAP": route_map(settings.model),
         "PROTOCOL_VARIABLE": nginx_variable(contract.PROTOCOL_HEADER),
         "CLIENT_VARIABLE": nginx_variable(CLIENT_HEADER),
         "MAX_BODY": settings.max_body,

@@ -1,6 +1,6 @@
 """What the gateway and the node's handler agree on, in one place: the headers the gateway
-sets on every request it sends a node (and the handler reads), and the wire protocol each
-route is answered in.
+sets on every request it sends a node (and the handler reads), and the wire protocols a
+request may be answered in (gateway/routes.py names each route's).
 
 The handler imports this module (archive.sh packs it beside the handler); the gateway's
 renderer reads this same file (common/contract.py) and writes its facts into nginx's
@@ -23,5 +23,3 @@ NATIVE = "native"  # {"text": ...}
 KSERVE_V1 = "kserve-v1"  # {"instances": [...]} -> {"predictions": [...]}
 OIP_V2 = "oip-v2"  # {"inputs": [...]} -> {"outputs": [...]}
 PROTOCOLS = (NATIVE, KSERVE_V1, OIP_V2)
-# the gateway's routes (its $route names) answered in another protocol than NATIVE
-PROTOCOL_BY_ROUTE = {"v1_predict": KSERVE_V1, "v2_infer": OIP_V2}

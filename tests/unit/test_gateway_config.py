@@ -22,6 +22,7 @@ from gateway.nginx import (
     render,
 )
 from gateway.refusals import SHAPES, refusals
+from gateway.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +130,5 @@ def test_what_a_node_is_sent_is_the_handlers_contract(config):
     protocol_map = re.search(r"map \$route \$protocol \{(.*?)\}", text, re.S)
     assert protocol_map is not None
     entries = dict(re.findall(r"^\s*(\S+) (\S+);$", protocol_map.group(1), re.M))
-    assert entries == {"default": '""', **contract.PROTOCOL_BY_ROUTE}
-    assert set(contract.PROTOCOL_BY_ROUTE.values()) | {contract.NATIVE} == set(contract.PROTOCOLS)
+    assert entries == {"default": '""', **{r.name: r.protocol for r in ROUTES if r.protocol != contract.NATIVE}}
     assert re.search(r"map \$http_sentiment_protocol \$refusal_shape", text)
