@@ -34,10 +34,12 @@ METHOD = "layer integrated gradients on the input embeddings"
 
 @dataclass(frozen=True)
 class ExplainLimits:
-    steps: int = 50  # integration steps when a request names none
-    max_steps: int = 200
-    max_texts: int = 4  # texts per request
-    max_tokens: int = 64  # tokens per text, its special tokens included
+    """HandlerOptions' explain_* settings (their defaults there)."""
+
+    steps: int  # integration steps when a request names none
+    max_steps: int
+    max_texts: int  # texts per request
+    max_tokens: int  # tokens per text, its special tokens included
 
 
 def parse_explanation(

@@ -33,8 +33,8 @@ class HandlerOptions:
     """The `handler:` section of model-config.yaml."""
 
     max_length: int = 128  # tokens; longer texts are truncated
-    max_texts_per_request: int = 32
-    max_text_chars: int = 10_000
+    max_texts_per_request: int = Limits.max_texts_per_request
+    max_text_chars: int = Limits.max_text_chars
     torch_threads: int = 0  # 0: all usable cores
     labels: tuple[str, ...] | None = None  # overrides the checkpoint's id2label
     backend: str = "torch"  # "onnxruntime": the ONNX graph exported at archive time

@@ -40,3 +40,22 @@ def test_a_class_is_its_type_and_its_body():
     assert isinstance(error, errors.RequestError)
     assert error.body() == {"code": 413, "type": "TooManyTexts", "message": "the list has 40 items; the limit is 32"}
     assert len({e.kind for e in errors.ALL}) == len(errors.ALL) >= 13
+
+
+def test_the_limits_the_docs_quote_are_the_shipped_model_configs():
+    """A handler option quoted with its value ("`max_text_chars` (10,000 characters)") in the
+    README or docs/ has the value model-config.yaml ships: the limits are set there once
+    (a value in other units, "(1 s)", is not read)."""
+    import yaml
+
+    from text_classification import HandlerOptions
+
+    shipped = HandlerOptions.from_model_yaml(yaml.safe_load((ROOT / "model-config.yaml").read_text()))
+    quoted = []
+    option = re.compile(r"`(\w+)` \((?:model-config\.yaml, )?(\d[\d,]*)(?: ms| characters)?\)")
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name, value in option.findall(doc.read_text()):
+            if hasattr(shipped, name):
+                quoted.append(name)
+                assert getattr(shipped, name) == int(value.replace(",", "")), (doc.name, name, value)
+    assert {"max_texts_per_request", "max_text_chars", "queue_budget_ms"} <= set(quoted)
