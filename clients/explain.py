@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.contract import GATEWAY_PORT
 from common.net import http
 from common.torchserve_files import read_keys
 
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("texts", nargs="+")
     p.add_argument("--steps", type=int, help="integration steps (the server's default otherwise)")
     p.add_argument("--html", type=Path, help="write the explanations to this HTML file")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway, or TorchServe's inference address")
+    p.add_argument(
+        "--url", default=f"http://127.0.0.1:{GATEWAY_PORT}", help="the gateway, or TorchServe's inference address"
+    )
     p.add_argument("--model", default="sentiment")
     p.add_argument("--key", default=os.environ.get("SENTIMENT_KEY"), help="a gateway client key")
     p.add_argument("--key-file", type=Path, help="TorchServe's key_file.json (its inference key)")

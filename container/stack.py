@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from common import events
+from common.contract import GATEWAY_PORT
 from common.paths import ROOT, tool
 from testbed.front import FRONT_CONF
 from testbed.podman import podman
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up")
     u.add_argument("--replicas", type=int, default=2)
-    u.add_argument("--port", type=int, default=8000, help="the front balancer's port")
+    u.add_argument("--port", type=int, default=GATEWAY_PORT, help="the front balancer's port")
     u.add_argument("--replica-port-base", type=int, default=18000, help="replica i's gateway: base + i")
     u.add_argument(
         "--metrics-port-base", type=int, default=18080, help="replica i's metrics listener (the gateway's): base + i"

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import events
+from common import contract, events
 from common.paths import ROOT
 from gateway.nginx import Gateway, GatewaySettings, JwtSettings, Node, check_clients, read_clients_file
 
@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
         default=JwtSettings.max_lifetime_s,
         help="seconds: a token whose exp is further ahead is refused",
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=contract.GATEWAY_PORT)
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument(
         "--metrics-port",
@@ -92,8 +92,8 @@ def parser() -> argparse.ArgumentParser:
         help="serve the node's TorchServe metrics (GET /metrics only) on this port of --listen, for "
         "Prometheus, behind limits of its own (default: off)",
     )
-    p.add_argument("--rate", type=int, default=50, help="requests/s per client")
-    p.add_argument("--burst", type=int, default=100)
+    p.add_argument("--rate", type=int, default=GatewaySettings.rate_per_s, help="requests/s per client")
+    p.add_argument("--burst", type=int, default=GatewaySettings.burst)
     p.add_argument(
         "--in-flight-per-node",
         type=int,

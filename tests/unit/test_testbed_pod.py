@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.contract import GATEWAY_PORT
 from testbed import netns
 from testbed.pod import DEPLOYMENT, pod
 
@@ -18,7 +19,8 @@ def test_the_pod_is_read_from_the_manifest():
     spec = pod()
     assert set(spec.containers) == {c["name"] for c in manifest["containers"]} == {"torchserve", "gateway"}
     gateway = spec.containers["gateway"]
-    assert gateway.ports == {"http": 8000, "metrics": 9082}
+    assert gateway.ports == {"http": GATEWAY_PORT, "metrics": 9082}
+    assert gateway.args[gateway.args.index("--port") + 1] == str(GATEWAY_PORT)
     assert gateway.readiness is not None and gateway.liveness is not None
     torchserve = next(c for c in manifest["containers"] if c["name"] == "torchserve")
     liveness = spec.containers["torchserve"].liveness
