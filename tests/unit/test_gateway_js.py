@@ -5,13 +5,19 @@ that records what would be logged.
 
 Who calls (client()): the Authorization header and a client key's rules; the clients
 file judged line by line, its bad lines ignored and logged by number only; the JSON Web
-Tokens, with every hostile token of tests/integration/test_gateway_jwt.py. And the clients'
-rules shown the same in both languages: one table of names, keys and files through
-gateway.js's parseClients and gateway/nginx.py's parse_clients, the same verdicts."""
+Tokens, with every hostile token of tests/integration/test_gateway_jwt.py. The node's key
+(nodeKey), taken only whole. The hold while a node's key rotates: at once without a lock or
+with a stale one, until the lock goes, never longer than a lock's life (the waits counted
+as polls of a stub timer). And the rules shown the same in both languages: one table of
+names, keys and files through gateway.js's parseClients and gateway/nginx.py's
+parse_clients, and one of lock files through lockHeld and common/keys.py's lock_is_fresh,
+the same verdicts. (The path checks are nginx's maps, not gateway.js:
+tests/unit/test_gateway_routes.py and tests/integration/test_gateway_paths.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -35,20 +41,49 @@ if NJS is None:  # make test-unit installs it: a run without it fails rather tha
 PRELUDE = """
 var LOGS = [];
 var ngx = {INFO: 7, WARN: 5, ERR: 4, log: function (level, message) { LOGS.push([level, String(message)]); }};
+// The CLI has no timers: setTimeout queues its callback, and the driver runs the queue,
+// counting each as a poll (hold()'s waits are counted, not timed).
+var TIMERS = [];
+function setTimeout(fn, ms) { TIMERS.push([fn, ms]); }
 """
 # Runs CALLS, one {fn, args} or {fn: "client", variables, headers} each, and writes to
 # OUTPUT (the CLI's console.log cuts lines at 2 KiB) per call its value (or the exception
 # it threw) and what it logged.
 DRIVER = """
 var CALLS = %s, OUTPUT = %s;
-var FUNCTIONS = {parseClients: parseClients, clientProblem: clientProblem};
+var FUNCTIONS = {parseClients: parseClients, clientProblem: clientProblem, lockHeld: lockHeld};
+// hold(r): a request at /_held/<path>; what it sends on (its subrequest) after how many
+// polls, the lock file removed after call.remove_after polls when that is set
+function runHold(call) {
+    var r = {variables: call.variables, uri: '/_held' + call.path, method: 'POST', headersOut: {}};
+    var sent = null, polls = 0;
+    r.subrequest = function (uri, options, done) {
+        sent = {uri: uri, method: options.method, polls: polls};
+        done({status: 200, headersOut: {'Content-Type': 'application/json'}, responseBuffer: '{}'});
+    };
+    r.return = function (status, body) { sent.status = status; sent.type = r.headersOut['Content-Type']; };
+    TIMERS = [];
+    hold(r);
+    while (TIMERS.length) {
+        polls += 1;
+        if (polls === call.remove_after) {
+            require('fs').unlinkSync(call.variables.node_dir + '/' + call.variables.rotation_lock);
+        }
+        TIMERS.shift()[0]();
+    }
+    return sent;
+}
 require('fs').writeFileSync(OUTPUT, JSON.stringify(CALLS.map(function (call) {
     LOGS = [];
     var value = null, error = null;
     try {
-        value = call.fn === 'client'
-            ? client({variables: call.variables, headersIn: call.headers})
-            : FUNCTIONS[call.fn].apply(null, call.args);
+        if (call.fn === 'client' || call.fn === 'nodeKey') {
+            value = (call.fn === 'client' ? client : nodeKey)({variables: call.variables, headersIn: call.headers});
+        } else if (call.fn === 'hold') {
+            value = runHold(call);
+        } else {
+            value = FUNCTIONS[call.fn].apply(null, call.args);
+        }
     } catch (e) {
         error = String(e);
     }
@@ -495,3 +530,129 @@ def test_python_refuses_at_start_what_gateway_js_would_ignore(tmp_path):
     assert not any(text in str(refused.value) for text in (K64, K16, "abc"))
     clients_file.write_text(f"# clients\nalice={K64}\nalice={K16}\n bob = {K64[::-1]}\r\n")
     assert read_clients_file(clients_file) == {"alice": K16, "bob": K64[::-1]}
+
+
+# --- the node's key, and the hold while a node's key rotates ------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, key",
+    [
+        ('{"inference": {"key": "AbC-12_x"}}', "AbC-12_x"),
+        ('{"inference": {"key": "' + "k" * 512 + '"}}', "k" * 512),
+        ('{"inference": {"key": "' + "k" * 513 + '"}}', ""),
+        ('{"inference": {"key": "a b"}}', ""),
+        ('{"inference": {"key": "a\\r\\nX-Evil: 1"}}', ""),  # a header injected through the key
+        ('{"inference": {"key": ""}}', ""),
+        ('{"inference": {"key": 12345}}', ""),
+        ('{"inference": {}}', ""),
+        ('{"management": {"key": "abc"}}', ""),
+        ('{"inference": {"key": "abc"', ""),  # half written
+        ("", ""),
+        (None, ""),  # no key file yet
+    ],
+)
+def test_the_node_key_is_taken_only_when_whole_and_plain(tmp_path, content, key):
+    if content is not None:
+        (tmp_path / "key_file.json").write_text(content)
+    variables = {"node_dir": str(tmp_path), "key_file": "key_file.json"}
+    assert run_njs([{"fn": "nodeKey", "variables": variables, "headers": {}}], tmp_path)[0]["value"] == key
+
+
+MAX_AGE_S = 40  # a lock's life in these tests (the config passes common/keys.py's)
+
+
+def lock_cases(now_s: float) -> list[tuple[str, str | None, float | None]]:
+    """(name, the lock's content or None for no lock, its mtime or None for now)."""
+    old, ahead = now_s - 2 * MAX_AGE_S, now_s + 2 * MAX_AGE_S
+    return [
+        ("no lock", None, None),
+        ("taken now", json.dumps({"taken_ms": int(now_s * 1000)}), None),
+        ("taken just within its life", json.dumps({"taken_ms": int((now_s - MAX_AGE_S + 5) * 1000)}), None),
+        ("taken long ago, written now", json.dumps({"taken_ms": int(old * 1000)}), None),
+        ("taken far ahead (a clock set back)", json.dumps({"taken_ms": int(ahead * 1000)}), None),
+        ("no time in it, written now", "{}", None),
+        ("not JSON, written now", "held", None),
+        ("not JSON, written long ago", "held", old),
+        ("a time that is not a number, written long ago", json.dumps({"taken_ms": "now"}), old),
+        ("a time of true, written now", json.dumps({"taken_ms": True}), None),
+        ("a list, written long ago", "[1, 2]", old),
+    ]
+
+
+def write_lock(path: Path, content: str | None, mtime: float | None) -> None:
+    path.unlink(missing_ok=True)
+    if content is not None:
+        path.write_text(content)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+
+
+def test_a_lock_is_held_alike_in_python_and_njs(tmp_path, monkeypatch):
+    """gateway.js's lockHeld and common/keys.py's lock_is_fresh, over the same files: the
+    poller (which stops polling a rotating node) and the hold (which waits for it) agree on
+    whether a rotation holds a node."""
+    from common import keys
+
+    monkeypatch.setattr(keys, "LOCK_MAX_AGE_S", MAX_AGE_S)
+    cases = lock_cases(time.time())
+    calls, verdicts = [], []
+    for index, (_, content, mtime) in enumerate(cases):
+        lock = tmp_path / f"lock{index}"
+        write_lock(lock, content, mtime)
+        verdicts.append(keys.lock_is_fresh(lock))
+        calls.append({"fn": "lockHeld", "args": [str(lock), MAX_AGE_S * 1000]})
+    held = [result["value"] for result in run_njs(calls, tmp_path)]
+    assert held == verdicts, [(c[0], h, v) for c, h, v in zip(cases, held, verdicts, strict=True) if h != v]
+    expected = dict(zip([c[0] for c in cases], verdicts, strict=True))
+    assert expected["taken now"] and expected["not JSON, written now"] and expected["a time of true, written now"]
+    assert not expected["no lock"] and not expected["taken long ago, written now"]
+    assert not expected["taken far ahead (a clock set back)"] and not expected["not JSON, written long ago"]
+
+
+def hold(tmp_path: Path, lock: str | None, remove_after: int | None = None, max_age_ms: int = 1000) -> dict[str, Any]:
+    write_lock(tmp_path / "key_rotation.lock", lock, None)
+    variables = {
+        "node_dir": str(tmp_path),
+        "rotation_lock": "key_rotation.lock",
+        "rotation_lock_max_age_ms": str(max_age_ms),
+    }
+    call = {"fn": "hold", "variables": variables, "path": "/predictions/sentiment", "remove_after": remove_after}
+    sent: dict[str, Any] = run_njs([call], tmp_path)[0]["value"]
+    # whatever it waited, the request goes on once, as it came, and its answer back
+    assert (sent["uri"], sent["method"], sent["status"], sent["type"]) == (
+        "/_resume/predictions/sentiment",
+        "POST",
+        200,
+        "application/json",
+    )
+    return sent
+
+
+def taken(ms_ago: int = 0) -> str:
+    return json.dumps({"taken_ms": int(time.time() * 1000) - ms_ago})
+
+
+def test_with_no_lock_a_request_goes_on_at_once(tmp_path):
+    assert hold(tmp_path, None)["polls"] == 0
+
+
+def test_a_request_waits_while_the_lock_is_held_and_goes_on_when_it_goes(tmp_path):
+    assert hold(tmp_path, taken(), remove_after=7)["polls"] == 7
+
+
+def test_no_request_waits_longer_than_a_locks_life(tmp_path):
+    """A lock never removed (its rotation hung) holds a request for the lock's life at most:
+    max_age / the poll period polls, then it goes on with whatever key is there."""
+    hold_poll_ms = int(re.search(r"var HOLD_POLL_MS = (\d+);", GATEWAY_JS.read_text())[1])
+    assert hold(tmp_path, taken(), max_age_ms=500)["polls"] == 500 // hold_poll_ms
+
+
+@pytest.mark.parametrize("lock", [taken(ms_ago=5_000), json.dumps({"taken_ms": int(time.time() * 1000) + 5_000})])
+def test_a_stale_lock_holds_nothing(tmp_path, lock):
+    """A lock left by a killed rotation (or written by a clock far off) holds no request."""
+    assert hold(tmp_path, lock, max_age_ms=1000)["polls"] == 0
+
+
+def test_without_a_configured_life_no_request_waits(tmp_path):
+    assert hold(tmp_path, taken(), max_age_ms=0)["polls"] == 0
