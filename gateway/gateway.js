@@ -337,7 +337,8 @@ function hold(r) {
             setTimeout(attempt, HOLD_POLL_MS);
             return;
         }
-        r.subrequest('/_resume' + r.uri.slice('/_held'.length), {method: r.method}, function (reply) {
+        var options = {method: r.method, args: r.variables.args || ''};
+        r.subrequest('/_resume' + r.uri.slice('/_held'.length), options, function (reply) {
             var type = reply.headersOut['Content-Type'];
             if (type) {
                 r.headersOut['Content-Type'] = type;

@@ -336,6 +336,7 @@ NODE_HEADERS = "\n".join(
         (contract.PROTOCOL_HEADER, "$protocol"),
         (CLIENT_HEADER, "$client"),
         (contract.SENT_AT_HEADER, "$msec"),
+        (contract.REQUEST_ID_HEADER, "$rid"),
         *((header, '""') for header in contract.TORCHSERVE_HEADERS),
     )
 )
@@ -566,6 +567,10 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "PROTOCOL_MAP": protocol_map(),
         "ROUTE_MAP": route_map(settings.model),
         "PROTOCOL_VARIABLE": nginx_variable(contract.PROTOCOL_HEADER),
+        "REQUEST_ID_HEADER": contract.REQUEST_ID_HEADER,
+        "REQUEST_ID_VARIABLE": nginx_variable(contract.REQUEST_ID_HEADER),
+        "REQUEST_ID_PATTERN": contract.REQUEST_ID_PATTERN,
+        "REQUEST_ID_PARAM": contract.REQUEST_ID_PARAM,
         "CLIENT_VARIABLE": nginx_variable(CLIENT_HEADER),
         "MAX_BODY": settings.max_body,
         # the node's server block times out first and counts as the node failing

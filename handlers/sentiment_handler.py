@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import traceback
 from collections.abc import Sequence
@@ -23,7 +24,14 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import backends
 from bodies import ParsedRequest
-from contract import EXPLAIN_HEADER, PROTOCOL_HEADER, SENT_AT_HEADER
+from contract import (
+    EXPLAIN_HEADER,
+    PROTOCOL_HEADER,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PARAM,
+    REQUEST_ID_PATTERN,
+    SENT_AT_HEADER,
+)
 from errors import ExplanationsDisabled, Overloaded, RequestError
 from explanations import Explainer, ExplainLimits, explainer_for, parse_explanation
 from protocols import Envelope, Model, parse, protocol_of, render
@@ -43,6 +51,8 @@ from text_classification import (
 )
 
 logger = logging.getLogger(__name__)
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+NO_REQUEST_ID = "-"  # in log lines, for a request that came without one (straight to TorchServe)
 
 
 OVERRIDES_ENV = "SENTIMENT_HANDLER_OPTIONS"
@@ -163,6 +173,12 @@ class SentimentHandler(BaseHandler):
                 return value
         return None
 
+    def _request_id(self, idx: int) -> str:
+        """Request `idx`'s ID, as the gateway sent it (a client's own header straight to
+        TorchServe only when it is of the ID's alphabet and length), for the log."""
+        value = self._header(idx, REQUEST_ID_HEADER.lower())
+        return value if value is not None and REQUEST_ID.fullmatch(value) else NO_REQUEST_ID
+
     def _emit(self, name: str, value: float, metric_type: MetricTypes, error_type: str | None = None) -> None:
         """Record a handler metric (declared in metrics.yaml) through TorchServe's metrics API.
         Each call is a line the worker writes and the frontend parses: a handful per batch,
@@ -180,6 +196,8 @@ class SentimentHandler(BaseHandler):
         bug. Nothing escapes to TorchServe, which would fail the whole batch.
         """
         self.context = context
+        # the gateway's request-ID parameter is for TorchServe's access log, not the request
+        data = [{k: v for k, v in row.items() if k != REQUEST_ID_PARAM} for row in data]
         tally = Tally()
         # requests that waited past the queue budget are not run: their clients are gone
         # or about to be, and the model's time goes to requests that can still be answered
@@ -205,12 +223,17 @@ class SentimentHandler(BaseHandler):
         for idx in range(len(data)):
             answer = answered[idx] if idx in answered else late[idx]
             if isinstance(answer, RequestError):  # over the queue budget
+                logger.info("request %s refused: %s (%d)", self._request_id(idx), answer.kind, answer.status)
                 out.append(self._refuse(idx, answer, tally))
             elif isinstance(answer, Exception):
-                _log_failure("answering", answer)
+                _log_failure("answering", answer, self._request_id(idx))
                 out.append(self._refuse(idx, internal_error("answering"), tally))
             else:
                 out.append(answer)
+        # one line a batch: which requests it answered (tests/integration/test_request_ids.py)
+        logger.info(
+            "batch of %d answered: request ids %s", len(data), " ".join(map(self._request_id, range(len(data))))
+        )
         try:
             self._emit_batch(tally, len(live) - len(explain))
         except Exception as e:  # the answers stand without their metrics
@@ -299,7 +322,7 @@ class SentimentHandler(BaseHandler):
             if isinstance(e, RequestError):
                 error = e
             else:  # a bug met on this request: it alone gets a 500
-                _log_failure("explaining", e)
+                _log_failure("explaining", e, self._request_id(idx))
                 error = internal_error("explaining")
             tally.errors.append(error.kind)
             status, body = error.status, json.dumps(error.body())
@@ -325,9 +348,9 @@ class SentimentHandler(BaseHandler):
         except RequestError as e:
             error = e
         except Exception as e:  # a bug met on this request's bytes: it alone gets a 500
-            _log_failure("parsing", e)
+            _log_failure("parsing", e, self._request_id(idx))
             error = internal_error("parsing")
-        logger.info("request %d of the batch refused: %s (%d)", idx, error.kind, error.status)
+        logger.info("request %s refused: %s (%d)", self._request_id(idx), error.kind, error.status)
         return error, envelope  # counted as an error where its answer is written (postprocess)
 
     def preprocess(
@@ -395,8 +418,9 @@ class SentimentHandler(BaseHandler):
         return out
 
 
-def _log_failure(step: str, error: BaseException) -> None:
+def _log_failure(step: str, error: BaseException, request_id: str = NO_REQUEST_ID) -> None:
     """Log an unexpected exception by type and stack, never its message: messages of
-    parsers and tokenizers can quote the request's text."""
+    parsers and tokenizers can quote the request's text. `request_id`: the request's, where
+    one request is known (a step over a batch's texts names none)."""
     stack = "".join(traceback.format_tb(error.__traceback__))
-    logger.error("%s failed while %s a request (message withheld):\n%s", type(error).__name__, step, stack)
+    logger.error("%s failed while %s request %s (message withheld):\n%s", type(error).__name__, step, request_id, stack)

@@ -132,3 +132,22 @@ def test_what_a_node_is_sent_is_the_handlers_contract(config):
     entries = dict(re.findall(r"^\s*(\S+) (\S+);$", protocol_map.group(1), re.M))
     assert entries == {"default": '""', **{r.name: r.protocol for r in ROUTES if r.protocol != contract.NATIVE}}
     assert re.search(r"map \$http_sentiment_protocol \$refusal_shape", text)
+
+
+def test_the_request_id_is_the_contracts_wherever_it_is_read(config):
+    """The gateway's map takes a client's ID by the contract's pattern, sends it on in the
+    contract's header and parameter; log4j2.xml (which cannot be rendered) moves exactly
+    that parameter, of the pattern's alphabet, out of TorchServe's withheld path."""
+    import contract
+
+    _, text = config
+    variable = "$http_" + contract.REQUEST_ID_HEADER.lower().replace("-", "_")
+    assert f'"~^{contract.REQUEST_ID_PATTERN}$" {variable};' in text
+    assert f'more_set_headers "{contract.REQUEST_ID_HEADER}: $rid";' in text
+    proxying = text.count("proxy_pass http://nodes/")
+    assert text.count(f"?{contract.REQUEST_ID_PARAM}=$rid;") == proxying >= 3
+    assert text.count(f"proxy_set_header {contract.REQUEST_ID_HEADER} $rid;") == proxying
+    log4j2 = (ROOT / "log4j2.xml").read_text()
+    alphabet = re.fullmatch(r"(\[[^\]]+\])\{\d+,\d+\}", contract.REQUEST_ID_PATTERN)
+    assert alphabet is not None
+    assert f"{contract.REQUEST_ID_PARAM}=({alphabet[1]}+)" in log4j2

@@ -58,7 +58,7 @@ function runHold(call) {
     var r = {variables: call.variables, uri: '/_held' + call.path, method: 'POST', headersOut: {}};
     var sent = null, polls = 0;
     r.subrequest = function (uri, options, done) {
-        sent = {uri: uri, method: options.method, polls: polls};
+        sent = {uri: uri, method: options.method, args: options.args, polls: polls};
         done({status: 200, headersOut: {'Content-Type': 'application/json'}, responseBuffer: '{}'});
     };
     r.return = function (status, body) { sent.status = status; sent.type = r.headersOut['Content-Type']; };
@@ -616,12 +616,14 @@ def hold(tmp_path: Path, lock: str | None, remove_after: int | None = None, max_
         "node_dir": str(tmp_path),
         "rotation_lock": "key_rotation.lock",
         "rotation_lock_max_age_ms": str(max_age_ms),
+        "args": "request_id=r-1",
     }
     call = {"fn": "hold", "variables": variables, "path": "/predictions/sentiment", "remove_after": remove_after}
     sent: dict[str, Any] = run_njs([call], tmp_path)[0]["value"]
     # whatever it waited, the request goes on once, as it came, and its answer back
-    assert (sent["uri"], sent["method"], sent["status"], sent["type"]) == (
+    assert (sent["uri"], sent["args"], sent["method"], sent["status"], sent["type"]) == (
         "/_resume/predictions/sentiment",
+        "request_id=r-1",  # the request ID the gateway added, for TorchServe's access log
         "POST",
         200,
         "application/json",
