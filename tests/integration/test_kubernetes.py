@@ -10,6 +10,7 @@ may hold. (The Deployment's pod runs for real in test_container.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ CRD_SCHEMAS = {
     "PodMonitor": "podmonitor.json",
 }
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+INSTANCE = "app.kubernetes.io/instance"
 
 
 def kustomize(path: str) -> list[dict]:
@@ -133,7 +135,8 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
     jsonschema.validate(monitor, json.loads((SCHEMAS / "podmonitor.json").read_text()))
     isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
     assert monitor["spec"]["selector"]["matchLabels"] == {
-        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+        INSTANCE: isvc["metadata"]["labels"][INSTANCE],
     }
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     # the gateway's metrics listener: TorchServe's own metrics port is on the pod's loopback
@@ -235,7 +238,10 @@ def test_the_config_map_serves_the_model_as_config_properties_does(tmp_path):
 
 def test_disruptions_take_one_pod_at_a_time(rendered):
     (pdb,) = _objects(rendered["deploy/kubernetes/overlays/example"], "PodDisruptionBudget")
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment"}}}
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment", "app.kubernetes.io/instance": "sentiment"}},
+    }
     (deployment,) = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -355,10 +361,104 @@ def test_the_kserve_network_policy_covers_the_predictors_pods_as_the_deployments
     # what KServe labels each predictor pod with (besides the InferenceService's own labels)
     kserve_labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
     pod_labels = {**isvc["metadata"].get("labels", {}), **kserve_labels}
-    assert policy["spec"]["podSelector"]["matchLabels"] == kserve_labels
+    assert policy["spec"]["podSelector"]["matchLabels"] == {**kserve_labels, INSTANCE: pod_labels[INSTANCE]}
     _check_network_policy(policy, pod_labels, isvc["spec"]["predictor"]["containers"][0])
     monitor = yaml.safe_load((ROOT / "deploy" / "kserve" / "podmonitor.yaml").read_text())
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def _selectors(doc) -> list[tuple[str, dict]]:
+    """Every label selector of an object that picks this project's pods (or the Service
+    the ServiceMonitor scrapes), as (where, matchLabels)."""
+    spec, kind = doc.get("spec", {}), doc["kind"]
+    found = []
+    if kind == "Deployment":
+        found.append(("spec.selector", spec["selector"]["matchLabels"]))
+        found.extend(
+            (f"topologySpread {c['topologyKey']}", c["labelSelector"]["matchLabels"])
+            for c in spec["template"]["spec"].get("topologySpreadConstraints", [])
+        )
+    elif kind == "Service":
+        found.append(("spec.selector", spec["selector"]))
+    elif kind == "NetworkPolicy":
+        found.append(("spec.podSelector", spec["podSelector"]["matchLabels"]))
+    elif kind in ("PodDisruptionBudget", "ServiceMonitor", "PodMonitor"):
+        found.append(("spec.selector", spec["selector"]["matchLabels"]))
+    return found
+
+
+KINDS_WITH_SELECTORS = {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"}
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_selector_includes_the_instance_label(rendered, path):
+    docs = rendered[path]
+    selectors = [(d["kind"], where, labels) for d in docs for where, labels in _selectors(d)]
+    assert {kind for kind, _, _ in selectors} == KINDS_WITH_SELECTORS & {d["kind"] for d in docs}
+    assert {kind for kind, _, _ in selectors} >= ({"ServiceMonitor"} if path == "monitoring" else {"Deployment"})
+    missing = [(kind, where) for kind, where, labels in selectors if INSTANCE not in labels]
+    assert missing == [], f"selectors without {INSTANCE}: {missing}"
+    for doc in docs:
+        if doc["kind"] != "Namespace":  # the overlay's namespace is no part of one install
+            assert INSTANCE in doc["metadata"].get("labels", {}), (doc["kind"], doc["metadata"]["name"])
+        if doc["kind"] == "Deployment":
+            pods = doc["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.items() <= pods.items() for kind, _, labels in selectors if kind != "ServiceMonitor")
+
+
+def test_the_kserve_selectors_include_the_inference_services_instance_label():
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    instance = isvc["metadata"]["labels"][INSTANCE]
+    for name in ("networkpolicy.yaml", "podmonitor.yaml"):
+        doc = yaml.safe_load((ROOT / "deploy" / "kserve" / name).read_text())
+        assert doc["metadata"]["labels"][INSTANCE] == instance, name
+        ((_, labels),) = _selectors(doc)
+        assert labels[INSTANCE] == instance, name
+
+
+def _install(tmp_path, instance: str) -> list[dict]:
+    """The base and the monitoring objects as a second install in one namespace is made:
+    its own name prefix and instance label, set once in its overlay (docs/kubernetes.md)."""
+    overlay = tmp_path / instance
+    overlay.mkdir()
+    up = Path(os.path.relpath(ROOT, overlay))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": "shared",
+        "namePrefix": f"{instance}-",
+        "resources": [str(up / "deploy/kubernetes/base"), str(up / "monitoring")],
+        "labels": [
+            {
+                "pairs": {INSTANCE: instance},
+                "includeSelectors": True,
+                "fields": [{"kind": "ServiceMonitor", "path": "spec/selector/matchLabels", "create": True}],
+            }
+        ],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    kubectl = tool("kubectl")
+    assert kubectl is not None
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_two_installs_in_one_namespace_select_disjoint_pods(tmp_path):
+    installs = {name: _install(tmp_path, name) for name in ("blue", "green")}
+    names = {name: {(d["kind"], d["metadata"]["name"]) for d in docs} for name, docs in installs.items()}
+    assert not names["blue"] & names["green"], "two installs would overwrite each other's objects"
+    for name, docs in installs.items():
+        (deployment,) = _objects(docs, "Deployment")
+        pods = deployment["spec"]["template"]["metadata"]["labels"]
+        (service,) = _objects(docs, "Service")
+        assert pods[INSTANCE] == name
+        for other, other_docs in installs.items():
+            for doc in other_docs:
+                for where, labels in _selectors(doc):
+                    # the ServiceMonitor selects Services; everything else selects pods
+                    target = service["metadata"]["labels"] if doc["kind"] == "ServiceMonitor" else pods
+                    matches = labels.items() <= target.items()
+                    assert matches == (other == name), (other, doc["kind"], where, name)
 
 
 def promtool(*args, cwd):
