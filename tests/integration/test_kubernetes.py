@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -499,7 +500,6 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
     names = {a["alert"] for a in alerts}
     assert names == SLO_ALERTS | PER_POD | {"SentimentMetricsAbsent", "SentimentHPAAtMaxReplicas"}
     for alert in alerts:
-        assert alert["annotations"]["runbook"].startswith("docs/kubernetes.md#")
         if alert["alert"] in PER_POD | {"SentimentHPAAtMaxReplicas"}:
             assert alert["labels"]["severity"] == "warning", alert["alert"]
     # each SLO: two pages (fast burn) and two tickets (slow burn), every window pair
@@ -519,6 +519,65 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
     tests = yaml.safe_load((ROOT / "monitoring" / "rules-test.yaml").read_text())["tests"]
     tested = {t["alertname"] for group in tests for t in group.get("alert_rule_test", []) if t["exp_alerts"]}
     assert tested == names, f"alerts never seen firing in rules-test.yaml: {names - tested}"
+
+
+RUNBOOK_BASE = "https://git.example.com/ml/sentiment-serve/blob/main"  # prometheusrule.yaml's
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub (and GitLab) give a markdown file's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def _alerts(rule) -> list[dict]:
+    return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_alert_has_a_summary_a_description_and_a_runbook_url_into_the_docs():
+    rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    for alert in _alerts(rule):
+        annotations = alert["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, alert["alert"]
+        assert all(annotations.values()), alert["alert"]
+        url = annotations["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE + "/docs/"), url
+        path, _, fragment = url.removeprefix(RUNBOOK_BASE + "/").partition("#")
+        assert fragment == alert["alert"].lower(), url  # each alert its own section
+        assert fragment in _anchors((ROOT / path).read_text()), f"{url}: no such heading in {path}"
+
+
+def test_an_overlay_sets_the_runbook_base_once(rendered):
+    """The example overlay points every runbook_url at its own docs base (runbooks.yaml),
+    past the base the rules carry."""
+    config = yaml.safe_load((ROOT / "deploy/kubernetes/overlays/example/runbooks.yaml").read_text())
+    base = config["data"]["base"]
+    assert base != RUNBOOK_BASE
+    (rule,) = _objects(rendered["deploy/kubernetes/overlays/example"], "PrometheusRule")
+    raw = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    urls = [a["annotations"]["runbook_url"] for a in _alerts(rule)]
+    assert urls == [a["annotations"]["runbook_url"].replace(RUNBOOK_BASE, base) for a in _alerts(raw)]
+    assert not [d for d in rendered["deploy/kubernetes/overlays/example"] if d["metadata"]["name"] == "runbooks"]
+
+
+def test_no_dashboard_panel_names_a_threshold_or_alert_the_rules_do_not_have():
+    """A panel title that names an alert, or a percentage, names one the rules have (a
+    "5xx ratio (alert over 1%)" panel once named an alert that did not exist)."""
+    rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    names = {a["alert"] for a in _alerts(rule)}
+    text = (ROOT / "monitoring" / "prometheusrule.yaml").read_text()
+    # every number in the rules, as the percentage a title would write
+    percents = {f"{float(n) * 100:g}%" for n in re.findall(r"\b0\.\d+\b", text)}
+    dashboard = json.loads((ROOT / "monitoring" / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        title = panel["title"]
+        assert set(re.findall(r"Sentiment\w+", title)) <= names, title
+        assert "alert" not in title.lower() or re.search(r"Sentiment\w+", title), title
+        assert set(re.findall(r"\d+(?:\.\d+)?%", title)) <= percents, title
 
 
 def test_the_rules_tests_pass_only_with_each_threshold(rules_dir):
