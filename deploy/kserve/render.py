@@ -32,6 +32,10 @@ from kubernetes import client as k8s
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "kubernetes" / "base" / "deployment.yaml"
 IMAGE = "registry.example.com/ml/sentiment-serve:0.3.0"
+# KServe copies the InferenceService's labels onto the predictor's pods; networkpolicy.yaml
+# and podmonitor.yaml select on this instance label too (a second install in the namespace
+# gets its own InferenceService name and instance: docs/kserve.md)
+LABELS = {"app.kubernetes.io/name": "sentiment", "app.kubernetes.io/instance": "sentiment"}
 
 
 def pod_spec() -> k8s.V1PodSpec:
@@ -84,7 +88,7 @@ def inference_service() -> V1beta1InferenceService:
         kind="InferenceService",
         metadata=k8s.V1ObjectMeta(
             name="sentiment",
-            labels={"app.kubernetes.io/name": "sentiment"},
+            labels=LABELS,
             annotations={
                 # a plain Deployment (no Knative): two containers, emptyDir, probes per container
                 "serving.kserve.io/deploymentMode": "RawDeployment",

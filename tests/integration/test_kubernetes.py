@@ -10,6 +10,8 @@ may hold. (The Deployment's pod runs for real in test_container.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,7 @@ CRD_SCHEMAS = {
     "PodMonitor": "podmonitor.json",
 }
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+INSTANCE = "app.kubernetes.io/instance"
 
 
 def kustomize(path: str) -> list[dict]:
@@ -133,7 +136,8 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
     jsonschema.validate(monitor, json.loads((SCHEMAS / "podmonitor.json").read_text()))
     isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
     assert monitor["spec"]["selector"]["matchLabels"] == {
-        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+        INSTANCE: isvc["metadata"]["labels"][INSTANCE],
     }
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     # the gateway's metrics listener: TorchServe's own metrics port is on the pod's loopback
@@ -235,7 +239,10 @@ def test_the_config_map_serves_the_model_as_config_properties_does(tmp_path):
 
 def test_disruptions_take_one_pod_at_a_time(rendered):
     (pdb,) = _objects(rendered["deploy/kubernetes/overlays/example"], "PodDisruptionBudget")
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment"}}}
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "sentiment", "app.kubernetes.io/instance": "sentiment"}},
+    }
     (deployment,) = _objects(rendered["deploy/kubernetes/overlays/example"], "Deployment")
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -355,10 +362,104 @@ def test_the_kserve_network_policy_covers_the_predictors_pods_as_the_deployments
     # what KServe labels each predictor pod with (besides the InferenceService's own labels)
     kserve_labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
     pod_labels = {**isvc["metadata"].get("labels", {}), **kserve_labels}
-    assert policy["spec"]["podSelector"]["matchLabels"] == kserve_labels
+    assert policy["spec"]["podSelector"]["matchLabels"] == {**kserve_labels, INSTANCE: pod_labels[INSTANCE]}
     _check_network_policy(policy, pod_labels, isvc["spec"]["predictor"]["containers"][0])
     monitor = yaml.safe_load((ROOT / "deploy" / "kserve" / "podmonitor.yaml").read_text())
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def _selectors(doc) -> list[tuple[str, dict]]:
+    """Every label selector of an object that picks this project's pods (or the Service
+    the ServiceMonitor scrapes), as (where, matchLabels)."""
+    spec, kind = doc.get("spec", {}), doc["kind"]
+    found = []
+    if kind == "Deployment":
+        found.append(("spec.selector", spec["selector"]["matchLabels"]))
+        found.extend(
+            (f"topologySpread {c['topologyKey']}", c["labelSelector"]["matchLabels"])
+            for c in spec["template"]["spec"].get("topologySpreadConstraints", [])
+        )
+    elif kind == "Service":
+        found.append(("spec.selector", spec["selector"]))
+    elif kind == "NetworkPolicy":
+        found.append(("spec.podSelector", spec["podSelector"]["matchLabels"]))
+    elif kind in ("PodDisruptionBudget", "ServiceMonitor", "PodMonitor"):
+        found.append(("spec.selector", spec["selector"]["matchLabels"]))
+    return found
+
+
+KINDS_WITH_SELECTORS = {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"}
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_selector_includes_the_instance_label(rendered, path):
+    docs = rendered[path]
+    selectors = [(d["kind"], where, labels) for d in docs for where, labels in _selectors(d)]
+    assert {kind for kind, _, _ in selectors} == KINDS_WITH_SELECTORS & {d["kind"] for d in docs}
+    assert {kind for kind, _, _ in selectors} >= ({"ServiceMonitor"} if path == "monitoring" else {"Deployment"})
+    missing = [(kind, where) for kind, where, labels in selectors if INSTANCE not in labels]
+    assert missing == [], f"selectors without {INSTANCE}: {missing}"
+    for doc in docs:
+        if doc["kind"] != "Namespace":  # the overlay's namespace is no part of one install
+            assert INSTANCE in doc["metadata"].get("labels", {}), (doc["kind"], doc["metadata"]["name"])
+        if doc["kind"] == "Deployment":
+            pods = doc["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.items() <= pods.items() for kind, _, labels in selectors if kind != "ServiceMonitor")
+
+
+def test_the_kserve_selectors_include_the_inference_services_instance_label():
+    isvc = yaml.safe_load(INFERENCE_SERVICE.read_text())
+    instance = isvc["metadata"]["labels"][INSTANCE]
+    for name in ("networkpolicy.yaml", "podmonitor.yaml"):
+        doc = yaml.safe_load((ROOT / "deploy" / "kserve" / name).read_text())
+        assert doc["metadata"]["labels"][INSTANCE] == instance, name
+        ((_, labels),) = _selectors(doc)
+        assert labels[INSTANCE] == instance, name
+
+
+def _install(tmp_path, instance: str) -> list[dict]:
+    """The base and the monitoring objects as a second install in one namespace is made:
+    its own name prefix and instance label, set once in its overlay (docs/kubernetes.md)."""
+    overlay = tmp_path / instance
+    overlay.mkdir()
+    up = Path(os.path.relpath(ROOT, overlay))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": "shared",
+        "namePrefix": f"{instance}-",
+        "resources": [str(up / "deploy/kubernetes/base"), str(up / "monitoring")],
+        "labels": [
+            {
+                "pairs": {INSTANCE: instance},
+                "includeSelectors": True,
+                "fields": [{"kind": "ServiceMonitor", "path": "spec/selector/matchLabels", "create": True}],
+            }
+        ],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    kubectl = tool("kubectl")
+    assert kubectl is not None
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_two_installs_in_one_namespace_select_disjoint_pods(tmp_path):
+    installs = {name: _install(tmp_path, name) for name in ("blue", "green")}
+    names = {name: {(d["kind"], d["metadata"]["name"]) for d in docs} for name, docs in installs.items()}
+    assert not names["blue"] & names["green"], "two installs would overwrite each other's objects"
+    for name, docs in installs.items():
+        (deployment,) = _objects(docs, "Deployment")
+        pods = deployment["spec"]["template"]["metadata"]["labels"]
+        (service,) = _objects(docs, "Service")
+        assert pods[INSTANCE] == name
+        for other, other_docs in installs.items():
+            for doc in other_docs:
+                for where, labels in _selectors(doc):
+                    # the ServiceMonitor selects Services; everything else selects pods
+                    target = service["metadata"]["labels"] if doc["kind"] == "ServiceMonitor" else pods
+                    matches = labels.items() <= target.items()
+                    assert matches == (other == name), (other, doc["kind"], where, name)
 
 
 def promtool(*args, cwd):
@@ -399,7 +500,6 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
     names = {a["alert"] for a in alerts}
     assert names == SLO_ALERTS | PER_POD | {"SentimentMetricsAbsent", "SentimentHPAAtMaxReplicas"}
     for alert in alerts:
-        assert alert["annotations"]["runbook"].startswith("docs/kubernetes.md#")
         if alert["alert"] in PER_POD | {"SentimentHPAAtMaxReplicas"}:
             assert alert["labels"]["severity"] == "warning", alert["alert"]
     # each SLO: two pages (fast burn) and two tickets (slow burn), every window pair
@@ -419,6 +519,65 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
     tests = yaml.safe_load((ROOT / "monitoring" / "rules-test.yaml").read_text())["tests"]
     tested = {t["alertname"] for group in tests for t in group.get("alert_rule_test", []) if t["exp_alerts"]}
     assert tested == names, f"alerts never seen firing in rules-test.yaml: {names - tested}"
+
+
+RUNBOOK_BASE = "https://git.example.com/ml/sentiment-serve/blob/main"  # prometheusrule.yaml's
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub (and GitLab) give a markdown file's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def _alerts(rule) -> list[dict]:
+    return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_alert_has_a_summary_a_description_and_a_runbook_url_into_the_docs():
+    rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    for alert in _alerts(rule):
+        annotations = alert["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, alert["alert"]
+        assert all(annotations.values()), alert["alert"]
+        url = annotations["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE + "/docs/"), url
+        path, _, fragment = url.removeprefix(RUNBOOK_BASE + "/").partition("#")
+        assert fragment == alert["alert"].lower(), url  # each alert its own section
+        assert fragment in _anchors((ROOT / path).read_text()), f"{url}: no such heading in {path}"
+
+
+def test_an_overlay_sets_the_runbook_base_once(rendered):
+    """The example overlay points every runbook_url at its own docs base (runbooks.yaml),
+    past the base the rules carry."""
+    config = yaml.safe_load((ROOT / "deploy/kubernetes/overlays/example/runbooks.yaml").read_text())
+    base = config["data"]["base"]
+    assert base != RUNBOOK_BASE
+    (rule,) = _objects(rendered["deploy/kubernetes/overlays/example"], "PrometheusRule")
+    raw = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    urls = [a["annotations"]["runbook_url"] for a in _alerts(rule)]
+    assert urls == [a["annotations"]["runbook_url"].replace(RUNBOOK_BASE, base) for a in _alerts(raw)]
+    assert not [d for d in rendered["deploy/kubernetes/overlays/example"] if d["metadata"]["name"] == "runbooks"]
+
+
+def test_no_dashboard_panel_names_a_threshold_or_alert_the_rules_do_not_have():
+    """A panel title that names an alert, or a percentage, names one the rules have (a
+    "5xx ratio (alert over 1%)" panel once named an alert that did not exist)."""
+    rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
+    names = {a["alert"] for a in _alerts(rule)}
+    text = (ROOT / "monitoring" / "prometheusrule.yaml").read_text()
+    # every number in the rules, as the percentage a title would write
+    percents = {f"{float(n) * 100:g}%" for n in re.findall(r"\b0\.\d+\b", text)}
+    dashboard = json.loads((ROOT / "monitoring" / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        title = panel["title"]
+        assert set(re.findall(r"Sentiment\w+", title)) <= names, title
+        assert "alert" not in title.lower() or re.search(r"Sentiment\w+", title), title
+        assert set(re.findall(r"\d+(?:\.\d+)?%", title)) <= percents, title
 
 
 def test_the_rules_tests_pass_only_with_each_threshold(rules_dir):
