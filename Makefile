@@ -1,4 +1,5 @@
-# make serve:     build what the model needs and start TorchServe on 127.0.0.1:8080
+# make serve:     build what the model needs, start TorchServe (127.0.0.1:8080) and the gateway
+#                 in front of it (127.0.0.1:8000, a client key in gateway_clients); make stop
 # make test:      everything the tests need (system packages included), then the whole suite
 # make test-unit: the unit tests alone (seconds, no server), in random order
 # make lint:      ruff (lint and format check) and mypy, configured in pyproject.toml
@@ -37,11 +38,12 @@ HYPOTHESIS_SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 .PHONY: serve stop test test-unit lint bench venv model archive grpc image stack stack-down kserve clean \
 	system-serve system-test system-unit system-gateway system-image FORCE
 
-serve: system-serve $(MAR)
+serve: system-serve system-gateway $(MAR)
 	$(PY) -m server.serve
 
+# the gateway (it answers what is in flight first), then TorchServe
 stop:
-	$(VENV)/bin/torchserve --stop
+	$(PY) -m server.serve stop
 
 test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
