@@ -293,7 +293,9 @@ def check() -> list[str]:
     for lock in LOCKS:
         if not lock.nodeps and lock.path in locks:
             locked = locks[lock.path]
-            known = {n: r for n, (v, r) in requires.items() if n in locked and same_version(v, locked[n])}
+            known: dict[str, list[str]] = {
+                n: r for n, (v, r) in requires.items() if n in locked and same_version(v, locked[n])
+            }
             problems += unmet(locked, known, lock.path)
     return problems
 
