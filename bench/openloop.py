@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from bench.loadgen import build_requests, percentile
 
+LAG_BAR_MS = 10.0  # a generator later than this (p99) behind its schedule cannot tell
+
 
 @dataclass
 class Outcome:
@@ -25,6 +27,7 @@ class Outcome:
     latency_s: float
     status: str  # "200", "429", "503", ..., "timeout", "0" (connection failed)
     retry_after: bool  # the answer carried a Retry-After header
+    key: int = 0  # which client key sent it (its index in the run's headers)
 
 
 @dataclass
@@ -42,6 +45,10 @@ class OpenLoopResult:
     refused_p99_ms: float
     refused_without_retry_after: int
     schedule_lag_p99_ms: float  # how late the generator started requests
+    # the generator kept its schedule (lag p99 under LAG_BAR_MS): else its figures say what a
+    # late generator saw, not what the server did, and the run cannot tell
+    on_schedule: bool
+    goodput_per_key_rps: list[float]  # each key's 2xx within the deadline, per second
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +77,7 @@ async def _one(host: str, port: int, raw: bytes, timeout: float) -> tuple[str, b
             writer.close()
 
 
-async def _run(host: str, port: int, raws: list[bytes], phases: list[tuple[float, float]], timeout: float):
+async def _run(host: str, port: int, raws: list[tuple[int, bytes]], phases: list[tuple[float, float]], timeout: float):
     """Each phase (rate, seconds) right after the previous one's last arrival, without
     waiting for its answers: outcomes and schedule lags per phase."""
     outcomes: list[list[Outcome]] = [[] for _ in phases]
@@ -79,11 +86,12 @@ async def _run(host: str, port: int, raws: list[bytes], phases: list[tuple[float
     loop = asyncio.get_running_loop()
     tasks = []
 
-    async def send(phase: int, raw: bytes, at: float, t0: float) -> None:
+    async def send(phase: int, key_raw: tuple[int, bytes], at: float, t0: float) -> None:
         started = loop.time()
         lags[phase].append(started - at)
+        key, raw = key_raw
         status, retry_after = await _one(host, port, raw, timeout)
-        outcomes[phase].append(Outcome(started - t0, loop.time() - started, status, retry_after))
+        outcomes[phase].append(Outcome(started - t0, loop.time() - started, status, retry_after, key))
 
     t0 = loop.time()
     for phase, (rate, seconds) in enumerate(phases):
@@ -112,16 +120,18 @@ def run_open_loop(
     parts = urlsplit(url)
     # one client key after another (each its own set of headers), body after body
     per_key = [build_requests(url, bodies, {**h, "Connection": "close"}) for h in headers]
-    raws = [raw for same_body in zip(*per_key, strict=True) for raw in same_body]
+    raws = [(key, raw) for same_body in zip(*per_key, strict=True) for key, raw in enumerate(same_body)]
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     outcomes, lags = asyncio.run(_run(host, port, raws, phases, timeout))
     return [
-        (summarize(o, lag, rate, seconds, deadline_ms), o)
+        (summarize(o, lag, rate, seconds, deadline_ms, len(headers)), o)
         for o, lag, (rate, seconds) in zip(outcomes, lags, phases, strict=True)
     ]
 
 
-def summarize(outcomes: list[Outcome], lags: list[float], rate: float, seconds: float, deadline_ms: float):
+def summarize(
+    outcomes: list[Outcome], lags: list[float], rate: float, seconds: float, deadline_ms: float, keys: int = 1
+):
     statuses: dict[str, int] = {}
     for o in outcomes:
         statuses[o.status] = statuses.get(o.status, 0) + 1
@@ -129,6 +139,11 @@ def summarize(outcomes: list[Outcome], lags: list[float], rate: float, seconds: 
     refused = [o for o in outcomes if o.status in ("429", "503")]
     refused_latency = sorted(o.latency_s for o in refused)
     good = sum(1 for latency in ok if latency * 1000 <= deadline_ms)
+    good_per_key = [0] * keys
+    for o in outcomes:
+        if o.status.startswith("2") and o.latency_s * 1000 <= deadline_ms:
+            good_per_key[o.key] += 1
+    lag_p99_ms = round(percentile(sorted(lags), 99) * 1000, 1)
     return OpenLoopResult(
         offered_rps=rate,
         seconds=seconds,
@@ -142,7 +157,9 @@ def summarize(outcomes: list[Outcome], lags: list[float], rate: float, seconds: 
         refused_p50_ms=round(percentile(refused_latency, 50) * 1000, 1),
         refused_p99_ms=round(percentile(refused_latency, 99) * 1000, 1),
         refused_without_retry_after=sum(1 for o in refused if not o.retry_after),
-        schedule_lag_p99_ms=round(percentile(sorted(lags), 99) * 1000, 1),
+        schedule_lag_p99_ms=lag_p99_ms,
+        on_schedule=lag_p99_ms < LAG_BAR_MS,
+        goodput_per_key_rps=[round(g / seconds, 1) for g in good_per_key],
     )
 
 
