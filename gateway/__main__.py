@@ -3,6 +3,7 @@
     python -m gateway --node DIR [--node DIR ...] (--client NAME=KEY ... | --clients-file FILE)
                       [--jwt-secret-file FILE --jwt-audience AUD --jwt-issuer ISS [--jwt-max-lifetime S]]
                       [--port 8000] [--listen 127.0.0.1] [--metrics-port PORT]
+                      [--tls-cert-file FILE --tls-key-file FILE]
                       [--drain-delay 0] [--drained-marker FILE]
 
 Each --node is a directory a TorchServe was started from (config.properties and
@@ -26,6 +27,13 @@ With --metrics-port (one --node), GET /metrics on that port answers the node's T
 metrics, for Prometheus, so that TorchServe's own metrics port stays on loopback; the
 port has limits of its own (connections and scrapes per address, timeouts).
 
+With --tls-cert-file and --tls-key-file (a certificate chain and its unencrypted key,
+PEM: a cert-manager Secret's tls.crt and tls.key), the client port speaks TLS 1.2 and
+1.3 only; plain HTTP to it fails the handshake and gets no answer. The files are checked
+every second: once both hold a new pair whose key is its certificate's (a renewal; a
+Kubernetes Secret's update swaps both at once), nginx reloads gracefully and serves it.
+A pair half written or mismatched is logged and not loaded: the old one is served on.
+
 SIGTERM drains: /readyz answers 503 at once (load balancers stop sending), new requests
 are still served for --drain-delay seconds (while they notice), then nginx stops
 accepting, answers what is in flight and exits; then --drained-marker is written (the
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -44,6 +53,7 @@ from pathlib import Path
 from common import contract, events
 from common.paths import ROOT
 from gateway.nginx import Gateway, GatewaySettings, JwtSettings, Node, check_clients, read_clients_file
+from gateway.tls import CertificateWatch, TlsSettings, world_readable
 
 
 def log(message: str) -> None:
@@ -62,6 +72,24 @@ def wait_for_nodes(dirs: list[Path], timeout: float, stopping: threading.Event) 
             if time.monotonic() > deadline or stopping.is_set():
                 raise
             time.sleep(0.5)
+
+
+def renew(gateway: Gateway, nodes: list[Node], watch: CertificateWatch) -> None:
+    """A new valid certificate and key: the TLS front reloads gracefully (connections open
+    go on with the old pair until they close, new ones get the new; the gateway's HTTP
+    server is not reloaded, so no keep-alive connection is closed). A pair nginx refuses
+    keeps the old one served, and is tried again once the files change again."""
+    pair = watch.check()
+    if pair is None:
+        return
+    try:
+        gateway.reload_tls()
+    except (subprocess.CalledProcessError, OSError, ValueError) as e:
+        log(f"TLS: nginx refused the new certificate, still serving the old one ({type(e).__name__})")
+        watch.loaded = pair.digest  # not again until the files change
+        return
+    watch.loaded = pair.digest
+    log(f"TLS: nginx reloaded with the certificate of SHA-256 {pair.fingerprint}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
         help="serve the node's TorchServe metrics (GET /metrics only) on this port of --listen, for "
         "Prometheus, behind limits of its own (default: off)",
     )
+    p.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serve TLS on --port with this certificate chain (PEM; with --tls-key-file); renewals are reloaded",
+    )
+    p.add_argument("--tls-key-file", type=Path, help="the certificate's private key (PEM, unencrypted)")
     p.add_argument("--rate", type=int, default=GatewaySettings.rate_per_s, help="requests/s per client")
     p.add_argument("--burst", type=int, default=GatewaySettings.burst)
     p.add_argument(
@@ -135,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(str(e))
     elif args.jwt_audience or args.jwt_issuer:
         parser().error("--jwt-audience and --jwt-issuer go with --jwt-secret-file")
+    tls = None
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        parser().error("--tls-cert-file and --tls-key-file go together")
+    if args.tls_cert_file is not None:
+        try:
+            tls = TlsSettings(args.tls_cert_file, args.tls_key_file)
+        except ValueError as e:  # names the file and the reason, never the key
+            parser().error(str(e))
+        if world_readable(args.tls_key_file):
+            log(f"TLS: the key file {args.tls_key_file} is readable by every user: mode 0400 or 0440 is enough")
     if args.metrics_port is not None and len(args.node) != 1:
         parser().error("--metrics-port serves one node's metrics: give one --node")
     if args.drained_marker is not None:
@@ -149,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = GatewaySettings(args.port, clients, args.rate, args.burst, listen=args.listen, jwt=jwt)
     settings.in_flight_per_node = args.in_flight_per_node
     settings.metrics_port = args.metrics_port
+    settings.tls = tls
+    watch = CertificateWatch(tls, log) if tls is not None else None
     gateway = Gateway(args.workdir, settings, output=None).start(nodes)
     log(f"gateway on {gateway.url()} in front of {len(nodes)} node(s)")
+    if watch is not None:
+        log(f"TLS: serving the certificate of SHA-256 {watch.fingerprint}")
     if settings.metrics_port is not None:
         log(f"metrics on {gateway.host}:{settings.metrics_port}/metrics")
 
@@ -158,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping.wait(0.5):
             if gateway.proc is None or gateway.proc.poll() is not None:
                 log(f"nginx exited with {gateway.proc and gateway.proc.returncode}")
+                return 1
+            if tls is not None and (gateway.tls_proc is None or gateway.tls_proc.poll() is not None):
+                log(f"nginx's TLS front exited with {gateway.tls_proc and gateway.tls_proc.returncode}")
                 return 1
             # A readiness that stopped moving would say what was once true, forever. The
             # poller cannot be restarted beside a thread that may still wake up (two writers
@@ -173,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 reload_now.clear()
                 gateway.reload(nodes)
                 log("SIGHUP: nginx reloaded")
+            if watch is not None:
+                renew(gateway, nodes, watch)
         gateway.set_draining()
         log(f"SIGTERM: draining ({args.drain_delay:g}s, then the requests in flight)")
         time.sleep(args.drain_delay)

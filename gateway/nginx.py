@@ -24,8 +24,10 @@ from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
 from gateway.refusals import RETRY_AFTER, SHAPES, refusals
 from gateway.routes import protocol_map, route_map
+from gateway.tls import CIPHERS, PROTOCOLS, TlsSettings
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf.template"
+TLS_TEMPLATE = Path(__file__).resolve().parent / "tls.conf.template"  # the client port's TLS front
 SCRIPT = Path(__file__).resolve().parent / "gateway.js"
 # Debian's packages of nginx's modules that the config loads (nginx-light itself has none)
 MODULES = {
@@ -38,7 +40,9 @@ MODULES = {
 }
 API_SOCKET = "api.sock"  # in the workdir: the API's server, behind the stream front
 METRICS_SOCKET = "metrics.sock"  # in the workdir: the metrics server, behind its stream front
+CLIENT_OFF_SOCKET = "client-off.sock"  # in the workdir: nginx.conf's client-port listener under TLS
 METRICS_OFF_SOCKET = "metrics-off.sock"  # in the workdir: the metrics front's listener while it is off
+TLS_CONFIG = "tls.conf"  # in the workdir: the TLS front's config (tls.conf.template)
 DRAINING_FILE = "draining"  # in the workdir: while it exists, /readyz answers 503
 CLIENTS_FILE = "clients"  # in the workdir, when the clients are given as a dict
 STATIC_DIR = "static"  # in the workdir: the fixed answers of the anonymous routes
@@ -194,6 +198,9 @@ class GatewaySettings:
     metrics_node_timeout_s: int = 10  # TorchServe's answer: a scrape's timeout (the ServiceMonitor's)
     metrics_rate_per_s: int = 2  # scrapes per client address
     metrics_burst: int = 8
+    # TLS on the client port (None: plain HTTP, for local use and behind a balancer that
+    # terminates TLS); the pod of the TLS overlay passes --tls-cert-file and --tls-key-file
+    tls: TlsSettings | None = None
 
 
 def _check_config_string(value: str, what: str) -> str:
@@ -519,6 +526,50 @@ def metrics_node(settings: GatewaySettings, nodes: list[Node]) -> str:
     return nodes[0].metrics
 
 
+def client_listen(settings: GatewaySettings, workdir: Path) -> str:
+    """nginx.conf's client-port listener: the port, or with TLS (tls.conf's front has the
+    port) a socket in the owner-only workdir that nothing connects to."""
+    if settings.tls is not None:
+        return f"unix:{Path(workdir).resolve() / CLIENT_OFF_SOCKET}"
+    return f"{settings.listen}:{settings.port} backlog=4096"
+
+
+def stream_timeout(settings: GatewaySettings) -> str:
+    """The client-port front only outlasts the API server's own longest wait."""
+    return f"{max(settings.idle_timeout_s, settings.read_timeout_s + 5) + 30}s"
+
+
+def render_tls(settings: GatewaySettings, workdir: Path) -> str:
+    """tls.conf: the TLS front of the client port (tls.conf.template)."""
+    tls = settings.tls
+    if tls is None:
+        raise ValueError("render_tls: no TLS settings")
+    workdir = Path(workdir).resolve()
+    fields = {
+        "STREAM_MODULE": MODULES["STREAM_MODULE"][0],
+        "USER": "user root;\n" if os.geteuid() == 0 else "",
+        "NOFILE": str(2 * settings.worker_connections + 64),
+        "WORKER_CONNECTIONS": str(settings.worker_connections),
+        "LISTEN": settings.listen,
+        "PORT": str(settings.port),
+        "CONN_PER_ADDRESS": str(settings.conn_per_address),
+        "TLS_CERT": _check_config_string(os.path.realpath(tls.cert_file), "the TLS certificate's path"),
+        "TLS_KEY": _check_config_string(os.path.realpath(tls.key_file), "the TLS key's path"),
+        "TLS_PROTOCOLS": PROTOCOLS,
+        "TLS_CIPHERS": CIPHERS,
+        "TLS_HANDSHAKE_TIMEOUT": f"{tls.handshake_timeout_s}s",
+        "API_SOCKET": str(workdir / API_SOCKET),
+        "STREAM_TIMEOUT": stream_timeout(settings),
+    }
+    text = TLS_TEMPLATE.read_text()
+    for name, value in fields.items():
+        text = text.replace(f"@{name}@", value)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise ValueError(f"template fields left unrendered: {left}")
+    return text
+
+
 def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     workdir = Path(workdir).resolve()
     upstream, node_servers = _node_servers(settings, nodes, workdir)
@@ -532,6 +583,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "USER": "user root;\n" if os.geteuid() == 0 else "",
         "LISTEN": settings.listen,
         "PORT": str(settings.port),
+        "CLIENT_LISTEN": client_listen(settings, workdir),
         "CLIENTS_FILE": _check_config_string(str(Path(clients_file).resolve()), "the clients file's path"),
         "JWT_SECRET_FILE": _check_config_string(
             str(Path(jwt.secret_file).resolve()) if jwt else "", "the JWT secret's path"
@@ -558,8 +610,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "LINGERING_TIME": f"{settings.lingering_time_s}s",
         "RETRY_AFTER_STATUSES": "\n".join(f"        {status} 1;" for status in RETRY_AFTER),
         "API_SOCKET": str(workdir / API_SOCKET),
-        # the stream front only outlasts the API server's own longest wait
-        "STREAM_TIMEOUT": f"{max(settings.idle_timeout_s, settings.read_timeout_s + 5) + 30}s",
+        "STREAM_TIMEOUT": stream_timeout(settings),
         "MODEL_RE": re.escape(settings.model),
         "UPSTREAM_SERVERS": upstream,
         "NODE_SERVERS": node_servers,
@@ -758,6 +809,8 @@ class Gateway:
     settings: GatewaySettings
     output: Path | None = field(default=Path("logs/nginx.out"))
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    # with TLS: the client port's TLS front (tls.conf), an nginx of its own
+    tls_proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     poller: ReadinessPoller | None = field(default=None, init=False)
 
     @property
@@ -765,8 +818,12 @@ class Gateway:
         """Where this machine reaches the gateway."""
         return "127.0.0.1" if self.settings.listen == "0.0.0.0" else self.settings.listen
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls is not None else "http"
+
     def url(self, path: str = "") -> str:
-        return f"http://{self.host}:{self.settings.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.settings.port}{path}"
 
     @property
     def log_file(self) -> Path | None:
@@ -792,9 +849,20 @@ class Gateway:
             check_clients(read_clients_file(self.settings.clients))
         config = self.workdir / "nginx.conf"
         _write_private(config, render(self.settings, nodes, self.workdir))
+        if self.settings.tls is not None:
+            self.write_tls_config()
         return config
 
-    def _nginx(self, *args: str) -> list[str]:
+    def write_tls_config(self) -> Path:
+        config = self.workdir / TLS_CONFIG
+        _write_private(config, render_tls(self.settings, self.workdir))
+        return config
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The nginx processes running: the gateway's, and with TLS its TLS front."""
+        return [p for p in (self.proc, self.tls_proc) if p is not None]
+
+    def _nginx(self, *args: str, config: str = "nginx.conf") -> list[str]:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(binary).exists():
             raise FileNotFoundError(
@@ -803,7 +871,7 @@ class Gateway:
         for module, package in MODULES.values():
             if not Path(module).exists():
                 raise FileNotFoundError(f"{module} is missing: apt-get install {package}")
-        return [binary, "-p", str(self.workdir), "-e", "stderr", "-c", str(self.workdir / "nginx.conf"), *args]
+        return [binary, "-p", str(self.workdir), "-e", "stderr", "-c", str(self.workdir / config), *args]
 
     def start(self, nodes: list[Node], timeout: float = 15.0) -> Gateway:
         self.write_config(nodes)
@@ -813,19 +881,25 @@ class Gateway:
         # every restart failed. The workdir is this gateway's own: what is there is stale.
         for index in range(1, len(nodes) + 1):
             node_socket(self.workdir, index).unlink(missing_ok=True)
-        for name in (API_SOCKET, METRICS_SOCKET, METRICS_OFF_SOCKET):
+        for name in (API_SOCKET, METRICS_SOCKET, METRICS_OFF_SOCKET, CLIENT_OFF_SOCKET):
             (self.workdir / name).unlink(missing_ok=True)
-        check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx refused the config:\n{check.stderr}")
+        configs = ["nginx.conf"] + ([TLS_CONFIG] if self.settings.tls is not None else [])
+        for config in configs:
+            check = subprocess.run(self._nginx("-t", "-q", config=config), capture_output=True, text=True)
+            if check.returncode != 0:
+                raise RuntimeError(f"nginx refused {config}:\n{check.stderr}")
         log = open(self.log_file, "ab") if self.log_file is not None else None
-        proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log, start_new_session=True)
-        self.proc = proc
+        procs = []
+        for config in configs:
+            command = self._nginx("-g", "daemon off;", config=config)
+            procs.append(subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True))
+        self.proc = procs[0]
+        self.tls_proc = procs[1] if len(procs) > 1 else None
         if log is not None:
             log.close()
 
         def alive() -> None:
-            if proc.poll() is not None:
+            if any(p.poll() is not None for p in procs):
                 tail = self.log_file.read_text()[-2000:] if self.log_file is not None else ""
                 raise RuntimeError(f"nginx exited: {tail}")
 
@@ -846,6 +920,18 @@ class Gateway:
         if self.proc is None:
             raise RuntimeError("reload: the gateway was not started")
         self.proc.send_signal(signal.SIGHUP)
+        if self.settings.tls is not None:
+            self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """The TLS front alone re-reads its certificate and key (a renewal): its old worker
+        carries the connections it has to their end, new ones get the new pair. Raises
+        subprocess.CalledProcessError when nginx refuses the new pair (the old is kept)."""
+        self.write_tls_config()
+        subprocess.run(self._nginx("-t", "-q", config=TLS_CONFIG), check=True, capture_output=True)
+        if self.tls_proc is None:
+            raise RuntimeError("reload: the TLS front was not started")
+        self.tls_proc.send_signal(signal.SIGHUP)
 
     def set_draining(self) -> None:
         """/readyz answers 503 from now on; everything else is served as before."""
@@ -856,17 +942,25 @@ class Gateway:
         if self.poller is not None:
             self.poller.stop()
             self.poller = None
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGQUIT)
-            self.proc.wait(timeout=self.settings.read_timeout_s + 10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-        self.proc = None
+        # both at once: the TLS front stops accepting and carries its connections on until
+        # the gateway's server (answering what is in flight) closes them
+        procs = self.processes()
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.settings.read_timeout_s + 10
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        self.proc = self.tls_proc = None
 
 
 def _write_private(path: Path, text: str) -> None:

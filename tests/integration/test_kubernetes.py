@@ -166,7 +166,7 @@ def _metrics_port_arg(container) -> int:
     return int(args[args.index("--metrics-port") + 1])
 
 
-def _check_network_policy(policy, pod_labels, gateway):
+def _check_network_policy(policy, pod_labels, gateway, api="http"):
     """In: the gateway's API port from anywhere, its metrics listener from the monitoring
     namespace only, nothing else; out: nothing. Every port it names is the gateway's."""
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
@@ -174,8 +174,8 @@ def _check_network_policy(policy, pod_labels, gateway):
     assert policy["spec"]["egress"] == []
     rules = {tuple(p["port"] for p in rule["ports"]): rule.get("from") for rule in policy["spec"]["ingress"]}
     monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
-    assert rules == {("http",): None, ("metrics",): monitoring}, rules
-    assert {p["name"] for p in gateway["ports"]} == {"http", "metrics"}
+    assert rules == {(api,): None, ("metrics",): monitoring}, rules
+    assert {p["name"] for p in gateway["ports"]} == {api, "metrics"}
 
 
 def _objects(docs, kind):
@@ -349,7 +349,7 @@ def test_the_network_policy_admits_the_gateway_from_anywhere_and_metrics_from_mo
     (policy,) = _objects(docs, "NetworkPolicy")
     (deployment,) = _objects(docs, "Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    _check_network_policy(policy, labels, _containers(_pod(docs))["gateway"])
+    _check_network_policy(policy, labels, _containers(_pod(docs))["gateway"], api="https")  # components/tls
 
 
 def test_the_kserve_network_policy_covers_the_predictors_pods_as_the_deployments_does():
@@ -693,3 +693,32 @@ def test_the_inference_service_scales_with_the_fields_kserve_reads():
         "kubernetes.io/hostname",
         "topology.kubernetes.io/zone",
     }
+
+
+TLS_SECRET_MOUNT = "/etc/sentiment-tls"
+
+
+def test_the_example_overlay_serves_tls_from_the_certificate_secret(rendered):
+    """components/tls: the gateway serves its client port with the Secret's pair (mounted
+    whole, so that the kubelet's updates reach it; owner and group only), the port, the
+    probes, the Service and the NetworkPolicy all say https; the base stays plain HTTP
+    (the testbed and podman run it)."""
+    docs = rendered["deploy/kubernetes/overlays/example"]
+    pod = _pod(docs)
+    gateway = _containers(pod)["gateway"]
+    args = gateway["args"]
+    assert args[args.index("--tls-cert-file") + 1] == f"{TLS_SECRET_MOUNT}/tls.crt"
+    assert args[args.index("--tls-key-file") + 1] == f"{TLS_SECRET_MOUNT}/tls.key"
+    (mount,) = [m for m in gateway["volumeMounts"] if m["mountPath"] == TLS_SECRET_MOUNT]
+    assert mount.get("readOnly") and "subPath" not in mount, "a subPath mount never sees a renewal"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "sentiment-tls"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key readable by the pod's group only"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert [p["name"] for p in gateway["ports"]] == ["https", "metrics"]
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert gateway[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}, probe
+    (service,) = _objects(docs, "Service")
+    assert service["spec"]["ports"][0] == {"name": "https", "port": 443, "targetPort": "https", "appProtocol": "https"}
+    base = _containers(_pod(rendered["deploy/kubernetes/base"]))["gateway"]
+    assert "--tls-cert-file" not in base["args"] and base["ports"][0]["name"] == "http"
