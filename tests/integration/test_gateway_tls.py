@@ -252,7 +252,9 @@ def served_serial(port: int, ca: Path) -> int:
     context = ssl.create_default_context(cafile=str(ca))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            return int(tls.getpeercert()["serialNumber"], 16)
+            serial = (tls.getpeercert() or {})["serialNumber"]
+            assert isinstance(serial, str)
+            return int(serial, 16)
 
 
 class Load:
@@ -274,7 +276,9 @@ class Load:
             try:
                 post = session.post if session is not None else requests.post
                 r = post(self.url, json={"text": "I love this"}, headers=headers, verify=str(self.ca), timeout=30)
-                result = None if r.status_code == 200 and r.content == ANSWER else (r.status_code, r.text[:100])
+                result: tuple[object, ...] | None = (
+                    None if r.status_code == 200 and r.content == ANSWER else (r.status_code, r.text[:100])
+                )
             except requests.RequestException as e:
                 result = ("error", "keep-alive" if keep_alive else "new connection", f"{type(e).__name__}: {e}"[:200])
             with self._lock:
