@@ -513,14 +513,16 @@ def _worker(spec: dict[str, Any], conn: Any) -> None:
             while time.time() < command["start_at"]:
                 run(i)
                 i += 1
-            texts_done, latencies = 0, []
+            # counted from the first batch started inside the window: one still running from
+            # the warm-up would otherwise take window time without counting its texts
+            texts_done, latencies, first = 0, [], time.time()
             while time.time() < command["end_at"]:
                 t0 = time.perf_counter()
                 run(i)
                 latencies.append(time.perf_counter() - t0)
                 texts_done += spec["batch_size"]
                 i += 1
-            conn.send({"texts": texts_done, "finished_at": time.time(), "latencies": latencies})
+            conn.send({"texts": texts_done, "seconds": time.time() - first, "latencies": latencies})
     except Exception:
         conn.send({"error": traceback.format_exc()})
 
@@ -564,18 +566,18 @@ def measure_workers(
                 if "error" in answer:
                     raise RuntimeError(f"worker {w} failed:\n{answer['error']}")
                 answers.append(answer)
-            window = max(a["finished_at"] for a in answers) - start_at
+            per_worker = [a["texts"] / a["seconds"] for a in answers]
             latencies = [x for a in answers for x in a["latencies"]]
             out.append(
                 {
                     "workers": k,
                     "batch_size": spec["batch_size"],
                     "path": spec["path"],
-                    "texts_per_s": sum(a["texts"] for a in answers) / window,
-                    "per_worker_texts_per_s": [a["texts"] / window for a in answers],
+                    "texts_per_s": sum(per_worker),
+                    "per_worker_texts_per_s": per_worker,
                     "batch_p50_ms": statistics.median(latencies) * 1000 if latencies else None,
                     "batch_p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None,
-                    "seconds": window,
+                    "seconds": max(a["seconds"] for a in answers),
                 }
             )
         return out
