@@ -1,6 +1,6 @@
 """Overload, measured: goodput and latency with arrivals past what the service can do.
 
-    .venv/bin/python -m bench.overload [--seconds 60] [--multiples 1.5,3] [--keys 1,4,16]
+    .venv/bin/python -m bench.overload [--seconds 60] [--multiples 1.5,3] [--keys 1,4,16] [--no-direct]
                                        [--in-flight-per-node N] [--out bench/results]
 
 Starts a real TorchServe with the shipped archive and config.properties (its workers,
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         default=GatewaySettings.in_flight_per_node,
         help="the gateway's cap (its shipped default unless given)",
     )
+    parser.add_argument(
+        "--direct", action=argparse.BooleanOptionalAction, default=True, help="also straight to TorchServe"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     args.multiples = [float(m) for m in args.multiples.split(",")]
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 through = gateway.url("/predictions/sentiment")
                 keyed = [{"Authorization": f"Bearer {k}", "Content-Type": "application/json"} for k in KEYS.values()]
-                ways = {"straight to TorchServe": (direct, [node_headers])}
+                ways = {"straight to TorchServe": (direct, [node_headers])} if args.direct else {}
                 for n in key_counts:
                     ways[f"gateway, {n} key{'s' if n > 1 else ''}"] = (through, keyed[:n])
                 for way, (url, headers) in ways.items():
