@@ -22,6 +22,8 @@ from common import contract, events
 from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, held for a key switch
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
+from gateway.latency import EXPOSITION, LatencyCollector
+from gateway.latency import SOCKET as LATENCY_SOCKET
 from gateway.refusals import RETRY_AFTER, SHAPES, refusals
 from gateway.routes import protocol_map, route_map
 
@@ -602,6 +604,8 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
             max(settings.metrics_idle_timeout_s, settings.metrics_node_timeout_s + settings.metrics_timeout_s) + 10
         )
         + "s",
+        "LATENCY_SOCKET": str(workdir / LATENCY_SOCKET),
+        "LATENCY_FILE": str(workdir / STATIC_DIR / EXPOSITION),
         "METRICS_RATE": str(settings.metrics_rate_per_s),
         "METRICS_BURST": str(settings.metrics_burst),
     }
@@ -759,6 +763,7 @@ class Gateway:
     output: Path | None = field(default=Path("logs/nginx.out"))
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     poller: ReadinessPoller | None = field(default=None, init=False)
+    latency: LatencyCollector | None = field(default=None, init=False)  # gateway/latency.py
 
     @property
     def host(self) -> str:
@@ -818,6 +823,8 @@ class Gateway:
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the config:\n{check.stderr}")
+        # bound before nginx starts, so that no request's datagram is lost
+        self.latency = LatencyCollector(self.workdir, self.workdir / STATIC_DIR / EXPOSITION).start()
         log = open(self.log_file, "ab") if self.log_file is not None else None
         proc = subprocess.Popen(self._nginx("-g", "daemon off;"), stdout=log, stderr=log, start_new_session=True)
         self.proc = proc
@@ -857,6 +864,7 @@ class Gateway:
             self.poller.stop()
             self.poller = None
         if self.proc is None:
+            self._stop_latency()
             return
         try:
             os.killpg(self.proc.pid, signal.SIGQUIT)
@@ -867,6 +875,12 @@ class Gateway:
         except ProcessLookupError:
             pass
         self.proc = None
+        self._stop_latency()  # after nginx: the last requests' datagrams counted
+
+    def _stop_latency(self) -> None:
+        if self.latency is not None:
+            self.latency.stop()
+            self.latency = None
 
 
 def _write_private(path: Path, text: str) -> None:
