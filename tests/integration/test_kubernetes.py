@@ -147,6 +147,7 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
     assert _metrics_port_arg(gateway) == _port(gateway, endpoint["port"])
     assert not _containers(isvc["spec"]["predictor"])["torchserve"].get("ports")
     assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment"} in endpoint["relabelings"]
+    _assert_gateway_endpoint(monitor["spec"]["podMetricsEndpoints"], endpoint["port"])
     broken = json.loads(json.dumps(monitor))
     broken["spec"]["podMetricsEndpoints"][0]["targetPort"] = 8082  # a ServiceMonitor's field
     with pytest.raises(jsonschema.ValidationError):
@@ -327,6 +328,18 @@ def test_the_service_monitor_selects_the_service_and_its_metrics_port(rendered):
     metrics = next(p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"])
     gateway = _containers(_pod(docs))["gateway"]
     assert metrics["targetPort"] == "metrics" and _port(gateway, "metrics") == _metrics_port_arg(gateway)
+    _assert_gateway_endpoint(monitor["spec"]["endpoints"], metrics["name"])
+
+
+def _assert_gateway_endpoint(endpoints: list[dict], port: str) -> None:
+    """The monitor's second endpoint: the gateway's latency histogram on the same port, as
+    a job of its own (the rules' latency SLO selects job="sentiment-gateway")."""
+    assert [(e["port"], e["path"]) for e in endpoints] == [(port, "/metrics"), (port, "/metrics/gateway")]
+    assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment-gateway"} in endpoints[1][
+        "relabelings"
+    ]
+    rules = (ROOT / "monitoring" / "prometheusrule.yaml").read_text()
+    assert 'sentiment_gateway_request_duration_seconds_count{job="sentiment-gateway"' in rules
 
 
 @pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/local"])
