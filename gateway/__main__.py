@@ -24,7 +24,9 @@ reloads it gracefully.
 
 With --metrics-port (one --node), GET /metrics on that port answers the node's TorchServe
 metrics, for Prometheus, so that TorchServe's own metrics port stays on loopback; the
-port has limits of its own (connections and scrapes per address, timeouts).
+port has limits of its own (connections and scrapes per address, timeouts). GET
+/metrics/gateway there answers the gateway's own histogram of client-seen latency by
+route and status, which a thread of this process keeps (gateway/latency.py).
 
 SIGTERM drains: /readyz answers 503 at once (load balancers stop sending), new requests
 are still served for --drain-delay seconds (while they notice), then nginx stops
