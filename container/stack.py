@@ -186,6 +186,8 @@ def up(args) -> dict:
             state_dir / "prometheus",
             {r["pod"]: args.metrics_port_base + int(i) for i, r in state["replicas"].items()},
             scrape_interval="5s",
+            # the same listeners: the gateways' own metrics beside TorchServe's
+            gateway_targets={r["pod"]: args.metrics_port_base + int(i) for i, r in state["replicas"].items()},
             port=args.prometheus_port,
         ).start()
         state["pids"]["prometheus"] = prometheus.proc.pid

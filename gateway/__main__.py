@@ -25,7 +25,9 @@ reloads it gracefully.
 
 With --metrics-port (one --node), GET /metrics on that port answers the node's TorchServe
 metrics, for Prometheus, so that TorchServe's own metrics port stays on loopback; the
-port has limits of its own (connections and scrapes per address, timeouts).
+port has limits of its own (connections and scrapes per address, timeouts). GET
+/metrics/gateway there answers the gateway's own histogram of client-seen latency by
+route and status, which a thread of this process keeps (gateway/latency.py).
 
 With --tls-cert-file and --tls-key-file (a certificate chain and its unencrypted key,
 PEM: a cert-manager Secret's tls.crt and tls.key), the client port speaks TLS 1.2 and

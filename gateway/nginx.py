@@ -22,6 +22,8 @@ from common import contract, events
 from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, held for a key switch
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
+from gateway.latency import EXPOSITION, LatencyCollector
+from gateway.latency import SOCKET as LATENCY_SOCKET
 from gateway.refusals import RETRY_AFTER, SHAPES, refusals
 from gateway.routes import protocol_map, route_map
 from gateway.tls import CIPHERS, PROTOCOLS, TlsSettings
@@ -653,6 +655,8 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
             max(settings.metrics_idle_timeout_s, settings.metrics_node_timeout_s + settings.metrics_timeout_s) + 10
         )
         + "s",
+        "LATENCY_SOCKET": str(workdir / LATENCY_SOCKET),
+        "LATENCY_FILE": str(workdir / STATIC_DIR / EXPOSITION),
         "METRICS_RATE": str(settings.metrics_rate_per_s),
         "METRICS_BURST": str(settings.metrics_burst),
     }
@@ -812,6 +816,7 @@ class Gateway:
     # with TLS: the client port's TLS front (tls.conf), an nginx of its own
     tls_proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     poller: ReadinessPoller | None = field(default=None, init=False)
+    latency: LatencyCollector | None = field(default=None, init=False)  # gateway/latency.py
 
     @property
     def host(self) -> str:
@@ -888,6 +893,8 @@ class Gateway:
             check = subprocess.run(self._nginx("-t", "-q", config=config), capture_output=True, text=True)
             if check.returncode != 0:
                 raise RuntimeError(f"nginx refused {config}:\n{check.stderr}")
+        # bound before nginx starts, so that no request's datagram is lost
+        self.latency = LatencyCollector(self.workdir, self.workdir / STATIC_DIR / EXPOSITION).start()
         log = open(self.log_file, "ab") if self.log_file is not None else None
         procs = []
         for config in configs:
@@ -961,6 +968,12 @@ class Gateway:
                     pass
                 proc.wait(timeout=5)
         self.proc = self.tls_proc = None
+        self._stop_latency()  # after nginx: the last requests' datagrams counted
+
+    def _stop_latency(self) -> None:
+        if self.latency is not None:
+            self.latency.stop()
+            self.latency = None
 
 
 def _write_private(path: Path, text: str) -> None:

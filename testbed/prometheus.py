@@ -32,6 +32,8 @@ def rule_groups() -> dict:
 class LocalPrometheus:
     workdir: Path
     targets: dict[str, int]  # pod label -> metrics port on 127.0.0.1
+    # pod label -> a gateway's metrics listener (GET /metrics/gateway, job sentiment-gateway)
+    gateway_targets: dict[str, int] = field(default_factory=dict)
     scrape_interval: str = "1s"
     with_rules: bool = True
     port: int = field(default_factory=free_port)
@@ -48,11 +50,13 @@ class LocalPrometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load(SCRAPE_CONFIG.read_text())
         config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = self.scrape_interval
-        job = config["scrape_configs"][0]
-        job["static_configs"] = [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "local", "pod": pod}}
-            for pod, port in self.targets.items()
-        ]
+        jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+        for name, targets in (("sentiment", self.targets), ("sentiment-gateway", self.gateway_targets)):
+            jobs[name]["static_configs"] = [
+                {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "local", "pod": pod}}
+                for pod, port in targets.items()
+            ]
+        config["scrape_configs"] = [job for job in config["scrape_configs"] if job["static_configs"]]
         if self.with_rules:
             (self.workdir / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
             config["rule_files"] = [str(self.workdir / "rules.yaml")]

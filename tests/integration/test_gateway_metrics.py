@@ -11,14 +11,17 @@ on loopback behind this listener (container/production.properties)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
+from collections import Counter
 
 import pytest
 import requests
 
 from common.net import free_port
+from gateway.latency import METRIC
 from gateway.nginx import METRICS_OFF_SOCKET, Gateway, GatewaySettings, Node, render
 from gateway.refusals import RETRY_AFTER, refusals
 from helpers import closed_by_server, gateway_in_front, log_length, poll, predict, raw_exchange, read_response
@@ -27,6 +30,7 @@ CLIENTS = {"alice": "alice-key-0123456789abcdef"}
 SHIPPED = GatewaySettings(0, {})  # the shipped limits of the metrics listener
 # a client address each: the rate per address is kept apart from the connection cap
 SCRAPER, HASTY, OTHER, IDLER, FLOODER = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
+GAUGER = "127.0.0.7"  # scrapes the gateway's own metrics
 TABLE = refusals("sentiment", "1m")
 
 
@@ -93,6 +97,62 @@ def test_get_metrics_answers_torchserves_prometheus_text(gateway, server):
     assert exchange(gateway.settings.port, request())[0] == 404
 
 
+def latency_counts(port: int) -> Counter[tuple[str, str]]:
+    """(route, code) -> requests counted, from the gateway's own metrics."""
+    status, headers, body = exchange(port, request(path="/metrics/gateway"), source=GAUGER)
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4"), (status, body[:200])
+    counts: Counter[tuple[str, str]] = Counter()
+    for match in re.finditer(rf'^{METRIC}_count{{route="(\w+)",code="(\w+)"}} (\d+)$', body.decode(), re.M):
+        counts[(match[1], match[2])] = int(match[3])
+    return counts
+
+
+def test_the_gateway_counts_each_request_by_route_and_status(server, tmp_path):
+    """GET /metrics/gateway: the latency histogram counts exactly the requests sent, by
+    route and status (a 429 from a rate of 1/s, a 401, a 404 with no route, 200s on two
+    routes); the metrics listener's own scrapes are not among them."""
+    with gateway_in_front(
+        server, tmp_path / "gateway", CLIENTS, metrics_port=free_port(), rate_per_s=1, burst=1
+    ) as gateway:
+        port = gateway.settings.metrics_port
+        before = latency_counts(port)
+        auth = {"Authorization": f"Bearer {CLIENTS['alice']}"}
+        sent: Counter[tuple[str, str]] = Counter()
+
+        def send(method: str, path: str, route: str, **kwargs) -> int:
+            status = requests.request(method, gateway.url(path), timeout=60, **kwargs).status_code
+            sent[(route, str(status))] += 1
+            return status
+
+        send("POST", "/predictions/sentiment", "predictions", json={"text": "I love this"})  # no key
+        send("GET", "/nowhere", "none")
+        send("GET", "/healthz", "healthz")
+        # past the rate: one 429 at least (a request's answer within the second)
+        statuses = [
+            send("POST", "/v2/models/sentiment/infer", "v2_infer", json=V2_BODY, headers=auth) for _ in range(3)
+        ]
+        while 429 not in statuses and len(statuses) < 50:
+            statuses.append(send("POST", "/v2/models/sentiment/infer", "v2_infer", json=V2_BODY, headers=auth))
+        assert {200, 429} <= set(statuses), statuses
+        assert {("predictions", "401"), ("none", "404"), ("healthz", "200")} <= set(sent)
+
+        expected = before + sent
+        after = poll(lambda: latency_counts(port), lambda counts: counts == expected, timeout=30, interval=1)
+        assert after == expected
+        buckets = latency_counts_bucket(port, "v2_infer", "200")
+        assert buckets == sorted(buckets) and buckets[-1] == after[("v2_infer", "200")]
+
+
+def latency_counts_bucket(port: int, route: str, code: str) -> list[int]:
+    """The cumulative buckets of one series, +Inf last."""
+    body = exchange(port, request(path="/metrics/gateway"), source=GAUGER)[2].decode()
+    pattern = rf'^{METRIC}_bucket{{route="{route}",code="{code}",le="[^"]+"}} (\d+)$'
+    return [int(v) for v in re.findall(pattern, body, re.M)]
+
+
+V2_BODY = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this"]}]}
+
+
 # what the metrics listener refuses, and with which of the table's refusals
 REFUSED = {
     "the root": (request(path="/"), "metrics_not_found"),
@@ -100,6 +160,10 @@ REFUSED = {
     "TorchServe's API description": (request(path="/api-description"), "metrics_not_found"),
     "a query string": (request(path="/metrics?name[]=ts_inference_requests_total"), "metrics_not_found"),
     "a trailing slash": (request(path="/metrics/"), "metrics_not_found"),
+    "the gateway's with a trailing slash": (request(path="/metrics/gateway/"), "metrics_not_found"),
+    "the gateway's with a query string": (request(path="/metrics/gateway?x=1"), "metrics_not_found"),
+    "the gateway's under another name": (request(path="/metrics/Gateway"), "metrics_not_found"),
+    "POST to the gateway's": (request("POST", "/metrics/gateway", "Content-Length: 0\r\n"), "metrics_get_only"),
     "a percent-encoded path": (request(path="/%6detrics"), "metrics_not_found"),
     "a doubled slash": (request(path="//metrics"), "metrics_not_found"),
     "a dot segment": (request(path="/x/../metrics"), "metrics_not_found"),

@@ -147,6 +147,7 @@ def test_the_kserve_pod_monitor_matches_its_schema_and_scrapes_torchserve_as_job
     assert _metrics_port_arg(gateway) == _port(gateway, endpoint["port"])
     assert not _containers(isvc["spec"]["predictor"])["torchserve"].get("ports")
     assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment"} in endpoint["relabelings"]
+    _assert_gateway_endpoint(monitor["spec"]["podMetricsEndpoints"], endpoint["port"])
     broken = json.loads(json.dumps(monitor))
     broken["spec"]["podMetricsEndpoints"][0]["targetPort"] = 8082  # a ServiceMonitor's field
     with pytest.raises(jsonschema.ValidationError):
@@ -327,6 +328,18 @@ def test_the_service_monitor_selects_the_service_and_its_metrics_port(rendered):
     metrics = next(p for p in service["spec"]["ports"] if p["name"] == monitor["spec"]["endpoints"][0]["port"])
     gateway = _containers(_pod(docs))["gateway"]
     assert metrics["targetPort"] == "metrics" and _port(gateway, "metrics") == _metrics_port_arg(gateway)
+    _assert_gateway_endpoint(monitor["spec"]["endpoints"], metrics["name"])
+
+
+def _assert_gateway_endpoint(endpoints: list[dict], port: str) -> None:
+    """The monitor's second endpoint: the gateway's latency histogram on the same port, as
+    a job of its own (the rules' latency SLO selects job="sentiment-gateway")."""
+    assert [(e["port"], e["path"]) for e in endpoints] == [(port, "/metrics"), (port, "/metrics/gateway")]
+    assert {"action": "replace", "targetLabel": "job", "replacement": "sentiment-gateway"} in endpoints[1][
+        "relabelings"
+    ]
+    rules = (ROOT / "monitoring" / "prometheusrule.yaml").read_text()
+    assert 'sentiment_gateway_request_duration_seconds_count{job="sentiment-gateway"' in rules
 
 
 @pytest.mark.parametrize("path", ["deploy/kubernetes/base", "deploy/kubernetes/overlays/local"])
@@ -471,7 +484,8 @@ def promtool(*args, cwd):
 @pytest.fixture
 def rules_dir(tmp_path):
     rule = yaml.safe_load((ROOT / "monitoring" / "prometheusrule.yaml").read_text())
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    # no line folded: the tests below edit expressions as text
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, width=10**6))
     shutil.copy(ROOT / "monitoring" / "rules-test.yaml", tmp_path / "rules-test.yaml")
     return tmp_path
 
@@ -594,7 +608,8 @@ def test_the_rules_tests_pass_only_with_each_threshold(rules_dir):
         "(6 * 0.01)": ("(6 * 0.0116)", "SentimentLatencyBudgetBurn"),
         "(3 * 0.01)": ("(3 * 0.0115)", "SentimentLatencyBudgetBurn"),
         "(1 * 0.01)": ("(1 * 0.0126)", "SentimentLatencyBudgetBurn"),
-        "> bool 0.25": ("> bool 0.235", "SentimentLatencyBudgetBurn"),
+        # the latency SLO's threshold, its histogram's bucket (gateway/latency.py)
+        r"le=\"0.25\"": (r"le=\"0.5\"", "SentimentLatencyBudgetBurn"),
         "p99_rate5m > 0.5": ("p99_rate5m > 0.45", "SentimentInferenceSlow"),
         "ratio_rate2m) > 0.01": ("ratio_rate2m) > 0.008", "SentimentQueueFull"),
         "changes15m > 0": ("changes15m > 1", "SentimentWorkerRestarts"),
