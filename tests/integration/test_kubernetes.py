@@ -529,7 +529,7 @@ def test_pages_are_for_what_users_see_and_every_alert_is_unit_tested():
             ("1d", "2h"): "warning",
             ("3d", "6h"): "warning",
         }, name
-    assert any(a["expr"] == 'absent(up{job="sentiment"})' for a in alerts)
+    assert any(a["expr"] == 'absent(up{job="sentiment"}) or absent(up{job="sentiment-gateway"})' for a in alerts)
     tests = yaml.safe_load((ROOT / "monitoring" / "rules-test.yaml").read_text())["tests"]
     tested = {t["alertname"] for group in tests for t in group.get("alert_rule_test", []) if t["exp_alerts"]}
     assert tested == names, f"alerts never seen firing in rules-test.yaml: {names - tested}"
