@@ -13,6 +13,7 @@ import subprocess
 import pytest
 import yaml
 
+from clients.metrics import parse_samples
 from common.paths import ROOT
 from gateway.latency import (
     BUCKETS,
@@ -66,16 +67,6 @@ def test_anything_but_a_whole_line_is_refused(datagram):
     assert parse(datagram) is None
 
 
-def samples(text: str) -> dict[str, float]:
-    """name{labels} -> value of an exposition's samples."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def test_the_exposition_is_cumulative_with_inf_equal_to_the_count():
     histogram = Histogram()
     observed = [0.001, 0.005, 0.0051, 0.2, 0.25, 0.251, 3.0, 11.0, 99.0]
@@ -83,7 +74,7 @@ def test_the_exposition_is_cumulative_with_inf_equal_to_the_count():
         histogram.observe("predictions", "200", seconds)
     histogram.observe("none", "404", 0.0)
     text = histogram.exposition()
-    values = samples(text)
+    values = parse_samples(text)
     labels = 'route="predictions",code="200"'
     buckets = [values[f'{METRIC}_bucket{{{labels},le="{le(b)}"}}'] for b in BUCKETS]
     inf = values[f'{METRIC}_bucket{{{labels},le="+Inf"}}']
@@ -133,7 +124,7 @@ def test_the_collector_counts_what_arrives_on_its_socket(tmp_path):
     collector = LatencyCollector(tmp_path, tmp_path / "metrics.txt", interval=0.05).start()
     try:
         # written at once, before any request: Prometheus never scrapes a missing file
-        first = samples((tmp_path / "metrics.txt").read_text())
+        first = parse_samples((tmp_path / "metrics.txt").read_text())
         assert first[f'{METRIC}_count{{route="v2_infer",code="200"}}'] == 0
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
             for datagram in (
@@ -144,7 +135,7 @@ def test_the_collector_counts_what_arrives_on_its_socket(tmp_path):
             ):
                 sender.sendto(datagram, str(tmp_path / "latency.sock"))
         values = poll(
-            lambda: samples((tmp_path / "metrics.txt").read_text()),
+            lambda: parse_samples((tmp_path / "metrics.txt").read_text()),
             lambda v: v.get("sentiment_gateway_latency_lines_invalid_total") == 1,
         )
         ok = 'route="predictions",code="200"'
