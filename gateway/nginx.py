@@ -9,10 +9,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -912,6 +913,9 @@ class Gateway:
 
         try:
             wait_for_port(self.host, self.settings.port, timeout, alive)
+            # with TLS the port is the TLS front's, which may be up before the API's server
+            # behind it: a request then would get no answer. Both, before anyone is told.
+            _wait_for_unix_socket(self.workdir / API_SOCKET, timeout, alive)
         except BaseException:
             self.stop()
             raise
@@ -974,6 +978,21 @@ class Gateway:
         if self.latency is not None:
             self.latency.stop()
             self.latency = None
+
+
+def _wait_for_unix_socket(path: Path, timeout: float, alive: Callable[[], None]) -> None:
+    """Wait until something accepts connections on the unix socket at `path`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on {path} after {timeout:.0f}s") from None
+        time.sleep(0.05)
 
 
 def _write_private(path: Path, text: str) -> None:
