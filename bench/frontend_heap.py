@@ -14,7 +14,7 @@ for --seconds:
    characters (the handler's max_text_chars), straight to port 8080;
 3. big bodies through the gateway: 300 clients, each body a text of 1,000,000 characters
    (under max_request_size; the handler answers 413), through the gateway with its shipped
-   bound of 48 requests in flight per node; its per-key and rate limits lifted, as for
+   bound of requests in flight per node (48 when the committed run was made); its per-key and rate limits lifted, as for
    many clients together;
 4. the same big bodies straight to port 8080, which only the pod's own processes reach
    (it listens on 127.0.0.1): only job_queue_size bounds what the JVM holds there.

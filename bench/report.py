@@ -543,6 +543,34 @@ def overload_section(overload: dict) -> list[str]:
     return out
 
 
+def cap_sweep_section(sweep: dict) -> list[str]:
+    """The gateway's in-flight cap per node, swept (bench/results/overload_cap_sweep.json):
+    what chose the shipped one."""
+    out = [
+        "",
+        "### The in-flight cap per node, swept",
+        "",
+        f"`{sweep['command']}`, one run per cap, each with its own capacity and deadline; goodput as a share "
+        "of that capacity. The shipped cap is 24 with a key's share at three quarters (18), from this table: "
+        "16 leaves the workers short, 32 and 48 admit more than is answered within the deadline once many "
+        "keys share the node, and a lone key does as well at 16-24 in flight as at 24.",
+        "",
+        "| cap | key share (in flight) | capacity /s | 1 key 1.5x | 1 key 3x | 16 keys 1.5x | 16 keys 3x "
+        "| 16 keys 3x p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ways = [("gateway, 1 key", 1.5), ("gateway, 1 key", 3.0), ("gateway, 16 keys", 1.5), ("gateway, 16 keys", 3.0)]
+    for cap, run in sweep["runs"].items():
+        capacity = run["capacity"]["throughput_rps"]
+        by = {(way, r["multiple"]): r for way, runs in run["runs"].items() for r in runs}
+        shares = [f"{by[w]['goodput_rps'] / capacity:.2f}" if w in by else "-" for w in ways]
+        p99 = by.get(ways[-1])
+        out.append(
+            f"| {cap} | {int(cap) // 2} | {capacity:.1f} | {' | '.join(shares)} | {p99['ok_p99_ms'] if p99 else '-'} |"
+        )
+    return out
+
+
 def layouts_section(layouts: dict) -> list[str]:
     """Workers, batch size and delay of the shipped archive against the raw limit (bench/layouts.py)."""
     raw = layouts["raw_per_core"]
@@ -640,6 +668,8 @@ def write_report(results: dict, out: Path) -> None:
     extra: list[str] = []
     if (out / "overload.json").is_file():
         extra += overload_section(json.loads((out / "overload.json").read_text()))
+    if (out / "overload_cap_sweep.json").is_file():
+        extra += cap_sweep_section(json.loads((out / "overload_cap_sweep.json").read_text()))
     if (out / "layouts.json").is_file():
         extra += layouts_section(json.loads((out / "layouts.json").read_text()))
     if (out / "worker_memory.json").is_file():

@@ -169,14 +169,18 @@ class GatewaySettings:
     # connections per client address, from the moment each is accepted (idle ones included)
     conn_per_address: int = 256
     # requests in flight per node behind the gateway (their bodies in), all keys together:
-    # what a node answers within a few of its unloaded p50s (bench/results/overload.json).
+    # what a node answers within a few of its unloaded p50s, however many keys share it.
     # Past it the next one gets 429 at once rather than a place in TorchServe's queue it
     # would wait in for longer than its answer is worth (the handler's queue_budget_ms sheds
-    # those, at a higher cost).
-    in_flight_per_node: int = 48
+    # those, at a higher cost). Measured (bench/results/README.md, overload): with 16 keys
+    # at 1.5x and 3x the capacity, 24 kept 0.90 and 0.79 of it within the deadline, 48
+    # (the cap before) 0.60 and 0.29, its admitted requests waiting past the deadline; 16
+    # left the workers idle (0.66, 0.64)
+    in_flight_per_node: int = 24
     # the share of a node's in-flight requests one key may hold: less than the whole, so one
-    # key cannot take a node from the others
-    key_share_of_node: float = 0.5
+    # key cannot take a node from the others, and most of it, so that a key alone keeps the
+    # node's workers fed (a lone key at 12 of 24 got 0.72 of the capacity, at 16 0.77)
+    key_share_of_node: float = 0.75
     worker_connections: int = 8192
     probe_rate_per_s: int = 20  # anonymous routes, per client address
     probe_burst: int = 40

@@ -160,7 +160,7 @@ def gateway_in_front(servers, workdir: Path, clients: dict[str, str], **settings
     no rate (requests, explanations, failed authentications) or open-request limit to
     speak of unless `settings` give one (a test's burst
     may hold more requests open than the shipped per-key limit of 64 or per-node limit of
-    48: those limits have their own tests in test_gateway_hardening)."""
+    24: those limits have their own tests in test_gateway_hardening)."""
     from common.net import free_port
     from gateway.nginx import Gateway, GatewaySettings, Node
 

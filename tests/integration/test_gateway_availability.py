@@ -351,7 +351,7 @@ def test_probes_say_nothing_of_what_serves_them(shipped):
 @pytest.fixture(scope="module")
 def slow_node(tiny_model_dir, tmp_path_factory):
     """A node of the tiny model that takes 2 s a request, one at a time, behind a gateway
-    that lets it have 4 in flight: 2 per key. Friendlier than production in two ways, so
+    that lets it have 4 in flight: 3 per key. Friendlier than production in two ways, so
     that what waits in TorchServe's queue is only the test's: the readiness poller polls
     every 30 s (not every second), and the queue budget is a minute (not one second)."""
     tmp = tmp_path_factory.mktemp("slow")
@@ -360,30 +360,32 @@ def slow_node(tiny_model_dir, tmp_path_factory):
         tiny_node(tiny_model_dir, tmp, options, {"models": models_setting(1, 1)}, latency_ms=2000) as node,
         gateway_in_front(node, tmp / "gateway", CLIENTS, in_flight_per_node=4, poll_interval_s=30) as gateway,
     ):
-        assert in_flight_per_key(gateway.settings) == 2
+        assert in_flight_per_key(gateway.settings) == 3  # the shipped share: three quarters
         yield gateway
 
 
 def test_a_full_node_refuses_new_requests_not_the_probes_and_no_key_takes_it_all(slow_node):
-    """Overload that reaches a node's in-flight cap: alice may have only her share of it
-    (her third request is refused at once), bob takes the rest, carol is refused while it is
-    full, and the probes stay 200 throughout."""
+    """Overload that reaches a node's in-flight cap (4): alice may have only her share of
+    it (3; her fourth request is refused at once), bob takes the rest, carol is refused
+    while it is full, and the probes stay 200 throughout."""
     port = slow_node.settings.port
+    share = in_flight_per_key(slow_node.settings)
+    rest = slow_node.settings.in_flight_per_node - share
 
     def ask(name, source):
         return raw_exchange(port, post("/predictions/sentiment", b'{"text": "hi"}', CLIENTS[name]), source, timeout=60)
 
     with watch_others_probes(port) as probes, ThreadPoolExecutor(max_workers=8) as pool:
-        alice = [pool.submit(ask, "alice", OTHER) for _ in range(3)]
+        alice = [pool.submit(ask, "alice", OTHER) for _ in range(share + 1)]
         alice_refused = poll(lambda: [f.result() for f in alice if f.done()], lambda done: len(done) >= 1)
-        bob = [pool.submit(ask, "bob", ANONYMOUS) for _ in range(2)]
+        bob = [pool.submit(ask, "bob", ANONYMOUS) for _ in range(rest)]
         time.sleep(0.5)
         carol = ask("carol", ATTACKER)
         answers = {"alice": [f.result() for f in alice], "bob": [f.result() for f in bob]}
     assert [a[0] for a in alice_refused] == [429], alice_refused
     assert json.loads(alice_refused[0][2])["type"] == "TooManyRequests"
-    assert sorted(a[0] for a in answers["alice"]) == [200, 200, 429]
-    assert [a[0] for a in answers["bob"]] == [200, 200]
+    assert sorted(a[0] for a in answers["alice"]) == [200] * share + [429]
+    assert [a[0] for a in answers["bob"]] == [200] * rest
     assert carol[0] == 429 and carol[1]["retry-after"] == "1", carol
     assert probes.failures() == {"healthz": [], "readyz": []}
     assert all(len(got) >= 10 for got in probes.statuses.values())
