@@ -138,11 +138,11 @@ def summarize(
     ok = sorted(o.latency_s for o in outcomes if o.status.startswith("2"))
     refused = [o for o in outcomes if o.status in ("429", "503")]
     refused_latency = sorted(o.latency_s for o in refused)
-    good = sum(1 for latency in ok if latency * 1000 <= deadline_ms)
     good_per_key = [0] * keys
     for o in outcomes:
         if o.status.startswith("2") and o.latency_s * 1000 <= deadline_ms:
             good_per_key[o.key] += 1
+    good = sum(good_per_key)
     lag_p99_ms = round(percentile(sorted(lags), 99) * 1000, 1)
     return OpenLoopResult(
         offered_rps=rate,

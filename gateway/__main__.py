@@ -32,7 +32,7 @@ route and status, which a thread of this process keeps (gateway/latency.py).
 With --tls-cert-file and --tls-key-file (a certificate chain and its unencrypted key,
 PEM: a cert-manager Secret's tls.crt and tls.key), the client port speaks TLS 1.2 and
 1.3 only; plain HTTP to it fails the handshake and gets no answer. The files are checked
-every second: once both hold a new pair whose key is its certificate's (a renewal; a
+every half second: once both hold a new pair whose key is its certificate's (a renewal; a
 Kubernetes Secret's update swaps both at once), nginx reloads gracefully and serves it.
 A pair half written or mismatched is logged and not loaded: the old one is served on.
 
@@ -76,7 +76,7 @@ def wait_for_nodes(dirs: list[Path], timeout: float, stopping: threading.Event) 
             time.sleep(0.5)
 
 
-def renew(gateway: Gateway, nodes: list[Node], watch: CertificateWatch) -> None:
+def renew(gateway: Gateway, watch: CertificateWatch) -> None:
     """A new valid certificate and key: the TLS front reloads gracefully (connections open
     go on with the old pair until they close, new ones get the new; the gateway's HTTP
     server is not reloaded, so no keep-alive connection is closed). A pair nginx refuses
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.reload(nodes)
                 log("SIGHUP: nginx reloaded")
             if watch is not None:
-                renew(gateway, nodes, watch)
+                renew(gateway, watch)
         gateway.set_draining()
         log(f"SIGTERM: draining ({args.drain_delay:g}s, then the requests in flight)")
         time.sleep(args.drain_delay)

@@ -546,6 +546,35 @@ def stream_timeout(settings: GatewaySettings) -> str:
     return f"{max(settings.idle_timeout_s, settings.read_timeout_s + 5) + 30}s"
 
 
+def _process_fields(settings: GatewaySettings) -> dict[str, str]:
+    """The fields of both configs' main context: the user, the file and connection limits."""
+    return {
+        # Started as root, nginx runs its workers as nobody, who could not open the node
+        # sockets in the (owner-only) work directory: keep them the starting user.
+        "USER": "user root;\n" if os.geteuid() == 0 else "",
+        "WORKER_CONNECTIONS": str(settings.worker_connections),
+        "NOFILE": str(2 * settings.worker_connections + 64),
+    }
+
+
+def _fill(template: Path, fields: dict[str, str], *functions: tuple[str, Callable[[str, str], str]]) -> str:
+    """`template` with each @NAME@ replaced by its field and each @FUNCTION(a,b)@ by what
+    that function gives for (a, b); ValueError if any field is left unrendered."""
+    text = template.read_text()
+    for name, value in fields.items():
+        text = text.replace(f"@{name}@", value)
+    for name, function in functions:
+
+        def call(match: re.Match[str], function: Callable[[str, str], str] = function) -> str:
+            return function(match[1], match[2])
+
+        text = re.sub(rf"@{name}\((\w+),(\w+)\)@", call, text)
+    left = re.findall(r"@[A-Z_]+(?:\([^)]*\))?@", text)
+    if left:
+        raise ValueError(f"template fields left unrendered: {left}")
+    return text
+
+
 def render_tls(settings: GatewaySettings, workdir: Path) -> str:
     """tls.conf: the TLS front of the client port (tls.conf.template)."""
     tls = settings.tls
@@ -554,9 +583,7 @@ def render_tls(settings: GatewaySettings, workdir: Path) -> str:
     workdir = Path(workdir).resolve()
     fields = {
         "STREAM_MODULE": MODULES["STREAM_MODULE"][0],
-        "USER": "user root;\n" if os.geteuid() == 0 else "",
-        "NOFILE": str(2 * settings.worker_connections + 64),
-        "WORKER_CONNECTIONS": str(settings.worker_connections),
+        **_process_fields(settings),
         "LISTEN": settings.listen,
         "PORT": str(settings.port),
         "CONN_PER_ADDRESS": str(settings.conn_per_address),
@@ -568,13 +595,7 @@ def render_tls(settings: GatewaySettings, workdir: Path) -> str:
         "API_SOCKET": str(workdir / API_SOCKET),
         "STREAM_TIMEOUT": stream_timeout(settings),
     }
-    text = TLS_TEMPLATE.read_text()
-    for name, value in fields.items():
-        text = text.replace(f"@{name}@", value)
-    left = re.findall(r"@[A-Z_]+@", text)
-    if left:
-        raise ValueError(f"template fields left unrendered: {left}")
-    return text
+    return _fill(TLS_TEMPLATE, fields)
 
 
 def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
@@ -585,9 +606,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
     fields = {
         **{name: path for name, (path, _) in MODULES.items()},
         "JS_FILE": str(SCRIPT),
-        # Started as root, nginx runs its workers as nobody, who could not open the node
-        # sockets in the (owner-only) work directory: keep them the starting user.
-        "USER": "user root;\n" if os.geteuid() == 0 else "",
+        **_process_fields(settings),
         "LISTEN": settings.listen,
         "PORT": str(settings.port),
         "CLIENT_LISTEN": client_listen(settings, workdir),
@@ -638,8 +657,6 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "CONN_PER_KEY": str(settings.conn_per_key),
         "OPEN_TOTAL": str(open_total(settings, len(nodes))),
         "CONN_PER_ADDRESS": str(settings.conn_per_address),
-        "WORKER_CONNECTIONS": str(settings.worker_connections),
-        "NOFILE": str(2 * settings.worker_connections + 64),
         "MODEL": settings.model,
         "DRAINING_FILE": str(workdir / DRAINING_FILE),
         "STATIC": str(workdir / STATIC_DIR),
@@ -665,17 +682,12 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "METRICS_RATE": str(settings.metrics_rate_per_s),
         "METRICS_BURST": str(settings.metrics_burst),
     }
-    text = TEMPLATE.read_text()
-    for name, value in fields.items():
-        text = text.replace(f"@{name}@", value)
-    text = re.sub(r"@REFUSE\((\w+),(\w+)\)@", lambda m: refuse(m[1], m[2], settings.model, settings.max_body), text)
-    text = re.sub(
-        r"@ERRORS\((\w+),(\w+)\)@", lambda m: error_pages(m[1], m[2], settings.model, settings.max_body), text
+    return _fill(
+        TEMPLATE,
+        fields,
+        ("REFUSE", lambda shape, name: refuse(shape, name, settings.model, settings.max_body)),
+        ("ERRORS", lambda shape, kind: error_pages(shape, kind, settings.model, settings.max_body)),
     )
-    left = re.findall(r"@[A-Z_]+(?:\([^)]*\))?@", text)
-    if left:
-        raise ValueError(f"template fields left unrendered: {left}")
-    return text
 
 
 class ReadinessPoller:

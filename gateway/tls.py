@@ -52,6 +52,11 @@ def _read(path: Path, what: str) -> bytes:
         raise TlsFileError(f"the TLS {what} file {path} cannot be read: {e.strerror or type(e).__name__}") from None
 
 
+def contents_digest(cert_pem: bytes, key_pem: bytes) -> str:
+    """One digest of both files' contents: what tells one reading of the pair from another."""
+    return hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest()
+
+
 def fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of the first certificate of a PEM chain (the server's own), hex: what logs
     name a certificate by."""
@@ -82,9 +87,10 @@ def read_pair(cert_file: Path, key_file: Path) -> TlsPair:
     The files are read again after the check: a pair that changed meanwhile is reported as
     changing (read it again later), never taken half old and half new."""
     cert, key = Path(os.path.realpath(cert_file)), Path(os.path.realpath(key_file))
-    before = hashlib.sha256(_read(cert, "certificate") + b"\0" + _read(key, "key")).hexdigest()
+    cert_pem = _read(cert, "certificate")
+    before = contents_digest(cert_pem, _read(key, "key"))
     try:
-        served = fingerprint(_read(cert, "certificate"))
+        served = fingerprint(cert_pem)
     except (TlsFileError, ValueError):
         raise TlsFileError(f"the TLS certificate file {cert_file} holds no PEM certificate") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -99,7 +105,7 @@ def read_pair(cert_file: Path, key_file: Path) -> TlsPair:
         ) from None
     except OSError as e:
         raise TlsFileError(f"the TLS files {cert_file}, {key_file} cannot be read: {e.strerror}") from None
-    after = hashlib.sha256(_read(cert, "certificate") + b"\0" + _read(key, "key")).hexdigest()
+    after = contents_digest(_read(cert, "certificate"), _read(key, "key"))
     if after != before:
         raise TlsFileError(f"the TLS files {cert_file}, {key_file} changed while they were read")
     return TlsPair(cert, key, before, served)
@@ -126,7 +132,7 @@ class TlsSettings:
 
 class CertificateWatch:
     """Tells when a new pair is there to load: check() reads the files (cheap: two small
-    files) and says True once their contents differ from the pair loaded and the new pair
+    files) and returns the new pair once their contents differ from the pair loaded and it
     is valid. A pair that is not valid yet (half written, its key not yet its
     certificate's) is logged once per content and not loaded; the pair loaded stays."""
 
@@ -138,11 +144,10 @@ class CertificateWatch:
 
     def _contents(self) -> str | None:
         try:
-            cert = Path(self.settings.cert_file).read_bytes()
-            key = Path(self.settings.key_file).read_bytes()
+            cert, key = Path(self.settings.cert_file).read_bytes(), Path(self.settings.key_file).read_bytes()
         except OSError:
             return None
-        return hashlib.sha256(cert + b"\0" + key).hexdigest()
+        return contents_digest(cert, key)
 
     def check(self) -> TlsPair | None:
         """The new valid pair to load, or None (the same pair, or one not valid)."""
