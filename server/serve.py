@@ -28,6 +28,7 @@ from common.contract import GATEWAY_PORT
 from common.net import http, port_is_open
 from common.paths import CONFIG, ROOT
 from common.torchserve_files import KEY_FILE, read_properties
+from gateway.nginx import read_clients_file
 from server import launch
 
 CLIENTS_FILE = "gateway_clients"  # in the run directory: NAME=KEY lines, the gateway reads it
@@ -38,15 +39,21 @@ GATEWAY_LOG = Path("logs") / "gateway.log"
 STOP_TIMEOUT_S = 90  # the gateway answers what is in flight before it exits
 
 
+def inference_address(config: Path) -> tuple[str, int]:
+    """(host, port) TorchServe's inference API listens on, by `config`."""
+    address = urlsplit(read_properties(config)["inference_address"])
+    return address.hostname or "127.0.0.1", address.port or 8080
+
+
 def client_key(run_dir: Path) -> str:
-    """The local client's key: read from the clients file, or made and written there (owner
-    only) the first time."""
+    """The local client's key: read from the clients file as the gateway reads it
+    (ValueError naming any line it would not take), or made and written there (owner only)
+    the first time."""
     path = run_dir / CLIENTS_FILE
     if path.exists():
-        for line in path.read_text().splitlines():
-            name, _, key = line.partition("=")
-            if name.strip() == CLIENT_NAME and key.strip():
-                return key.strip()
+        key = read_clients_file(path).get(CLIENT_NAME)
+        if key is not None:
+            return key
     key = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as out:
@@ -118,9 +125,8 @@ def start(
     run_dir = Path(run_dir).resolve()
     props = read_properties(config)
     inference = props["inference_address"]
-    address = urlsplit(inference)
     for host, port, what in (
-        (address.hostname or "127.0.0.1", address.port or 8080, "TorchServe"),
+        (*inference_address(config), "TorchServe"),
         ("127.0.0.1", gateway_port, "the gateway"),
     ):
         if port_is_open(host, port):
@@ -149,7 +155,7 @@ def start(
         time.sleep(0.2)  # let the write finish
         TorchServeClient.from_config(config, run_dir / KEY_FILE).wait_until_ready(timeout=180)
         gateway = start_gateway(run_dir, gateway_port)
-    except (TimeoutError, RuntimeError) as e:
+    except (TimeoutError, RuntimeError, ValueError) as e:
         print(f"{e}; see logs/ (`make stop` stops what started)", file=sys.stderr)
         return 1
     print(
@@ -165,9 +171,10 @@ def start(
     return 0
 
 
-def stop(run_dir: Path = ROOT, tmpdir: Path | None = None) -> int:
+def stop(run_dir: Path = ROOT, config: Path = CONFIG, tmpdir: Path | None = None) -> int:
     """Stop the gateway (SIGTERM: it answers what is in flight, then exits), then
-    TorchServe; 0 when neither is left running."""
+    TorchServe, and wait until its inference port is closed (`torchserve --stop` only
+    signals it); 0 when neither is left running."""
     run_dir = Path(run_dir).resolve()
     status = 0
     pid = _gateway_pid(run_dir)
@@ -184,6 +191,13 @@ def stop(run_dir: Path = ROOT, tmpdir: Path | None = None) -> int:
     (run_dir / GATEWAY_PID).unlink(missing_ok=True)
     torchserve = [os.path.join(launch.venv_bin(), "torchserve"), "--stop"]
     if subprocess.run(torchserve, cwd=run_dir, env=launch.environment(tmpdir)).returncode != 0:
+        status = 1
+    host, port = inference_address(config)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while port_is_open(host, port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if port_is_open(host, port):
+        print(f"TorchServe still listens on {host}:{port} after {STOP_TIMEOUT_S}s", file=sys.stderr)
         status = 1
     return status
 

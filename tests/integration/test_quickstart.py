@@ -85,9 +85,9 @@ def test_make_serve_brings_up_torchserve_and_the_gateway_and_the_readmes_calls_a
     finally:
         if started:
             pid = int((run_dir / serve.GATEWAY_PID).read_text())
-            assert serve.stop(run_dir, tmpdir) == 0
+            assert serve.stop(run_dir, run_dir / "config.properties", tmpdir) == 0
             assert not port_is_open("127.0.0.1", ports["gateway"])
             assert not port_is_open("127.0.0.1", ports["inference"])
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
         else:  # a start that failed halfway: stop what it left, the same way
-            serve.stop(run_dir, tmpdir)
+            serve.stop(run_dir, run_dir / "config.properties", tmpdir)
