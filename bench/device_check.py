@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -52,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from bench.loadgen import percentile
 from common.paths import CONFIG, DEFAULT_MODEL_DIR, HANDLERS, MODEL_CONFIG, ROOT
 from common.torchserve_files import read_properties
 
@@ -325,11 +325,6 @@ def log(message: str) -> None:
     print(f"device_check: {message}", file=sys.stderr, flush=True)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def timed_loop(run: Callable[[int], None], batch_size: int, duration: float, warmup: int = 3) -> dict[str, Any]:
     """`run(i)` (batch i of batch_size texts) in a loop for `duration` seconds after
     `warmup` unmeasured calls: texts/s and batch latencies."""
@@ -348,7 +343,7 @@ def timed_loop(run: Callable[[int], None], batch_size: int, duration: float, war
         "batch_size": batch_size,
         "texts_per_s": batch_size * len(latencies) / elapsed,
         "batch_p50_ms": statistics.median(latencies) * 1000,
-        "batch_p99_ms": percentile(latencies, 0.99) * 1000,
+        "batch_p99_ms": percentile(sorted(latencies), 99) * 1000,
         "batches": len(latencies),
         "seconds": elapsed,
     }
@@ -576,7 +571,7 @@ def measure_workers(
                     "texts_per_s": sum(per_worker),
                     "per_worker_texts_per_s": per_worker,
                     "batch_p50_ms": statistics.median(latencies) * 1000 if latencies else None,
-                    "batch_p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None,
+                    "batch_p99_ms": percentile(sorted(latencies), 99) * 1000 if latencies else None,
                     "seconds": max(a["seconds"] for a in answers),
                 }
             )
