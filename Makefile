@@ -59,9 +59,11 @@ test-unit: $(VENV)/.installed system-unit
 	$(PY) .ci/locks.py installed
 	$(PY) -m pytest --hypothesis-seed=$(HYPOTHESIS_SEED) tests/unit $(PYTEST_ARGS)
 
-# the unit tests of gateway/gateway.js run it in Debian's njs interpreter, without nginx
+# the unit tests of gateway/gateway.js run it in Debian's njs interpreter, without nginx;
+# the gateway's latency exposition is checked by promtool (Debian's prometheus)
 system-unit:
 	@$(call need,njs,njs)
+	@$(call need,promtool,prometheus)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
