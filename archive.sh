@@ -87,6 +87,8 @@ fi
 
 # Everything in the checkpoint folder except the weights travels as extra files, at the
 # archive's top level where from_pretrained(model_dir) finds it, with the handler's helpers.
+# The folder and its files may be symbolic links, as in the Hugging Face cache (a snapshot's
+# files link to its blobs): their targets are packed.
 extra=()
 while read -r module; do  # what sentiment_handler.py imports: the one list
   case "$module" in ''|'#'*) ;; *) extra+=("$repo/handlers/$module.py") ;; esac
@@ -106,7 +108,7 @@ if [ "$backend" = onnxruntime ]; then
 fi
 while IFS= read -r -d '' f; do
   [ "$f" = "$weights" ] || extra+=("$f")
-done < <(find "$model_dir" -maxdepth 1 -type f -print0 | sort -z)
+done < <(find -L "$model_dir" -maxdepth 1 -type f -print0 | sort -z)  # -L: links followed (a cache's snapshot)
 extra_csv=$(IFS=,; echo "${extra[*]}")
 
 echo "archiving $model_dir as $name $version${options[*]+ (${options[*]})} -> $out"

@@ -107,6 +107,24 @@ def test_relative_paths_are_taken_from_the_callers_directory(tiny_model_dir, tmp
     assert (tmp_path / "x.mar").is_file()
 
 
+def test_a_checkpoint_of_symbolic_links_is_packed_whole(tiny_model_dir, tmp_path):
+    """The Hugging Face cache's layout: a snapshot folder whose files link to blobs, named
+    through a link to the folder. The links' targets are what gets packed."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for f in tiny_model_dir.iterdir():
+        shutil.copy(f, blobs / f"blob-{f.name}")
+        (snapshot / f.name).symlink_to(blobs / f"blob-{f.name}")
+    (tmp_path / "current").symlink_to(snapshot)
+    out = tmp_path / "linked.mar"
+    result = archive("--model", str(tmp_path / "current"), "--option", "backend=torch", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(out) as mar:
+        for f in tiny_model_dir.iterdir():
+            assert mar.read(f.name) == f.read_bytes(), f.name
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     result = archive("--model", str(tmp_path / "nope"), "--out", str(tmp_path / "sentiment.mar"))
     assert result.returncode != 0
