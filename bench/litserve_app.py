@@ -21,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import litserve as ls
 
+from bench.shipped_graph import answer
+
 
 class SentimentAPI(ls.LitAPI):
     def __init__(self, model_dir: str, threads: int, max_length: int, onnx: bool, **kwargs):
@@ -42,29 +44,10 @@ class SentimentAPI(ls.LitAPI):
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
 
     def setup_onnx(self):
-        import yaml
+        from bench.shipped_graph import ShippedGraph
 
-        import backends
-        import text_classification as tc
-        from common.paths import MODEL_CONFIG
-
-        shipped = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
-        options = tc.HandlerOptions(backend="onnxruntime", quantize=shipped["quantize"], torch_threads=self.threads)
-        self.backend = backends.load(self.model_dir, options, None, False, self.threads)
-        self.tokenizer = tc.TextTokenizer(self.model_dir)
-        self.tc, self.micro_batch_size = tc, shipped["micro_batch_size"]
-        self.labels = tc.label_names(self.backend.config.id2label, self.backend.config.num_labels)
-
-    def predict_onnx(self, texts):
-        """What the handler's inference does: tokenize, length-sorted micro-batches, padded."""
-        tc, tokenizer = self.tc, self.tokenizer
-        encodings = tokenizer.tokenize(texts, self.max_length)
-        out = [None] * len(texts)
-        for group in tc.micro_batches([len(e["input_ids"]) for e in encodings], self.micro_batch_size):
-            batch = tc.pad([encodings[i] for i in group], tokenizer.pad_values, tokenizer.padding_left)
-            for i, probabilities in zip(group, self.backend.probabilities(batch), strict=True):
-                out[i] = probabilities
-        return out
+        self.graph = ShippedGraph(self.model_dir, self.threads, self.max_length)
+        self.labels = self.graph.labels
 
     def decode_request(self, request):
         return request["text"]
@@ -74,7 +57,7 @@ class SentimentAPI(ls.LitAPI):
 
     def predict(self, texts):
         if self.onnx:
-            return self.predict_onnx(texts)
+            return self.graph.probabilities(texts)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with self.torch.inference_mode():
             return self.torch.softmax(self.model(**enc).logits, dim=-1).tolist()
@@ -83,8 +66,7 @@ class SentimentAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, probs):
-        best = max(range(len(self.labels)), key=probs.__getitem__)
-        return {"label": self.labels[best], "score": probs[best], "scores": dict(zip(self.labels, probs, strict=True))}
+        return answer(self.labels, probs)
 
 
 def main() -> None:

@@ -661,11 +661,68 @@ def frontend_heap_section(heap: dict) -> list[str]:
     return out
 
 
+def peers_section(peers: dict) -> list[str]:
+    """This project against LitServe and mosec on the same graph, one run (bench/peers.py)."""
+    systems, limit = peers["systems"], peers["per_core_limit"]["sentences_per_s"]
+    m, seconds = peers["machine"], peers["settings"]["seconds"]
+    ours = systems["this project"]["load"]
+    others = {name: s for name, s in systems.items() if name != "this project"}
+    out = [
+        "",
+        "## The peers on the same int8 graph (bench/peers.py)",
+        "",
+        f"One run on {m['date']}: TorchServe {m['torchserve']} as shipped (straight to port 8080), LitServe "
+        f"{m['litserve']} and mosec {m['mosec']}, each running the shipped graph through the handler's own backend "
+        "code; wrk, one thread, keep-alive, "
+        + ", ".join(f"{v:.0f} s at c={c}" for c, v in seconds.items())
+        + f", after {peers['settings']['warmup_seconds']:.0f} s of warm-up. Each peer's batching swept at "
+        f"c={peers['settings']['sweep_concurrency']} ({peers['settings']['sweep_seconds']:.0f} s a setting), "
+        f"then its best at every concurrency. Per-core limit: {limit:.1f} texts/s, the graph in "
+        f"{peers['per_core_limit']['processes']} single-threaded processes in a loop. Nothing pinned: the load "
+        "generator shares the cores.",
+        "",
+        "| system (setting) | c=1 p50 ms | c=16 req/s (of limit) | c=16 p50 / p99 ms (p99/p50) "
+        "| c=64 req/s (of limit) | c=64 p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in systems.items():
+        one, mid, high = (s["load"][c] for c in ("1", "16", "64"))
+        errors = sum(p["errors"] for p in s["load"].values())
+        out.append(
+            f"| {name} ({s['best']}) | {one['p50_ms']:.1f} | {mid['throughput_rps']:.1f} "
+            f"({mid['throughput_rps'] / limit:.2f}) | {mid['p50_ms']:.1f} / {mid['p99_ms']:.1f} "
+            f"({mid['p99_ms'] / mid['p50_ms']:.2f}) | {high['throughput_rps']:.1f} "
+            f"({high['throughput_rps'] / limit:.2f}) | {high['p99_ms']:.1f} | {errors} |"
+        )
+    out += ["", "| against the best peer at each load | this project | best peer | ratio |", "|---|---|---|---|"]
+    best1 = min(others, key=lambda n: others[n]["load"]["1"]["p50_ms"])
+    theirs1 = others[best1]["load"]["1"]["p50_ms"]
+    out.append(
+        f"| c=1 p50 (lower is better) | {ours['1']['p50_ms']:.1f} ms | {best1}: {theirs1:.1f} ms "
+        f"| {theirs1 / ours['1']['p50_ms']:.2f} x faster |"
+    )
+    for c in ("16", "64"):
+        best = max(others, key=lambda n: others[n]["load"][c]["throughput_rps"])
+        theirs = others[best]["load"][c]["throughput_rps"]
+        out.append(
+            f"| c={c} requests/s | {ours[c]['throughput_rps']:.1f} | {best}: {theirs:.1f} "
+            f"| {ours[c]['throughput_rps'] / theirs:.2f} |"
+        )
+    out += ["", "Each peer's batching at c=16:", "", "| peer | setting | requests/s | p50 ms | p99 ms |"]
+    out.append("|---|---|---|---|---|")
+    for name, s in others.items():
+        for setting, pt in s["sweep"].items():
+            out.append(f"| {name} | {setting} | {pt['throughput_rps']:.1f} | {pt['p50_ms']:.1f} | {pt['p99_ms']:.1f} |")
+    return out
+
+
 def write_report(results: dict, out: Path) -> None:
     """README.md from results.json, with the sections of the other benchmarks' files that are there."""
     charts(results, out)
     text = markdown(results)
     extra: list[str] = []
+    if (out / "peers.json").is_file():
+        extra += peers_section(json.loads((out / "peers.json").read_text()))
     if (out / "overload.json").is_file():
         extra += overload_section(json.loads((out / "overload.json").read_text()))
     if (out / "overload_cap_sweep.json").is_file():

@@ -459,9 +459,9 @@ def baseline_command(port: int) -> list[str]:
     ]
 
 
-def litserve_command(
-    port: int, batch: int, timeout_ms: int, workers: int, threads: int, onnx_dir: Path | None = None
-) -> list[str]:
+def litserve_command(port: int, setting: tuple[int, int, int, int], onnx_dir: Path | None = None) -> list[str]:
+    """LitServe at a LITSERVE_SWEEP setting: (max_batch_size, batch_timeout ms, workers, threads each)."""
+    batch, timeout_ms, workers, threads = setting
     onnx = [] if onnx_dir is None else ["--onnx"]
     return [
         sys.executable,
@@ -494,12 +494,12 @@ def litserve_runs(work: Path, bodies: list[bytes], args, onnx_dir: Path | None) 
     sweep = {}
     for setting in LITSERVE_SWEEP:
         port = free_port()
-        with http_app(litserve_command(port, *setting, onnx_dir), port, work, "litserve", litserve_env()) as proc:
+        with http_app(litserve_command(port, setting, onnx_dir), port, work, "litserve", litserve_env()) as proc:
             log(f" {litserve_label(setting)}")
             sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
     best = max(LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
     port = free_port()
-    with http_app(litserve_command(port, *best, onnx_dir), port, work, "litserve", litserve_env()) as proc:
+    with http_app(litserve_command(port, best, onnx_dir), port, work, "litserve", litserve_env()) as proc:
         log(f" best: {litserve_label(best)}")
         return {
             "sweep": sweep,
@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = litserve_runs(work, bodies, args, onnx_dir)
         best_setting = next(s for s in LITSERVE_SWEEP if litserve_label(s) == results[key]["best"])
         port = free_port()
-        with http_app(litserve_command(port, *best_setting, onnx_dir), port, work, key, litserve_env()):
+        with http_app(litserve_command(port, best_setting, onnx_dir), port, work, key, litserve_env()):
             wrk_checks[name] = compare_with_wrk(
                 name, f"http://127.0.0.1:{port}/predict", bodies, {"Content-Type": "application/json"}, args
             )
