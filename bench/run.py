@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -426,12 +427,28 @@ def http_app(command: list[str], port: int, workdir: Path, name: str, env=None):
         wait_for_port("127.0.0.1", port, 180, alive)
         yield proc
     finally:
-        os.killpg(proc.pid, 15)
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to the server's process group, then wait until every process of it is gone
+    (SIGKILL past `grace_s`): a worker process that outlives its server (LitServe's went on
+    for seconds at 40% of a core) would take the cores from whatever is measured next."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while True:
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+            pass
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
 
 
 def app_load(port: int, bodies: list[bytes], proc, args, concurrencies=CONCURRENCIES) -> dict:
