@@ -457,6 +457,13 @@ def key_spread(run: dict) -> float:
     return max(abs(g - even) for g in per_key) / even if even else 0.0
 
 
+def cores_used(run: dict) -> str:
+    """The cores the gateway (its process and nginx) and TorchServe (frontend and workers)
+    used over an overload run and its recovery."""
+    cores = run.get("cores_used")
+    return "-" if cores is None else f"{cores['gateway']:.2f} / {cores['TorchServe']:.2f}"
+
+
 def overload_section(overload: dict) -> list[str]:
     """The open-loop overload runs (bench/overload.py's overload.json), with their targets."""
     cap = overload["capacity"]
@@ -476,12 +483,14 @@ def overload_section(overload: dict) -> list[str]:
         "![goodput and p99 against offered load](overload.png)",
         "",
         "Refusal times are taken twice: by the client (from opening the connection to the answer read, with "
-        "the generator's own delays in it) and, through the gateway, by nginx ($request_time in its access log).",
+        "the generator's own delays in it) and, through the gateway, by nginx ($request_time in its access log). "
+        "Cores: CPU seconds over the run (overload and recovery) per second, of the gateway's process and its "
+        "nginx, and of TorchServe's frontend and workers; pinned, they share one core.",
         "",
         "| way in | offered /s | statuses | goodput /s (of capacity) | 2xx p50 / p99 ms | refusals p50 / p99 ms "
         "(client) | refusals p50 / p99 ms (gateway) | refusals without Retry-After | generator lag p99 ms "
-        "| recovery s | worker restarts | key spread |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recovery s | worker restarts | key spread | cores: gateway / TorchServe |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for way, runs in overload["runs"].items():
         for r in runs:
@@ -492,7 +501,8 @@ def overload_section(overload: dict) -> list[str]:
                 f"({r['goodput_rps'] / cap['throughput_rps']:.2f}) | {r['ok_p50_ms']:.1f} / {r['ok_p99_ms']:.1f} | "
                 f"{r['refused_p50_ms']:.1f} / {r['refused_p99_ms']:.1f} | {gateway_refusals(r)} | "
                 f"{r['refused_without_retry_after']} | "
-                f"{lag} | {r['recovery_s']} | {'yes' if r['worker_restarts'] else 'no'} | {key_spread(r):.2f} |"
+                f"{lag} | {r['recovery_s']} | {'yes' if r['worker_restarts'] else 'no'} | {key_spread(r):.2f} | "
+                f"{cores_used(r)} |"
             )
     out += ["", "| target (through the gateway, every overload) | measured | met |", "|---|---|---|"]
     gateway = [
@@ -633,6 +643,18 @@ def worker_memory_section(memory: dict) -> list[str]:
         out.append(f"| {step} | " + " | ".join(cells) + " |")
     files = {n: s[3].get("model_files_mib", {}) for n, s in memory.items()}
     out += ["", "Model files in each archive (MiB): " + "; ".join(f"{n}: {f}" for n, f in files.items()) + "."]
+    timed = [
+        f"{n}, {s['step'].removeprefix('after one explanation ')}: {s['explain_ms']} ms, {s['heap_release_ms']} ms"
+        for n, steps in memory.items()
+        for s in steps
+        if "heap_release_ms" in s
+    ]
+    if timed:
+        out += [
+            "",
+            "Each explanation's time, and of it the freed heap given back at its end "
+            "(explanations.release_freed_heap): " + "; ".join(timed) + ".",
+        ]
     return out
 
 
@@ -701,13 +723,27 @@ def peers_section(peers: dict) -> list[str]:
         f"| c=1 p50 (lower is better) | {ours['1']['p50_ms']:.1f} ms | {best1}: {theirs1:.1f} ms "
         f"| {theirs1 / ours['1']['p50_ms']:.2f} x faster |"
     )
+    sweep_c = str(peers["settings"]["sweep_concurrency"])
     for c in ("16", "64"):
-        best = max(others, key=lambda n: others[n]["load"][c]["throughput_rps"])
-        theirs = others[best]["load"][c]["throughput_rps"]
+        # at the sweep's concurrency a peer's best figure may be one of its sweep's: it counts
+        measured = {}
+        for n, o in others.items():
+            sweep = [pt["throughput_rps"] for pt in o["sweep"].values()] if c == sweep_c else []
+            measured[n] = max([o["load"][c]["throughput_rps"], *sweep])
+        best = max(measured, key=measured.__getitem__)
         out.append(
-            f"| c={c} requests/s | {ours[c]['throughput_rps']:.1f} | {best}: {theirs:.1f} "
-            f"| {ours[c]['throughput_rps'] / theirs:.2f} |"
+            f"| c={c} requests/s (a peer's best run{', its sweep included' if c == sweep_c else ''}) "
+            f"| {ours[c]['throughput_rps']:.1f} | {best}: {measured[best]:.1f} "
+            f"| {ours[c]['throughput_rps'] / measured[best]:.2f} |"
         )
+    unsteady = [
+        f"{n}'s {o['best']} measured {o['sweep'][o['best']]['throughput_rps']:.1f} requests/s at c={sweep_c} in its "
+        f"sweep and {o['load'][sweep_c]['throughput_rps']:.1f} in its own run"
+        for n, o in others.items()
+        if abs(o["load"][sweep_c]["throughput_rps"] / o["sweep"][o["best"]]["throughput_rps"] - 1) > 0.2
+    ]
+    if unsteady:
+        out += ["", "Not steady from one start to the next here: " + "; ".join(unsteady) + "."]
     out += ["", "Each peer's batching at c=16:", "", "| peer | setting | requests/s | p50 ms | p99 ms |"]
     out.append("|---|---|---|---|---|")
     for name, s in others.items():
