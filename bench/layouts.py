@@ -19,8 +19,6 @@ load generator shares the cores with the server: read ratios from one run.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from bench.run import (
     shipped_model_settings,
     shipped_variant,
     workspace,
+    write_results,
 )
 from common import events
 from common.paths import ROOT
@@ -114,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "points": points,
         "elapsed_s": round(time.time() - started),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layouts.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"done in {results['elapsed_s']} s: {args.out / 'layouts.json'}")
-    shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {results['elapsed_s']} s: {write_results(args.out, 'layouts.json', results, work)}")
     return 0
 
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
-import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from bench.run import (
@@ -48,6 +47,7 @@ from bench.run import (
     shipped_variant,
     ts_headers,
     workspace,
+    write_results,
 )
 from bench.wrk import run_wrk
 from common import events
@@ -67,7 +67,7 @@ def log(message: str) -> None:
     events.log("peers", message)
 
 
-def mosec_command(port: int, setting: tuple[int, int, int, int], model_dir: Path) -> list[str]:
+def mosec_command(port: int, setting: tuple[int, int, int, int], onnx_dir: Path) -> list[str]:
     """mosec at a MOSEC_SWEEP setting: (max_batch_size, max_wait_time ms, workers, threads each)."""
     batch, wait_ms, workers, threads = setting
     return [
@@ -75,7 +75,7 @@ def mosec_command(port: int, setting: tuple[int, int, int, int], model_dir: Path
         "-m",
         "bench.mosec_app",
         "--model",
-        str(model_dir),
+        str(onnx_dir),
         "--port",
         str(port),
         "--address",
@@ -161,26 +161,14 @@ def main() -> int:
             "best": f"{workers} worker(s) x {threads} thread(s), batch {batch}, {delay} ms (config.properties)",
             "load": points(server.url("inference", "/predictions/sentiment"), bodies, header),
         }
-    systems["LitServe"] = peer(
-        "litserve",
-        LITSERVE_SWEEP,
-        litserve_label,
-        lambda port, s: litserve_command(port, s, graph),
-        "/predict",
-        work,
-        bodies,
-        litserve_env(),
-    )
-    systems["mosec"] = peer(
-        "mosec",
-        MOSEC_SWEEP,
-        mosec_label,
-        lambda port, s: mosec_command(port, s, graph),
-        "/inference",
-        work,
-        bodies,
-        litserve_env(),
-    )
+    # both peers run the handler's backend code, on PYTHONPATH as litserve_env puts it
+    for name, setting_list, label, command, path in (
+        ("LitServe", LITSERVE_SWEEP, litserve_label, litserve_command, "/predict"),
+        ("mosec", MOSEC_SWEEP, mosec_label, mosec_command, "/inference"),
+    ):
+        systems[name] = peer(
+            name, setting_list, label, partial(command, onnx_dir=graph), path, work, bodies, litserve_env()
+        )
     results = {
         "machine": {**machine(), "mosec": importlib.metadata.version("mosec")},
         "settings": {
@@ -195,10 +183,7 @@ def main() -> int:
         "systems": systems,
         "elapsed_s": round(time.time() - started),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peers.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"done in {results['elapsed_s']} s; peers.json in {args.out}")
-    shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {results['elapsed_s']} s: {write_results(args.out, 'peers.json', results, work)}")
     return 0
 
 

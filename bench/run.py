@@ -544,6 +544,15 @@ def compare_with_wrk(name: str, url: str, bodies: list[bytes], headers: dict, ar
     return {"loadgen": ours, "wrk": theirs, "ratio": round(ratio, 3)}
 
 
+def write_results(out: Path, filename: str, results: dict, work: Path) -> Path:
+    """A benchmark's results as JSON in `out`, its work folder removed; the file's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
 def workspace(prefix: str, texts: list[str]) -> tuple[list[str], list[bytes], Path, Path, Path]:
     """The held-out texts, their request bodies, a fresh work folder, the texts as a JSON
     file in it (for bench/raw.py) and an empty model store in it."""
