@@ -22,9 +22,10 @@ after each step:
      PyTorch fp32 backend explains on its served model): what `explanations: true`, the
      default, adds to every worker from its start;
   7. after one explanation of a 10-word sentence (50 steps), then 8. after one of the
-     longest text an explanation takes (explain_max_tokens, 64 tokens, 50 steps): what
-     autograd's buffers add, and keep, once a worker has explained (what a memory limit
-     must allow, with the explainer preloaded or not).
+     longest text an explanation takes (explain_max_tokens, 64 tokens, 50 steps): what an
+     explanation leaves behind in a worker, preloaded explainer or not, once its autograd
+     buffers are freed and the freed heap given back (explanations.release_freed_heap):
+     what a memory limit must allow.
 
 Steps 5 and 6 are a worker's memory without and with the preloaded explainer (the
 difference is printed). The model's own bytes (its file on disk) are recorded beside it.
@@ -59,9 +60,10 @@ import json, os, sys
 import psutil
 me = psutil.Process()
 out = []
-def mark(step):
+def mark(step, **extra):
     info = me.memory_full_info()
-    out.append({"step": step, **{k + "_mib": round(getattr(info, k) / 2**20, 1) for k in ("uss", "pss", "rss")}})
+    sizes = {k + "_mib": round(getattr(info, k) / 2**20, 1) for k in ("uss", "pss", "rss")}
+    out.append({"step": step, **sizes, **extra})
 model_dir, options, texts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 mark("python")
 import ts.protocol.otf_message_handler  # what every TorchServe worker imports: torch with it
@@ -88,10 +90,19 @@ explainer = explanations.explainer_for(backend, opts, model_dir, labels, 1)
 mark("explainer loaded, as initialize() loads it (explanations: true)")
 def served(text):
     return backend.probabilities(tc.pad(tokenizer.tokenize([text], 128), values, False))[0]
-explainer.explain("the food was great but the service was awful", 50, 64, served)
-mark("after one explanation (10 words, 50 steps)")
-explainer.explain(" ".join(["good"] * 62), 50, 64, served)
-mark("after one explanation at explain_max_tokens (64 tokens, 50 steps)")
+import time
+release, trims = explanations.release_freed_heap, []
+def timed_release():  # what giving the freed heap back costs an explanation
+    started = time.perf_counter()
+    release()
+    trims.append(round((time.perf_counter() - started) * 1000, 1))
+explanations.release_freed_heap = timed_release
+def explain(text):
+    started = time.perf_counter()
+    explainer.explain(text, 50, 64, served)
+    return {"explain_ms": round((time.perf_counter() - started) * 1000), "heap_release_ms": trims[-1]}
+mark("after one explanation (10 words, 50 steps)", **explain("the food was great but the service was awful"))
+mark("after one explanation at explain_max_tokens (64 tokens, 50 steps)", **explain(" ".join(["good"] * 62)))
 print(json.dumps(out))
 """
 
