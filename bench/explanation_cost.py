@@ -31,6 +31,7 @@ from pathlib import Path
 
 import requests
 
+from bench.gateway_process import gateway_process
 from bench.loadgen import percentile
 from bench.run import machine
 from common import events
@@ -162,12 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             settings = GatewaySettings(free_port(), {"bench": KEY}, rate_per_s=1000, burst=1000)
-            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(workdir)])
-            try:
+            gateway = Gateway(Path(tmp) / "gateway", settings)
+            with gateway_process(gateway, [Node.from_dir(workdir)]):
                 events.log("explanation_cost", f"measuring, {args.seconds:.0f} s a phase")
                 result = measure(gateway, args.seconds)
-            finally:
-                gateway.stop()
         finally:
             server.stop()
     result = {

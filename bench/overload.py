@@ -9,7 +9,9 @@ request rate per key, lifted, as for heavy clients the operator let in). On a ma
 two cores or more the servers (TorchServe, its workers, nginx) run on CPU 0 and the load
 generator on CPU 1 (sched_setaffinity, inherited by every process the servers start), so
 that the generator neither slows the servers nor is slowed by them; the capacity is taken
-in the same arrangement. Then:
+in the same arrangement. The gateway runs in a process of its own, as in production
+(bench/gateway_process.py: in the generator's process its threads took the generator's
+GIL and delayed the answers it timed). Then:
 
 1. capacity: closed-loop clients at concurrency 16 straight to port 8080 for 15 s
    (bench/loadgen.py): its throughput is the capacity, 4x its p50 the deadline an answer
@@ -41,6 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
+from bench.gateway_process import gateway_process
 from bench.loadgen import json_bodies, percentile, run_load
 from bench.openloop import recovery, run_open_loop
 from bench.run import machine
@@ -79,6 +84,19 @@ def gateway_refusal_ms(log_file: Path, offset: int) -> list[float]:
     return sorted(times)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its descendants so far."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def overloads(
     server: LocalTorchServe,
     url: str,
@@ -86,18 +104,25 @@ def overloads(
     bodies: list[bytes],
     args,
     capacity,
+    trees: dict[str, int],
     gateway_log: Path | None = None,
 ) -> list:
-    """One way in: each multiple of the capacity for args.seconds, then half the capacity."""
+    """One way in: each multiple of the capacity for args.seconds, then half the capacity;
+    with the cores each of `trees` ({name: pid}, a process and its descendants) used."""
     runs = []
     rate = capacity.throughput_rps
     for multiple in args.multiples:
         before = sorted(server.client.worker_pids("sentiment"))
         offset = gateway_log.stat().st_size if gateway_log is not None else 0
+        cpu_before, started = {name: cpu_seconds(pid) for name, pid in trees.items()}, time.monotonic()
         log(f"{url}, {len(headers)} key(s): {multiple} x capacity ({multiple * rate:.0f}/s) for {args.seconds:.0f} s")
         phases = [(multiple * rate, args.seconds), (0.5 * rate, RECOVERY_SECONDS)]
         (over, _), (_, after) = run_open_loop(url, bodies, headers, phases, 4 * capacity.p50_ms)
         run = {"multiple": multiple, **over.as_dict()}
+        wall = time.monotonic() - started
+        run["cores_used"] = {
+            name: round((cpu_seconds(pid) - cpu_before[name]) / wall, 3) for name, pid in trees.items()
+        }
         run["recovery_s"] = recovery(after, capacity.p50_ms)
         run["worker_restarts"] = sorted(server.client.worker_pids("sentiment")) != before
         if gateway_log is not None:
@@ -173,17 +198,22 @@ def main(argv: list[str] | None = None) -> int:
             settings = GatewaySettings(
                 free_port(), KEYS, rate_per_s=100_000, burst=100_000, in_flight_per_node=args.in_flight_per_node
             )
-            gateway = Gateway(Path(tmp) / "gateway", settings).start([Node.from_dir(workdir)])
+            gateway = Gateway(Path(tmp) / "gateway", settings)
             if pinned:
                 os.sched_setaffinity(0, {GENERATOR_CPU})
-            direct = server.url("inference", "/predictions/sentiment")
-            node_headers = {"Authorization": f"Bearer {server.keys['inference']}", "Content-Type": "application/json"}
-            run_load(direct, bodies, node_headers, concurrency=16, duration=5, warmup=2)  # warm-up
-            capacity = run_load(direct, bodies, node_headers, concurrency=16, duration=15, warmup=3)
-            result["capacity"] = capacity.as_dict()
-            result["deadline_ms"] = round(4 * capacity.p50_ms, 1)
-            log(f"capacity {capacity.throughput_rps:.0f}/s at c=16, p50 {capacity.p50_ms:.0f} ms")
-            try:
+            with gateway_process(gateway, [Node.from_dir(workdir)], {SERVER_CPU} if pinned else None) as process:
+                assert process.pid is not None and server.proc is not None
+                trees = {"gateway": process.pid, "TorchServe": server.proc.pid}
+                direct = server.url("inference", "/predictions/sentiment")
+                node_headers = {
+                    "Authorization": f"Bearer {server.keys['inference']}",
+                    "Content-Type": "application/json",
+                }
+                run_load(direct, bodies, node_headers, concurrency=16, duration=5, warmup=2)  # warm-up
+                capacity = run_load(direct, bodies, node_headers, concurrency=16, duration=15, warmup=3)
+                result["capacity"] = capacity.as_dict()
+                result["deadline_ms"] = round(4 * capacity.p50_ms, 1)
+                log(f"capacity {capacity.throughput_rps:.0f}/s at c=16, p50 {capacity.p50_ms:.0f} ms")
                 through = gateway.url("/predictions/sentiment")
                 keyed = [{"Authorization": f"Bearer {k}", "Content-Type": "application/json"} for k in KEYS.values()]
                 ways = {"straight to TorchServe": (direct, [node_headers])} if args.direct else {}
@@ -191,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     ways[f"gateway, {n} key{'s' if n > 1 else ''}"] = (through, keyed[:n])
                 for way, (url, headers) in ways.items():
                     log_file = gateway.log_file if url == through else None
-                    result["runs"][way] = overloads(server, url, headers, bodies, args, capacity, log_file)
-            finally:
-                gateway.stop()
+                    result["runs"][way] = overloads(server, url, headers, bodies, args, capacity, trees, log_file)
     os.sched_setaffinity(0, cores)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overload.json").write_text(json.dumps(result, indent=2) + "\n")

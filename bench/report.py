@@ -485,7 +485,9 @@ def overload_section(overload: dict) -> list[str]:
         "Refusal times are taken twice: by the client (from opening the connection to the answer read, with "
         "the generator's own delays in it) and, through the gateway, by nginx ($request_time in its access log). "
         "Cores: CPU seconds over the run (overload and recovery) per second, of the gateway's process and its "
-        "nginx, and of TorchServe's frontend and workers; pinned, they share one core.",
+        "nginx, and of TorchServe's frontend and workers; pinned, they share one core, and the capacity was "
+        "measured with TorchServe alone on it: what the gateway takes of the core is not TorchServe's, so "
+        "goodput is also given per core TorchServe was left (in a pod the gateway has CPU of its own).",
         "",
         "| way in | offered /s | statuses | goodput /s (of capacity) | 2xx p50 / p99 ms | refusals p50 / p99 ms "
         "(client) | refusals p50 / p99 ms (gateway) | refusals without Retry-After | generator lag p99 ms "
@@ -518,6 +520,17 @@ def overload_section(overload: dict) -> list[str]:
                 ">=",
             )
             for m, runs in at.items()
+            for bar in [0.9 if m <= 1.5 else 0.8]
+        ),
+        *(
+            (
+                f"goodput >= {bar} x capacity at {m}x per core TorchServe was left (the gateway shares the core)",
+                min(r["goodput_rps"] / r["cores_used"]["TorchServe"] / cap["throughput_rps"] for r in runs),
+                bar,
+                ">=",
+            )
+            for m, runs in at.items()
+            if all("cores_used" in r for r in runs)
             for bar in [0.9 if m <= 1.5 else 0.8]
         ),
         ("each key within 25% of an even share of the goodput", max(key_spread(r) for r in gateway), 0.25, "<="),
