@@ -652,7 +652,7 @@ def worker_memory_section(memory: dict) -> list[str]:
         cells = []
         for steps in memory.values():
             grew = steps[i]["uss_mib"] - (steps[i - 1]["uss_mib"] if i else 0)
-            cells.append(f"{steps[i]['uss_mib']:.0f} MiB (+{grew:.0f})")
+            cells.append(f"{steps[i]['uss_mib']:.0f} MiB ({grew:+.0f})")
         out.append(f"| {step} | " + " | ".join(cells) + " |")
     files = {n: s[3].get("model_files_mib", {}) for n, s in memory.items()}
     out += ["", "Model files in each archive (MiB): " + "; ".join(f"{n}: {f}" for n, f in files.items()) + "."]
