@@ -3,10 +3,9 @@ and the pod (sentiment-gateway) run it.
 
 Started in the benchmark's own process, the gateway's threads (the latency collector,
 which reads one datagram per request, and the readiness poller) shared the load
-generator's GIL: at hundreds of requests a second they took it from the generator's
-event loop, and while one of them waited for a core the servers kept busy the
-generator read nothing, so the answers it timed (refusals above all) came out slower
-than the gateway served them.
+generator's GIL, which could delay the answers the generator times. Here they cannot.
+(It was not what made the client-timed refusals slow: their p99 at 3x stayed at tens of
+milliseconds once the gateway ran apart, bench/results/README.md, Overload.)
 """
 
 from __future__ import annotations

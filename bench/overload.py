@@ -10,8 +10,7 @@ two cores or more the servers (TorchServe, its workers, nginx) run on CPU 0 and 
 generator on CPU 1 (sched_setaffinity, inherited by every process the servers start), so
 that the generator neither slows the servers nor is slowed by them; the capacity is taken
 in the same arrangement. The gateway runs in a process of its own, as in production
-(bench/gateway_process.py: in the generator's process its threads took the generator's
-GIL and delayed the answers it timed). Then:
+(bench/gateway_process.py: its threads off the generator's GIL). Then:
 
 1. capacity: closed-loop clients at concurrency 16 straight to port 8080 for 15 s
    (bench/loadgen.py): its throughput is the capacity, 4x its p50 the deadline an answer
