@@ -21,7 +21,6 @@ integral's error, which is reported as `convergence_delta`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -169,11 +168,9 @@ class Explainer:
 
 @cache
 def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    """glibc's malloc_trim from the C library the process already has, or None where that
+    library has none (musl, macOS)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_freed_heap() -> None:
