@@ -35,10 +35,10 @@ from bench.run import (
     MODEL_DIR,
     VARIANTS,
     archive,
+    batching_label,
     http_app,
     litserve_command,
     litserve_env,
-    litserve_label,
     raw_limit,
     raw_model_dir,
     serving,
@@ -95,11 +95,6 @@ def mosec_command(port: int, setting: tuple[int, int, int, int], onnx_dir: Path)
     ]
 
 
-def mosec_label(setting) -> str:
-    batch, wait_ms, workers, threads = setting
-    return f"batch {batch}, {wait_ms} ms, {workers} worker(s) x {threads} thread(s)"
-
-
 def points(url: str, bodies: list[bytes], header=None, seconds: dict[int, float] = SECONDS) -> dict:
     """wrk's warm-up, then each concurrency for its seconds."""
     run_wrk(url, bodies, 8, WARMUP_SECONDS, header)
@@ -115,22 +110,23 @@ def points(url: str, bodies: list[bytes], header=None, seconds: dict[int, float]
     return out
 
 
-def peer(name: str, settings, label, command, path: str, work: Path, bodies: list[bytes], env=None) -> dict:
+def peer(name: str, settings, command, path: str, work: Path, bodies: list[bytes], env=None) -> dict:
     """A peer's settings swept at SWEEP_CONCURRENCY, then its best at every concurrency."""
     sweep = {}
     for setting in settings:
         port = free_port()
         with http_app(command(port, setting), port, work, name, env):
-            log(f" {name}, {label(setting)}")
-            sweep[label(setting)] = points(
-                f"http://127.0.0.1:{port}{path}", bodies, None, {SWEEP_CONCURRENCY: SWEEP_SECONDS}
-            )
-    best = max(settings, key=lambda s: sweep[label(s)][str(SWEEP_CONCURRENCY)]["throughput_rps"])
+            log(f" {name}, {batching_label(setting)}")
+            url = f"http://127.0.0.1:{port}{path}"
+            sweep[batching_label(setting)] = points(url, bodies, None, {SWEEP_CONCURRENCY: SWEEP_SECONDS})[
+                str(SWEEP_CONCURRENCY)
+            ]
+    best = max(settings, key=lambda s: sweep[batching_label(s)]["throughput_rps"])
     port = free_port()
     with http_app(command(port, best), port, work, name, env):
-        log(f" {name}, best: {label(best)}")
+        log(f" {name}, best: {batching_label(best)}")
         load = points(f"http://127.0.0.1:{port}{path}", bodies)
-    return {"sweep": {k: v[str(SWEEP_CONCURRENCY)] for k, v in sweep.items()}, "best": label(best), "load": load}
+    return {"sweep": sweep, "best": batching_label(best), "load": load}
 
 
 def main() -> int:
@@ -162,13 +158,11 @@ def main() -> int:
             "load": points(server.url("inference", "/predictions/sentiment"), bodies, header),
         }
     # both peers run the handler's backend code, on PYTHONPATH as litserve_env puts it
-    for name, setting_list, label, command, path in (
-        ("LitServe", LITSERVE_SWEEP, litserve_label, litserve_command, "/predict"),
-        ("mosec", MOSEC_SWEEP, mosec_label, mosec_command, "/inference"),
+    for name, setting_list, command, path in (
+        ("LitServe", LITSERVE_SWEEP, litserve_command, "/predict"),
+        ("mosec", MOSEC_SWEEP, mosec_command, "/inference"),
     ):
-        systems[name] = peer(
-            name, setting_list, label, partial(command, onnx_dir=graph), path, work, bodies, litserve_env()
-        )
+        systems[name] = peer(name, setting_list, partial(command, onnx_dir=graph), path, work, bodies, litserve_env())
     results = {
         "machine": {**machine(), "mosec": importlib.metadata.version("mosec")},
         "settings": {

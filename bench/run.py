@@ -512,23 +512,25 @@ def litserve_runs(work: Path, bodies: list[bytes], args, onnx_dir: Path | None) 
     for setting in LITSERVE_SWEEP:
         port = free_port()
         with http_app(litserve_command(port, setting, onnx_dir), port, work, "litserve", litserve_env()) as proc:
-            log(f" {litserve_label(setting)}")
-            sweep[litserve_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
-    best = max(LITSERVE_SWEEP, key=lambda s: sweep[litserve_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
+            log(f" {batching_label(setting)}")
+            sweep[batching_label(setting)] = app_load(port, bodies, proc, args, (TARGET_CONCURRENCY,))
+    best = max(LITSERVE_SWEEP, key=lambda s: sweep[batching_label(s)][str(TARGET_CONCURRENCY)]["throughput_rps"])
     port = free_port()
     with http_app(litserve_command(port, best, onnx_dir), port, work, "litserve", litserve_env()) as proc:
-        log(f" best: {litserve_label(best)}")
+        log(f" best: {batching_label(best)}")
         return {
             "sweep": sweep,
-            "best": litserve_label(best),
+            "best": batching_label(best),
             "best_setting": list(best),
             "load": app_load(port, bodies, proc, args),
         }
 
 
-def litserve_label(setting) -> str:
-    batch, timeout_ms, workers, threads = setting
-    return f"batch {batch}, {timeout_ms} ms, {workers} worker(s) x {threads} thread(s)"
+def batching_label(setting) -> str:
+    """A peer's batching setting, (max batch size, wait ms, workers, threads each), as the
+    results name it (LitServe's batch_timeout and mosec's max_wait_time are the wait)."""
+    batch, wait_ms, workers, threads = setting
+    return f"batch {batch}, {wait_ms} ms, {workers} worker(s) x {threads} thread(s)"
 
 
 def compare_with_wrk(name: str, url: str, bodies: list[bytes], headers: dict, args, header=None) -> dict:
@@ -601,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_sweep_concurrency": BATCH_SWEEP_CONCURRENCY,
             "delays_ms": list(DELAYS_MS),
             "delay_sweep_concurrency": DELAY_SWEEP_CONCURRENCY,
-            "litserve_sweep": [litserve_label(s) for s in LITSERVE_SWEEP],
+            "litserve_sweep": [batching_label(s) for s in LITSERVE_SWEEP],
             "soak_minutes": args.soak_minutes,
         },
     }
@@ -718,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         what = "PyTorch fp32" if onnx_dir is None else "the shipped int8 ONNX graph, the handler's backend code"
         log(f"{name} ({what}): its batching at concurrency {TARGET_CONCURRENCY}, then its best at every concurrency")
         results[key] = litserve_runs(work, bodies, args, onnx_dir)
-        best_setting = next(s for s in LITSERVE_SWEEP if litserve_label(s) == results[key]["best"])
+        best_setting = next(s for s in LITSERVE_SWEEP if batching_label(s) == results[key]["best"])
         port = free_port()
         with http_app(litserve_command(port, best_setting, onnx_dir), port, work, key, litserve_env()):
             wrk_checks[name] = compare_with_wrk(
