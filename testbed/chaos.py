@@ -259,7 +259,8 @@ FAULTS = {
             "SIGKILL of every process of the replica, then restarted",
             kill_replica,
             must_cost="the requests in flight at the replica (the front's 502), and those the front sent it "
-            "before its checks failed (503, never sent: connection refused)",
+            "before its checks failed (503, never sent: connection refused; the restarted gateway's 502 "
+            "before TorchServe listened; the queue budget's 503 for one that waited for its worker)",
         ),
         Fault("freeze", "SIGSTOP of every process of the replica, SIGCONT after the hold", freeze, thaw),
         Fault(

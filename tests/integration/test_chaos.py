@@ -136,12 +136,15 @@ def test_a_killed_replica_loses_at_most_what_it_held_and_restarts(bed):
     # client's keep-alive connection): at most one per client
     assert failures.get("SH", 0) + failures.get("SD", 0) <= CLIENTS, repr(result)
     assert result.count("lost", "client-ConnectionError") <= CLIENTS, repr(result)
-    # the rest never reached TorchServe: refused connections, or the restarted gateway's 502
-    # NodeUnavailable before TorchServe was up, all sent before the front took it out
+    # the rest never ran the model: refused connections, the restarted gateway's 502
+    # NodeUnavailable before TorchServe listened, or, once it listened and before its
+    # worker was up, the queue budget's 503 Overloaded for what waited there past it (the
+    # restarts race: CI saw 2 of these); all sent before the front took it out
     assert set(failures) <= {*NEVER_SENT, "SH", "SD", "--"}, repr(result)
-    allowed = {"not-sent", "lost", NODE_UNAVAILABLE, "client-ConnectionError"}
+    allowed = {"not-sent", "lost", NODE_UNAVAILABLE, OVER_BUDGET, "client-ConnectionError"}
     assert set(result.failed_by_outcome) <= allowed, repr(result)
-    assert result.count("not-sent", NODE_UNAVAILABLE) <= sent_before_out(load, result), repr(result)
+    never_ran = result.count("not-sent", NODE_UNAVAILABLE, OVER_BUDGET)
+    assert never_ran <= sent_before_out(load, result), repr(result)
     no_client_timeouts(result)
 
 
