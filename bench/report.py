@@ -562,7 +562,7 @@ def overload_section(overload: dict) -> list[str]:
     )
     for name, value, bar, op in checks:
         met = value >= bar if op == ">=" else value < bar if op == "<" else value <= bar
-        out.append(f"| {name} | {value:.2f} (worst) | {'yes' if met else 'no'} |")
+        out.append(f"| {name} | {value:.3g} (worst) | {'yes' if met else 'no'} |")
     return out
 
 
