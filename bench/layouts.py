@@ -42,7 +42,9 @@ from training.tweets import split_tweets
 
 CONCURRENCIES = (16, 64)
 # (workers, batch size, max batch delay ms): the workers per core and the delay first, at
-# the shipped batch size; then smaller batches
+# the shipped batch size; then smaller batches; then, for what makes the tail at c=16, one
+# worker (no second one competing for the cores with the frontend and the clients) and batch
+# 8 with a delay long enough for a batch to fill (16 clients in two groups of 8, in turn)
 SETTINGS = (
     (2, 16, 0),
     (2, 16, 1),
@@ -56,6 +58,10 @@ SETTINGS = (
     (2, 8, 1),
     (4, 8, 1),
     (4, 4, 1),
+    (1, 16, 1),
+    (1, 8, 2),
+    (2, 8, 2),
+    (2, 8, 3),
 )
 
 
