@@ -8,8 +8,8 @@ from cron. TorchServe writes the new key into key_file.json, where clients that 
 the README read it: clients.torchserve.TorchServeClient re-reads the file and retries once
 when TorchServe refuses its key. The API key (which rotates the others) does not expire.
 
-An inference rotation holds the gateways in front for a moment so that they lose no
-request across the switch: common/keys.py says how.
+A rotation takes a lock for a moment so that the gateways in front lose no request across
+the switch: common/keys.py says how.
 """
 
 from __future__ import annotations

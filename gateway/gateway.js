@@ -11,9 +11,10 @@
 //               compared in constant time (secretMac).
 // - nodeKey(r): the node's inference key, read from its key_file.json on every request, so
 //               that a TorchServe key rotation needs no nginx reload.
-// - hold(r):    while a node's key rotates (clients/keys.py holds a lock file beside
-//               key_file.json for the switch), requests to that node wait here until the
-//               lock is gone, then go on with the new key: a rotation loses none.
+// - rotating(r): while a node's key rotates (common/keys.py holds a lock file beside
+//               key_file.json around the switch), requests to that node come here: each
+//               goes on at once, and one that TorchServe refuses for its key is sent once
+//               more with the new key when the lock is gone: a rotation loses none.
 //
 // Nothing here quotes a key or a token back, nor logs one. What is logged (at crit, the
 // config's error_log level) is a clients file's line that is ignored, by its number only, and
@@ -38,7 +39,7 @@ var MAX_AUTHORIZATION = 8192;
 // nginx's NGX_LOG_CRIT: the config's error_log level (ngx.WARN and ngx.ERR would not pass it).
 // ngx.log passes the number through; nothing is added to the line (no client, no request).
 var LOG_CRIT = 3;
-var HOLD_POLL_MS = 10;
+var LOCK_POLL_MS = 10;
 
 function readText(path) {
     try {
@@ -323,30 +324,57 @@ function lockHeld(path, maxAge) {
     return age !== null && age <= maxAge && age >= -maxAge;
 }
 
-// While a node's key rotates, its requests wait here (the node's server block sends them
-// while the lock file exists) until the lock is gone or stale, then go on with the new key.
-// The cap is the config's $rotation_lock_max_age_ms (common/keys.py LOCK_MAX_AGE_S): no
-// request waits longer, and one that finds a stale lock goes on at once.
-function hold(r) {
-    var lock = r.variables.node_dir + '/' + r.variables.rotation_lock;
-    var maxAge = Number(r.variables.rotation_lock_max_age_ms) || 0;
-    var waited = 0;
-    function attempt() {
-        if (waited < maxAge && lockHeld(lock, maxAge)) {
-            waited += HOLD_POLL_MS;
-            setTimeout(attempt, HOLD_POLL_MS);
-            return;
-        }
-        var options = {method: r.method, args: r.variables.args || ''};
-        r.subrequest('/_resume' + r.uri.slice('/_held'.length), options, function (reply) {
-            var type = reply.headersOut['Content-Type'];
-            if (type) {
-                r.headersOut['Content-Type'] = type;
-            }
-            r.return(reply.status, reply.responseBuffer || '');
-        });
+// Whether TorchServe refused a request for its key, before running it: its 400 with
+// type InvalidKeyException. What the handler refuses (its own 400s, with their messages)
+// is not this, and is answered as it is.
+function refusedForKey(reply) {
+    if (reply.status !== 400 || !reply.responseBuffer) {
+        return false;
     }
-    attempt();
+    try {
+        return JSON.parse(reply.responseBuffer.toString()).type === 'InvalidKeyException';
+    } catch (e) {
+        return false;
+    }
 }
 
-export default {client, nodeKey, hold};
+// While a node's key rotates (its server block sends its requests here while the lock
+// file exists), each request goes on at once. One that TorchServe refuses for its key (it
+// carried the key of before the switch, or none, read while TorchServe rewrote the file)
+// is sent once more when the lock is gone, with the key the file then holds: TorchServe
+// refused it before running it, so it runs once. The wait for the lock is capped at the
+// config's $rotation_lock_max_age_ms (common/keys.py LOCK_MAX_AGE_S): a stale lock, left
+// by a rotation that was killed, is not waited for. A request refused again is answered so.
+function rotating(r) {
+    var lock = r.variables.node_dir + '/' + r.variables.rotation_lock;
+    var maxAge = Number(r.variables.rotation_lock_max_age_ms) || 0;
+    var path = r.uri.slice('/_rotating'.length);
+    var options = {method: r.method, args: r.variables.args || ''};
+    function answer(reply) {
+        var type = reply.headersOut['Content-Type'];
+        if (type) {
+            r.headersOut['Content-Type'] = type;
+        }
+        r.return(reply.status, reply.responseBuffer || '');
+    }
+    var waited = 0;
+    function resendAfterLock() {
+        if (waited < maxAge && lockHeld(lock, maxAge)) {
+            waited += LOCK_POLL_MS;
+            setTimeout(resendAfterLock, LOCK_POLL_MS);
+            return;
+        }
+        // its own location and key variable: a subrequest shares its parent's variables,
+        // and the first send's $node_key is the key that was refused
+        r.subrequest('/_resend' + path, options, answer);
+    }
+    r.subrequest('/_send' + path, options, function (reply) {
+        if (refusedForKey(reply)) {
+            resendAfterLock();
+        } else {
+            answer(reply);
+        }
+    });
+}
+
+export default {client, nodeKey, rotating};

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common import contract, events
-from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, held for a key switch
+from common.keys import LOCK_MAX_AGE_S, ROTATION_LOCK, lock_is_fresh  # beside key_file.json, around a key switch
 from common.net import http, wait_for_port
 from common.torchserve_files import KEY_FILE, read_keys, read_properties
 from gateway.latency import EXPOSITION, LatencyCollector
@@ -447,7 +447,9 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
     node's current key."""
     sockets = [node_socket(workdir, i) for i in range(1, len(nodes) + 1)]
     upstream = "\n".join(f"        server unix:{sock} max_fails=1 fail_timeout=5s;" for sock in sockets)
-    proxy = f"""            proxy_set_header Authorization "Bearer $node_key";
+
+    def proxy(key: str = "$node_key") -> str:
+        return f"""            proxy_set_header Authorization "Bearer {key}";
             proxy_set_header Connection "";
             proxy_set_header {CLIENT_HEADER} "";
             proxy_http_version 1.1;
@@ -456,6 +458,7 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
             # TorchServe unreachable or too slow: close without an answer, which the
             # upstream above counts as this node failing (and retries elsewhere)
             error_page 502 504 = @node_down;"""
+
     per_key = in_flight_per_key(settings)
     static = workdir / STATIC_DIR
     admit = f"limit_conn in_flight_per_node {settings.in_flight_per_node}; limit_conn in_flight_per_key {per_key};"
@@ -476,11 +479,12 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
         {admit}
         location / {{
 {error_pages("$refusal_shape", "node", settings.model, settings.max_body)}
-            # a key rotation is switching this node's key: wait for the new one
+            # a key rotation is switching this node's key: sent on by gateway.js, which
+            # sends again a request refused for the key of before the switch
             if (-f "{directory}/{ROTATION_LOCK}") {{
-                rewrite ^ /_held$uri last;
+                rewrite ^ /_rotating$uri last;
             }}
-{proxy}
+{proxy()}
             proxy_pass http://torchserve{i};
         }}
         location = /explanations/{settings.model} {{
@@ -489,21 +493,28 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
             limit_conn explanations_per_node 1;
 {error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}
             if (-f "{directory}/{ROTATION_LOCK}") {{
-                rewrite ^ /_held$uri last;
+                rewrite ^ /_rotating$uri last;
             }}
-{proxy}
+{proxy()}
             proxy_pass http://torchserve{i};
         }}
-        location /_held/ {{
+        location /_rotating/ {{
             internal;
-            js_content gateway.hold;
+            js_content gateway.rotating;
         }}
-        location /_resume/ {{
+        location /_send/ {{
             internal;
-            # the held request's answer comes back whole to gateway.js: room for the largest
+            # the answer comes back whole to gateway.js: room for the largest
             subrequest_output_buffer_size {settings.max_body};
-            rewrite ^/_resume(/.*)$ $1 break;
-{proxy}
+            rewrite ^/_send(/.*)$ $1 break;
+{proxy()}
+            proxy_pass http://torchserve{i};
+        }}
+        location /_resend/ {{
+            internal;
+            subrequest_output_buffer_size {settings.max_body};
+            rewrite ^/_resend(/.*)$ $1 break;
+{proxy("$node_key_resent")}
             proxy_pass http://torchserve{i};
         }}
         location @node_down {{
@@ -617,7 +628,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "JWT_AUDIENCE": _check_config_string(jwt.audience if jwt else "", "the JWT audience"),
         "JWT_ISSUER": _check_config_string(jwt.issuer if jwt else "", "the JWT issuer"),
         "JWT_MAX_LIFETIME": str(jwt.max_lifetime_s if jwt else 0),
-        # gateway.js's hold: past this age a rotation lock is stale (common/keys.py)
+        # gateway.js's rotating: past this age a rotation lock is stale (common/keys.py)
         "ROTATION_LOCK_MAX_AGE_MS": str(round(LOCK_MAX_AGE_S * 1000)),
         "KEY_FILE": KEY_FILE,
         "ROTATION_LOCK": ROTATION_LOCK,

@@ -77,7 +77,7 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
 def clear_rotation_lock(workdir: Path) -> None:
     """Remove a key rotation lock left in the workdir (a volume that outlives this
     container): no rotation runs before this process starts one, so any lock there was
-    left by a rotation killed mid-way, and would hold the gateway's requests."""
+    left by a rotation killed mid-way, and would keep the gateway's poller off the node."""
     lock = workdir / ROTATION_LOCK
     age = lock_age(lock)
     if age is None:

@@ -6,12 +6,13 @@ that records what would be logged.
 Who calls (client()): the Authorization header and a client key's rules; the clients
 file judged line by line, its bad lines ignored and logged by number only; the JSON Web
 Tokens, with every hostile token of tests/integration/test_gateway_jwt.py. The node's key
-(nodeKey), taken only whole. The hold while a node's key rotates: at once without a lock or
-with a stale one, until the lock goes, never longer than a lock's life (the waits counted
-as polls of a stub timer). And the rules shown the same in both languages: one table of
-names, keys and files through gateway.js's parseClients and gateway/nginx.py's
-parse_clients, and one of lock files through lockHeld and common/keys.py's lock_is_fresh,
-the same verdicts. (The path checks are nginx's maps, not gateway.js:
+(nodeKey), taken only whole. A request while a node's key rotates: sent on at once; sent
+once more, when the lock goes (at once with a stale one, never later than a lock's life: the
+waits counted as polls of a stub timer), only when TorchServe refused it for its key; any
+other answer, a handler's 400 included, passed back as it came. And the rules shown the
+same in both languages: one table of names, keys and files through gateway.js's
+parseClients and gateway/nginx.py's parse_clients, and one of lock files through lockHeld
+and common/keys.py's lock_is_fresh, the same verdicts. (The path checks are nginx's maps, not gateway.js:
 tests/unit/test_gateway_routes.py and tests/integration/test_gateway_paths.py.)"""
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ PRELUDE = """
 var LOGS = [];
 var ngx = {INFO: 7, WARN: 5, ERR: 4, log: function (level, message) { LOGS.push([level, String(message)]); }};
 // The CLI has no timers: setTimeout queues its callback, and the driver runs the queue,
-// counting each as a poll (hold()'s waits are counted, not timed).
+// counting each as a poll (rotating()'s waits are counted, not timed).
 var TIMERS = [];
 function setTimeout(fn, ms) { TIMERS.push([fn, ms]); }
 """
@@ -52,18 +53,24 @@ function setTimeout(fn, ms) { TIMERS.push([fn, ms]); }
 DRIVER = """
 var CALLS = %s, OUTPUT = %s;
 var FUNCTIONS = {parseClients: parseClients, clientProblem: clientProblem, lockHeld: lockHeld};
-// hold(r): a request at /_held/<path>; what it sends on (its subrequest) after how many
-// polls, the lock file removed after call.remove_after polls when that is set
-function runHold(call) {
-    var r = {variables: call.variables, uri: '/_held' + call.path, method: 'POST', headersOut: {}};
-    var sent = null, polls = 0;
+// rotating(r): a request at /_rotating/<path>, whose subrequests get call.replies in turn
+// ({status, body}, JSON with type InvalidKeyException for TorchServe's refusal of a key);
+// what it sent on (each subrequest, after how many polls) and what it answered, the lock
+// file removed after call.remove_after polls when that is set
+function runRotating(call) {
+    var r = {variables: call.variables, uri: '/_rotating' + call.path, method: 'POST', headersOut: {}};
+    var sent = [], answered = null, polls = 0;
     r.subrequest = function (uri, options, done) {
-        sent = {uri: uri, method: options.method, args: options.args, polls: polls};
-        done({status: 200, headersOut: {'Content-Type': 'application/json'}, responseBuffer: '{}'});
+        sent.push({uri: uri, method: options.method, args: options.args, polls: polls});
+        var reply = call.replies[sent.length - 1];
+        done({status: reply.status, headersOut: {'Content-Type': 'application/json'},
+              responseBuffer: Buffer.from(reply.body)});
     };
-    r.return = function (status, body) { sent.status = status; sent.type = r.headersOut['Content-Type']; };
+    r.return = function (status, body) {
+        answered = {status: status, type: r.headersOut['Content-Type'], body: String(body)};
+    };
     TIMERS = [];
-    hold(r);
+    rotating(r);
     while (TIMERS.length) {
         polls += 1;
         if (polls === call.remove_after) {
@@ -71,7 +78,7 @@ function runHold(call) {
         }
         TIMERS.shift()[0]();
     }
-    return sent;
+    return {sent: sent, answered: answered};
 }
 require('fs').writeFileSync(OUTPUT, JSON.stringify(CALLS.map(function (call) {
     LOGS = [];
@@ -79,8 +86,8 @@ require('fs').writeFileSync(OUTPUT, JSON.stringify(CALLS.map(function (call) {
     try {
         if (call.fn === 'client' || call.fn === 'nodeKey') {
             value = (call.fn === 'client' ? client : nodeKey)({variables: call.variables, headersIn: call.headers});
-        } else if (call.fn === 'hold') {
-            value = runHold(call);
+        } else if (call.fn === 'rotating') {
+            value = runRotating(call);
         } else {
             value = FUNCTIONS[call.fn].apply(null, call.args);
         }
@@ -532,7 +539,7 @@ def test_python_refuses_at_start_what_gateway_js_would_ignore(tmp_path):
     assert read_clients_file(clients_file) == {"alice": K16, "bob": K64[::-1]}
 
 
-# --- the node's key, and the hold while a node's key rotates ------------------------------
+# --- the node's key, and requests while a node's key rotates -----------------------------
 
 
 @pytest.mark.parametrize(
@@ -590,8 +597,8 @@ def write_lock(path: Path, content: str | None, mtime: float | None) -> None:
 
 def test_a_lock_is_held_alike_in_python_and_njs(tmp_path, monkeypatch):
     """gateway.js's lockHeld and common/keys.py's lock_is_fresh, over the same files: the
-    poller (which stops polling a rotating node) and the hold (which waits for it) agree on
-    whether a rotation holds a node."""
+    poller (which stops polling a rotating node) and the guard (which waits for it before
+    sending a request again) agree on whether a rotation holds a node."""
     from common import keys
 
     monkeypatch.setattr(keys, "LOCK_MAX_AGE_S", MAX_AGE_S)
@@ -610,7 +617,21 @@ def test_a_lock_is_held_alike_in_python_and_njs(tmp_path, monkeypatch):
     assert not expected["taken far ahead (a clock set back)"] and not expected["not JSON, written long ago"]
 
 
-def hold(tmp_path: Path, lock: str | None, remove_after: int | None = None, max_age_ms: int = 1000) -> dict[str, Any]:
+KEY_REFUSED = {"status": 400, "body": json.dumps({"code": 400, "type": "InvalidKeyException", "message": "..."})}
+ANSWERED = {"status": 200, "body": json.dumps({"label": "positive", "score": 0.99})}
+# the handler's own refusal: a 400 too, with its message, never sent again
+BAD_INPUT = {"status": 400, "body": json.dumps({"code": 400, "type": "InvalidInput", "message": "no text"})}
+
+
+def rotating(
+    tmp_path: Path,
+    lock: str | None,
+    replies: list[dict[str, Any]],
+    remove_after: int | None = None,
+    max_age_ms: int = 1000,
+) -> tuple[list[int], dict[str, Any]]:
+    """A request during a rotation, its subrequests answered `replies` in turn: the polls
+    before each send, and what the client was answered."""
     write_lock(tmp_path / "key_rotation.lock", lock, None)
     variables = {
         "node_dir": str(tmp_path),
@@ -618,45 +639,84 @@ def hold(tmp_path: Path, lock: str | None, remove_after: int | None = None, max_
         "rotation_lock_max_age_ms": str(max_age_ms),
         "args": "request_id=r-1",
     }
-    call = {"fn": "hold", "variables": variables, "path": "/predictions/sentiment", "remove_after": remove_after}
-    sent: dict[str, Any] = run_njs([call], tmp_path)[0]["value"]
-    # whatever it waited, the request goes on once, as it came, and its answer back
-    assert (sent["uri"], sent["args"], sent["method"], sent["status"], sent["type"]) == (
-        "/_resume/predictions/sentiment",
-        "request_id=r-1",  # the request ID the gateway added, for TorchServe's access log
-        "POST",
-        200,
-        "application/json",
-    )
-    return sent
+    call = {
+        "fn": "rotating",
+        "variables": variables,
+        "path": "/predictions/sentiment",
+        "replies": replies,
+        "remove_after": remove_after,
+    }
+    result: dict[str, Any] = run_njs([call], tmp_path)[0]["value"]
+    # each send goes on as the request came: to its path, with its method and request ID; a
+    # resend through the location whose key variable was not read yet (nginx.py's /_resend)
+    assert [(s["uri"], s["args"], s["method"]) for s in result["sent"]] == [
+        (where + "/predictions/sentiment", "request_id=r-1", "POST") for where in ("/_send", "/_resend")
+    ][: len(result["sent"])]
+    assert result["answered"]["type"] == "application/json"
+    return [s["polls"] for s in result["sent"]], result["answered"]
 
 
 def taken(ms_ago: int = 0) -> str:
     return json.dumps({"taken_ms": int(time.time() * 1000) - ms_ago})
 
 
-def test_with_no_lock_a_request_goes_on_at_once(tmp_path):
-    assert hold(tmp_path, None)["polls"] == 0
+@pytest.mark.parametrize("reply", [ANSWERED, BAD_INPUT, {"status": 503, "body": "{}"}, {"status": 400, "body": "x"}])
+def test_while_the_lock_is_held_a_request_goes_on_at_once_and_its_answer_back(tmp_path, reply):
+    """Nothing is held: the request is sent at once, and any answer but TorchServe's refusal
+    of its key (the handler's 400 with its message, a full queue's 503, a body that is not
+    JSON) comes back as it is, the request sent once."""
+    polls, answered = rotating(tmp_path, taken(), [reply], remove_after=7)
+    assert polls == [0]
+    assert (answered["status"], answered["body"]) == (reply["status"], reply["body"])
 
 
-def test_a_request_waits_while_the_lock_is_held_and_goes_on_when_it_goes(tmp_path):
-    assert hold(tmp_path, taken(), remove_after=7)["polls"] == 7
+def test_a_request_refused_for_its_key_is_sent_again_when_the_lock_goes(tmp_path):
+    polls, answered = rotating(tmp_path, taken(), [KEY_REFUSED, ANSWERED], remove_after=7)
+    assert polls == [0, 7]
+    assert (answered["status"], answered["body"]) == (200, ANSWERED["body"])
+
+
+def test_a_request_refused_twice_is_answered_the_refusal(tmp_path):
+    """Sent again once only: a key refused after the lock went is not the switch's."""
+    polls, answered = rotating(tmp_path, taken(), [KEY_REFUSED, KEY_REFUSED], remove_after=3)
+    assert polls == [0, 3]
+    assert (answered["status"], answered["body"]) == (400, KEY_REFUSED["body"])
 
 
 def test_no_request_waits_longer_than_a_locks_life(tmp_path):
-    """A lock never removed (its rotation hung) holds a request for the lock's life at most:
-    max_age / the poll period polls, then it goes on with whatever key is there."""
-    hold_poll_ms = int(re.search(r"var HOLD_POLL_MS = (\d+);", GATEWAY_JS.read_text())[1])
-    assert hold(tmp_path, taken(), max_age_ms=500)["polls"] == 500 // hold_poll_ms
+    """A lock never removed (its rotation hung): a refused request is sent again after the
+    lock's life at most, max_age / the poll period polls, with whatever key is there."""
+    poll_ms = int(re.search(r"var LOCK_POLL_MS = (\d+);", GATEWAY_JS.read_text())[1])
+    polls, answered = rotating(tmp_path, taken(), [KEY_REFUSED, ANSWERED], max_age_ms=500)
+    assert polls == [0, 500 // poll_ms] and answered["status"] == 200
 
 
 @pytest.mark.parametrize("ms_ago", [5_000, -5_000])
-def test_a_stale_lock_holds_nothing(tmp_path, ms_ago):
+def test_a_stale_lock_is_not_waited_for(tmp_path, ms_ago):
     """A lock left by a killed rotation (or written by a clock far off: stamped in the
-    future) holds no request. Stamped as the test runs: a stamp made when the tests were
-    collected was, in a random order, anywhere from 5 s ahead to a minute behind by then."""
-    assert hold(tmp_path, taken(ms_ago=ms_ago), max_age_ms=1000)["polls"] == 0
+    future): a refused request is sent again at once. Stamped as the test runs: a stamp
+    made when the tests were collected was, in a random order, anywhere from 5 s ahead to a
+    minute behind by then."""
+    polls, _ = rotating(tmp_path, taken(ms_ago=ms_ago), [KEY_REFUSED, ANSWERED], max_age_ms=1000)
+    assert polls == [0, 0]
 
 
-def test_without_a_configured_life_no_request_waits(tmp_path):
-    assert hold(tmp_path, taken(), max_age_ms=0)["polls"] == 0
+@pytest.mark.parametrize("lock", [None, "taken"])
+def test_without_a_lock_or_a_configured_life_nothing_waits(tmp_path, lock):
+    """The lock gone by the time the refusal comes back, or no cap configured: sent again at once."""
+    polls, _ = rotating(tmp_path, taken() if lock else None, [KEY_REFUSED, ANSWERED], max_age_ms=0 if lock else 1000)
+    assert polls == [0, 0]
+
+
+def test_a_lock_taken_as_a_rotation_takes_it_is_waited_for_up_to_the_configured_cap(tmp_path):
+    """The lock common/keys.py's take_lock writes and the cap gateway/nginx.py renders
+    (LOCK_MAX_AGE_S): a refused request waits for the removal, or the cap when none comes."""
+    from common.keys import LOCK_MAX_AGE_S, take_lock
+
+    cap_ms = round(LOCK_MAX_AGE_S * 1000)
+    poll_ms = int(re.search(r"var LOCK_POLL_MS = (\d+);", GATEWAY_JS.read_text())[1])
+    for remove_after, waited in ((5, 5), (None, cap_ms // poll_ms)):
+        take_lock(tmp_path)
+        lock = (tmp_path / "key_rotation.lock").read_text()
+        polls, answered = rotating(tmp_path, lock, [KEY_REFUSED, ANSWERED], remove_after, max_age_ms=cap_ms)
+        assert polls == [0, waited] and answered["status"] == 200

@@ -1,5 +1,5 @@
 """The readiness poller (gateway/nginx.py) against fake nodes that are real tiny HTTP
-servers on free ports, and the rotation lock it shares with the gateway's hold and the
+servers on free ports, and the rotation lock it shares with the gateway's guard and the
 supervisor (common/keys.py): who took it, when it is stale, who clears it.
 
 A node that answers a truncated response, a garbage status line, or closes the
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from common.keys import (
-    HOLD_BEFORE_S,
+    GUARD_BEFORE_S,
     LOCK_MAX_AGE_S,
     ROTATION_LOCK,
     ROTATION_TIMEOUT_S,
@@ -304,7 +302,7 @@ def test_a_stale_lock_is_taken_over_and_its_old_owner_leaves_the_new_one(tmp_pat
 def test_the_staleness_rule(tmp_path):
     lock = tmp_path / ROTATION_LOCK
     now = time.time()
-    assert LOCK_MAX_AGE_S > HOLD_BEFORE_S + ROTATION_TIMEOUT_S
+    assert LOCK_MAX_AGE_S > GUARD_BEFORE_S + ROTATION_TIMEOUT_S
     for age, fresh in ((0, True), (LOCK_MAX_AGE_S - 0.5, True), (LOCK_MAX_AGE_S + 0.5, False), (3600, False)):
         write_lock(lock, now - age)
         assert lock_is_fresh(lock, now) is fresh, age
@@ -353,97 +351,6 @@ def test_the_supervisor_clears_a_lock_left_in_its_workdir(tmp_path, capsys):
     [entry] = log_lines(capsys.readouterr().err)
     assert entry["source"] == "supervisor" and "rotation lock" in entry["message"]
     assert entry["pid"] == os.getpid() and entry["host"] == socket.gethostname()
-
-
-# The same rule in gateway.js's hold, run by Debian's njs interpreter (the njs of nginx's
-# module) with a stub request and stub timers: each timer a poll of HOLD_POLL_MS (10 ms)
-
-NJS = shutil.which("njs")
-GATEWAY_JS = Path(__file__).resolve().parents[2] / "gateway" / "gateway.js"
-HOLD_DRIVER = """
-var QUEUE = [];
-var setTimeout = function (fn, ms) { QUEUE.push(fn); };
-var ngx = {INFO: 7, WARN: 5, ERR: 4, log: function () {}};
-%s
-var CASES = %s;
-var LOCK = %s;
-require('fs').writeFileSync(%s, JSON.stringify(CASES.map(function (c) {
-    var events = [], polls = 0;
-    var r = {
-        variables: {node_dir: c.dir, rotation_lock_max_age_ms: c.max_age_ms, rotation_lock: LOCK},
-        uri: '/_held/predictions/sentiment',
-        method: 'POST',
-        headersOut: {},
-        subrequest: function (uri, options, done) {
-            events.push(['resumed', polls, uri]);
-            done({status: 200, headersOut: {'Content-Type': 'application/json'}, responseBuffer: '{}'});
-        },
-        return: function (status, body) { events.push(['answered', polls, status]); }
-    };
-    hold(r);
-    while (QUEUE.length) {
-        polls++;
-        if (polls === c.remove_after) {
-            require('fs').unlinkSync(c.dir + '/' + LOCK);
-            events.push(['removed', polls]);
-        }
-        QUEUE.shift()();
-    }
-    return {events: events, held: lockHeld(c.dir + '/' + LOCK, Number(c.max_age_ms))};
-})));
-"""
-
-
-def run_hold(cases: list[dict], tmp: Path) -> list[dict]:
-    assert NJS is not None, "Debian's njs interpreter is missing: apt-get install njs (make test-unit installs it)"
-    code, exports = re.subn(r"^export default \{[^}]*\};[ \t]*$", "", GATEWAY_JS.read_text(), flags=re.M)
-    assert exports == 1
-    output = tmp / "hold.json"
-    script = tmp / "hold.js"
-    script.write_text(HOLD_DRIVER % (code, json.dumps(cases), json.dumps(ROTATION_LOCK), json.dumps(str(output))))
-    done = subprocess.run([NJS, str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and output.exists(), done.stdout[-2000:] + done.stderr[-2000:]
-    results: list[dict] = json.loads(output.read_text())
-    return results
-
-
-def test_the_hold_resumes_at_once_for_a_stale_lock_and_at_the_removal_of_a_fresh_one(tmp_path):
-    cap_ms = str(round(LOCK_MAX_AGE_S * 1000))
-    now = time.time()
-    cases = {}
-
-    def case(name, lock=None, mtime=None, remove_after=None):
-        directory = tmp_path / name
-        directory.mkdir()
-        if lock == "taken":
-            take_lock(directory)  # as rotate() takes it
-        elif lock is not None:
-            (directory / ROTATION_LOCK).write_text(lock)
-        if mtime is not None:
-            os.utime(directory / ROTATION_LOCK, (mtime, mtime))
-        cases[name] = {"dir": str(directory), "max_age_ms": cap_ms, "remove_after": remove_after}
-
-    case("none")
-    case("stale", json.dumps({"pid": 1, "host": "h", "taken_ms": int((now - 2 * LOCK_MAX_AGE_S) * 1000)}))
-    case("from_the_future", json.dumps({"pid": 1, "host": "h", "taken_ms": int((now + 2 * LOCK_MAX_AGE_S) * 1000)}))
-    case("old_and_empty", "", mtime=now - 2 * LOCK_MAX_AGE_S)
-    case("removed", "taken", remove_after=5)
-    case("never_removed", "taken")
-    case("fresh_and_empty", "", remove_after=3)
-    results = dict(zip(cases, run_hold(list(cases.values()), tmp_path), strict=True))
-    resumed = "/_resume/predictions/sentiment"
-    for name in ("none", "stale", "from_the_future", "old_and_empty"):  # on at once, no poll
-        assert results[name]["events"] == [["resumed", 0, resumed], ["answered", 0, 200]], name
-    for name, polls in (("removed", 5), ("fresh_and_empty", 3)):  # on at the poll that finds it gone
-        assert results[name]["events"] == [["removed", polls], ["resumed", polls, resumed], ["answered", polls, 200]]
-    # held while fresh, never past the cap: one poll each 10 ms
-    assert results["never_removed"]["events"] == [
-        ["resumed", int(cap_ms) // 10, resumed],
-        ["answered", int(cap_ms) // 10, 200],
-    ]
-    # gateway.js's lockHeld and common/keys.py's lock_is_fresh agree on every lock here
-    for name, result in results.items():
-        assert result["held"] is lock_is_fresh(Path(cases[name]["dir"]) / ROTATION_LOCK), name
 
 
 def test_busy_counts_as_ready_only_for_a_node_that_was_ready(tmp_path, fakes):
