@@ -7,7 +7,8 @@ loses no request across the switch, a rotation holds a lock file (key_rotation.l
 beside key_file.json from GUARD_BEFORE_S before its token call until the new key is in the
 file. While the lock exists the gateway sends this node's requests guarded
 (gateway/gateway.js `rotating`): one refused for its key (it carried the old one, or none,
-read mid-rewrite) is sent again with the new key once the lock is gone. Nothing is held:
+read mid-rewrite) is sent again as soon as the file holds another key (or else once the
+lock is gone). Nothing is held:
 a request goes on at once, and only one that crossed the switch waits for it. Requests
 already on their way unguarded when the lock appears have GUARD_BEFORE_S to reach
 TorchServe's check with the old key.
@@ -42,7 +43,7 @@ GUARD_BEFORE_S = 2.0
 ROTATION_TIMEOUT_S = 5.0  # the token API call's timeout (each connect and read of it)
 LOCK_MARGIN_S = 1.0  # reading the key file, a busy machine's scheduling
 # The longest a rotation can legitimately hold its lock: past it a lock is stale. The one
-# source of this cap: the gateway's hold reads it from its config ($rotation_lock_max_age_ms).
+# source of this cap: the gateway's guard reads it from its config ($rotation_lock_max_age_ms).
 LOCK_MAX_AGE_S = GUARD_BEFORE_S + ROTATION_TIMEOUT_S + LOCK_MARGIN_S
 
 

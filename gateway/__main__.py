@@ -19,9 +19,9 @@ to standard output.
 
 Keys: the clients file, the JWT secret and each node's key_file.json are read on every
 request, so a changed client key or a TorchServe key rotation counts at once with no
-reload (a rotation through sentiment-keys or the TorchServe supervisor holds requests
-for the switch: none is lost, docs/security.md). SIGHUP re-renders nginx's config and
-reloads it gracefully.
+reload (during a rotation through sentiment-keys or the TorchServe supervisor, a request
+refused for the old key is sent again with the new one: none is lost, docs/gateway.md).
+SIGHUP re-renders nginx's config and reloads it gracefully.
 
 With --metrics-port (one --node), GET /metrics on that port answers the node's TorchServe
 metrics, for Prometheus, so that TorchServe's own metrics port stays on loopback; the

@@ -341,15 +341,20 @@ function refusedForKey(reply) {
 // While a node's key rotates (its server block sends its requests here while the lock
 // file exists), each request goes on at once. One that TorchServe refuses for its key (it
 // carried the key of before the switch, or none, read while TorchServe rewrote the file)
-// is sent once more when the lock is gone, with the key the file then holds: TorchServe
-// refused it before running it, so it runs once. The wait for the lock is capped at the
-// config's $rotation_lock_max_age_ms (common/keys.py LOCK_MAX_AGE_S): a stale lock, left
-// by a rotation that was killed, is not waited for. A request refused again is answered so.
+// is sent once more as soon as the file holds another whole key, or else once the lock is
+// gone: TorchServe refused it before running it, so it runs once. Not "once the lock is
+// gone" alone: a second rotation right after the first (the supervisor rotates both keys
+// in turn) would keep it waiting through its own lock. The wait is capped at the config's
+// $rotation_lock_max_age_ms (common/keys.py LOCK_MAX_AGE_S), and a stale lock, left by a
+// rotation that was killed, is not waited for. A request refused again is answered so.
 function rotating(r) {
     var lock = r.variables.node_dir + '/' + r.variables.rotation_lock;
     var maxAge = Number(r.variables.rotation_lock_max_age_ms) || 0;
     var path = r.uri.slice('/_rotating'.length);
     var options = {method: r.method, args: r.variables.args || ''};
+    // Read here, the value the send below puts on the request: a subrequest shares its
+    // parent's variables, and nginx keeps a variable's value once it is read.
+    var sentKey = r.variables.node_key;
     function answer(reply) {
         var type = reply.headersOut['Content-Type'];
         if (type) {
@@ -358,19 +363,20 @@ function rotating(r) {
         r.return(reply.status, reply.responseBuffer || '');
     }
     var waited = 0;
-    function resendAfterLock() {
-        if (waited < maxAge && lockHeld(lock, maxAge)) {
+    function resendWhenSwitched() {
+        var key = nodeKey(r);
+        if ((key === '' || key === sentKey) && waited < maxAge && lockHeld(lock, maxAge)) {
             waited += LOCK_POLL_MS;
-            setTimeout(resendAfterLock, LOCK_POLL_MS);
+            setTimeout(resendWhenSwitched, LOCK_POLL_MS);
             return;
         }
-        // its own location and key variable: a subrequest shares its parent's variables,
-        // and the first send's $node_key is the key that was refused
+        // its own location and key variable ($node_key_resent): $node_key keeps the key
+        // that was refused
         r.subrequest('/_resend' + path, options, answer);
     }
     r.subrequest('/_send' + path, options, function (reply) {
         if (refusedForKey(reply)) {
-            resendAfterLock();
+            resendWhenSwitched();
         } else {
             answer(reply);
         }

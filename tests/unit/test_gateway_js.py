@@ -56,7 +56,8 @@ var FUNCTIONS = {parseClients: parseClients, clientProblem: clientProblem, lockH
 // rotating(r): a request at /_rotating/<path>, whose subrequests get call.replies in turn
 // ({status, body}, JSON with type InvalidKeyException for TorchServe's refusal of a key);
 // what it sent on (each subrequest, after how many polls) and what it answered, the lock
-// file removed after call.remove_after polls when that is set
+// file removed after call.remove_after polls and call.new_key written into the key file
+// after call.new_key_after, when those are set
 function runRotating(call) {
     var r = {variables: call.variables, uri: '/_rotating' + call.path, method: 'POST', headersOut: {}};
     var sent = [], answered = null, polls = 0;
@@ -75,6 +76,9 @@ function runRotating(call) {
         polls += 1;
         if (polls === call.remove_after) {
             require('fs').unlinkSync(call.variables.node_dir + '/' + call.variables.rotation_lock);
+        }
+        if (polls === call.new_key_after) {
+            require('fs').writeFileSync(call.variables.node_dir + '/' + call.variables.key_file, call.new_key);
         }
         TIMERS.shift()[0]();
     }
@@ -623,18 +627,31 @@ ANSWERED = {"status": 200, "body": json.dumps({"label": "positive", "score": 0.9
 BAD_INPUT = {"status": 400, "body": json.dumps({"code": 400, "type": "InvalidInput", "message": "no text"})}
 
 
+SENT_KEY, NEW_KEY = "key-refused-0", "key-after-the-switch-1"
+
+
+def key_file(key: str) -> str:
+    return json.dumps({"inference": {"key": key}})
+
+
 def rotating(
     tmp_path: Path,
     lock: str | None,
     replies: list[dict[str, Any]],
     remove_after: int | None = None,
     max_age_ms: int = 1000,
+    key_file_text: str = key_file(SENT_KEY),
+    new_key_after: int | None = None,
 ) -> tuple[list[int], dict[str, Any]]:
-    """A request during a rotation, its subrequests answered `replies` in turn: the polls
-    before each send, and what the client was answered."""
+    """A request during a rotation, sent with SENT_KEY while the key file holds
+    `key_file_text` (NEW_KEY's file from poll `new_key_after`), its subrequests answered
+    `replies` in turn: the polls before each send, and what the client was answered."""
     write_lock(tmp_path / "key_rotation.lock", lock, None)
+    (tmp_path / "key_file.json").write_text(key_file_text)
     variables = {
         "node_dir": str(tmp_path),
+        "key_file": "key_file.json",
+        "node_key": SENT_KEY,
         "rotation_lock": "key_rotation.lock",
         "rotation_lock_max_age_ms": str(max_age_ms),
         "args": "request_id=r-1",
@@ -645,6 +662,8 @@ def rotating(
         "path": "/predictions/sentiment",
         "replies": replies,
         "remove_after": remove_after,
+        "new_key_after": new_key_after,
+        "new_key": key_file(NEW_KEY),
     }
     result: dict[str, Any] = run_njs([call], tmp_path)[0]["value"]
     # each send goes on as the request came: to its path, with its method and request ID; a
@@ -671,9 +690,19 @@ def test_while_the_lock_is_held_a_request_goes_on_at_once_and_its_answer_back(tm
 
 
 def test_a_request_refused_for_its_key_is_sent_again_when_the_lock_goes(tmp_path):
+    """The key file still names the refused key (TorchServe has not written it yet)."""
     polls, answered = rotating(tmp_path, taken(), [KEY_REFUSED, ANSWERED], remove_after=7)
     assert polls == [0, 7]
     assert (answered["status"], answered["body"]) == (200, ANSWERED["body"])
+
+
+@pytest.mark.parametrize("meanwhile", [key_file(SENT_KEY), "", '{"inference": {"ke'])
+def test_a_refused_request_is_sent_again_once_the_file_holds_another_key_lock_or_not(tmp_path, meanwhile):
+    """The file holds the refused key, nothing, or half a file (TorchServe rewriting it)
+    until poll 4, then the new key; the lock stays (a second rotation took it, as the
+    supervisor's management rotation follows its inference one): sent again at poll 4."""
+    polls, answered = rotating(tmp_path, taken(), [KEY_REFUSED, ANSWERED], key_file_text=meanwhile, new_key_after=4)
+    assert polls == [0, 4] and answered["status"] == 200
 
 
 def test_a_request_refused_twice_is_answered_the_refusal(tmp_path):
