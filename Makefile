@@ -88,6 +88,7 @@ bench: system-serve $(DEFAULT_MODEL)/model_card.json $(VENV)/.bench-installed
 	PYTHONPATH=handlers $(PY) -m bench.worker_memory
 	$(PY) -m bench.frontend_heap
 	$(PY) -m bench.layouts
+	$(PY) -m bench.tail
 	$(PY) -m bench.peers
 	$(PY) -m bench.run  # last: its report takes in the files the others wrote
 

@@ -635,6 +635,44 @@ def layouts_section(layouts: dict) -> list[str]:
     return out
 
 
+def tail_section(tail: dict) -> list[str]:
+    """What the slowest requests at 16 clients spend their time on (bench/tail.py)."""
+    unlogged = tail["shipped_unlogged"]
+    out = [
+        "",
+        "## The tail at 16 clients: queue wait or service (bench/tail.py)",
+        "",
+        f"The shipped archive alone in a TorchServe, {tail['settings']['concurrency']} closed-loop clients, "
+        f"{tail['settings']['duration_s']:.0f} s measured per setting, TorchServe's metrics logged: per request "
+        "its latency and queue wait in the frontend (service: the rest), per batch its size and time in the "
+        f"worker; run on {tail['machine']['date']}. Logging them, the shipped setting served "
+        f"{next(iter(tail['points'].values()))['clients']['throughput_rps']:.1f} requests/s against "
+        f"{unlogged['throughput_rps']:.1f} with its metrics served as shipped (p99 {unlogged['p99_ms']:.1f} ms).",
+        "",
+        "| setting | clients req/s | clients p50 / p99 ms | queue wait p50 / p99 ms | service p50 / p99 ms "
+        "| slowest 1%: queue + service ms | middle: queue + service ms | batch sizes (mean) "
+        "| batch ms p50 / p99 | commonest size's batch ms p50 / p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in tail["points"].items():
+        c, q, sv, b, cb = (
+            p["clients"],
+            p["queue_wait_ms"],
+            p["service_ms"],
+            p["batch_time_ms"],
+            p["commonest_size_time_ms"],
+        )
+        slow, mid = p["slowest_1pct"], p["middle"]
+        sizes = [int(k) for k in p["batch_sizes"]]
+        out.append(
+            f"| {name} | {c['throughput_rps']:.1f} | {c['p50_ms']:.1f} / {c['p99_ms']:.1f} | {q['p50']} / {q['p99']} "
+            f"| {sv['p50']} / {sv['p99']} | {slow['queue_wait_ms']} + {slow['service_ms']} "
+            f"| {mid['queue_wait_ms']} + {mid['service_ms']} | {min(sizes)}-{max(sizes)} ({p['mean_batch_size']}) "
+            f"| {b['p50']} / {b['p99']} | {p['commonest_size']}: {cb['p50']} / {cb['p99']} |"
+        )
+    return out
+
+
 def worker_memory_section(memory: dict) -> list[str]:
     out = [
         "",
@@ -778,6 +816,8 @@ def write_report(results: dict, out: Path) -> None:
         extra += cap_sweep_section(json.loads((out / "overload_cap_sweep.json").read_text()))
     if (out / "layouts.json").is_file():
         extra += layouts_section(json.loads((out / "layouts.json").read_text()))
+    if (out / "tail.json").is_file():
+        extra += tail_section(json.loads((out / "tail.json").read_text()))
     if (out / "worker_memory.json").is_file():
         extra += worker_memory_section(json.loads((out / "worker_memory.json").read_text()))
     if (out / "frontend_heap.json").is_file():

@@ -52,7 +52,7 @@ from bench.wrk import run_wrk
 from clients.metrics import total as metric
 from common import events
 from common.net import free_port, wait_for_port
-from common.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, MODEL_CONFIG, ROOT, archive_modules
+from common.paths import ARCHIVE_SCRIPT, CONFIG, DEFAULT_MODEL_DIR, LOG_CONFIG, MODEL_CONFIG, ROOT, archive_modules
 from common.torchserve_files import read_properties
 from testbed.local_server import LocalTorchServe
 from training.tweets import LABELS, split_tweets
@@ -204,8 +204,11 @@ def serving(
     delay_ms: int,
     workers: int,
     bodies: list[bytes],
+    extra: dict[str, str] | None = None,
+    log_config: Path = LOG_CONFIG,
 ):
-    """TorchServe with the shipped config, serving `versions` ({version: mar file}), warmed up."""
+    """TorchServe with the shipped config (and `extra` config.properties keys, the log4j2
+    config `log_config`), serving `versions` ({version: mar file}), warmed up."""
     entries = {
         version: {
             "defaultVersion": i == 0,
@@ -220,7 +223,12 @@ def serving(
     server = LocalTorchServe(
         model_store=store,
         workdir=workdir,
-        overrides={"load_models": ",".join(versions.values()), "models": json.dumps({"sentiment": entries})},
+        overrides={
+            "load_models": ",".join(versions.values()),
+            "models": json.dumps({"sentiment": entries}),
+            **(extra or {}),
+        },
+        log_config=log_config,
     )
     with server:
         for version in versions:  # beyond the handler's own warm-up: the frontend's paths

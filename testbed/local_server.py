@@ -22,6 +22,7 @@ import psutil
 
 from clients.torchserve import TorchServeClient
 from common.net import free_port
+from common.paths import LOG_CONFIG
 from common.torchserve_files import KEY_FILE
 from server import launch
 
@@ -53,6 +54,7 @@ class LocalTorchServe:
     overrides: dict[str, str] = field(default_factory=dict)  # config.properties keys
     env: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
+    log_config: Path = LOG_CONFIG  # log4j2's config (a benchmark may log metrics)
 
     proc: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -86,7 +88,7 @@ class LocalTorchServe:
         started = time.time()
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.proc = subprocess.Popen(
-                launch.command("config.properties", foreground=True),
+                launch.command("config.properties", foreground=True, log_config=self.log_config),
                 cwd=self.workdir,
                 env=launch.environment(tmp, **self.env),
                 stdout=out,
