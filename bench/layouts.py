@@ -23,22 +23,17 @@ import time
 from pathlib import Path
 
 from bench.run import (
-    VARIANTS,
-    archive,
     drive,
     machine,
     raw_limit,
     raw_model_dir,
     serving,
-    shipped_handler_options,
     shipped_model_settings,
-    shipped_variant,
-    workspace,
+    shipped_workspace,
     write_results,
 )
 from common import events
 from common.paths import ROOT
-from training.tweets import split_tweets
 
 CONCURRENCIES = (16, 64)
 # (workers, batch size, max batch delay ms): the workers per core and the delay first, at
@@ -83,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.time()
-    _, bodies, work, texts_file, store = workspace("bench-layouts-", [t.text for t in split_tweets()[1]])
-    variant = shipped_variant()
-    threads = shipped_handler_options()["torch_threads"]
-    archive(store, "shipped.mar", "1.0", {**VARIANTS[variant], "torch_threads": threads})
+    bodies, work, texts_file, store, variant, threads = shipped_workspace("bench-layouts-")
     raw = raw_limit(texts_file, variant, raw_model_dir(work, variant), args)
     per_core = max(raw["parallel"]["results"], key=lambda r: r["sentences_per_s"])
     limit = per_core["sentences_per_s"]

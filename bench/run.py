@@ -574,6 +574,17 @@ def workspace(prefix: str, texts: list[str]) -> tuple[list[str], list[bytes], Pa
     return texts, json_bodies(texts), work, texts_file, store
 
 
+def shipped_workspace(prefix: str) -> tuple[list[bytes], Path, Path, Path, str, int]:
+    """workspace() on the held-out tweets with the shipped archive in its store, as
+    shipped.mar (the shipped variant, with the shipped threads per worker): the bodies, the
+    work folder, the texts file, the store, the variant and the threads."""
+    _, bodies, work, texts_file, store = workspace(prefix, [t.text for t in split_tweets()[1]])
+    variant = shipped_variant()
+    threads = shipped_handler_options()["torch_threads"]
+    archive(store, "shipped.mar", "1.0", {**VARIANTS[variant], "torch_threads": threads})
+    return bodies, work, texts_file, store, variant, threads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")

@@ -29,20 +29,15 @@ from pathlib import Path
 
 from bench.loadgen import percentile, run_load
 from bench.run import (
-    VARIANTS,
-    archive,
     machine,
     serving,
-    shipped_handler_options,
     shipped_model_settings,
-    shipped_variant,
+    shipped_workspace,
     ts_headers,
-    workspace,
     write_results,
 )
 from common import events
 from common.paths import LOG_CONFIG, ROOT
-from training.tweets import split_tweets
 
 CONCURRENCY = 16
 # (workers, batch size, max batch delay ms): as shipped, one worker, two at batch 8 / 3 ms
@@ -143,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.time()
-    _, bodies, work, _, store = workspace("bench-tail-", [t.text for t in split_tweets()[1]])
-    variant = shipped_variant()
-    threads = shipped_handler_options()["torch_threads"]
-    archive(store, "shipped.mar", "1.0", {**VARIANTS[variant], "torch_threads": threads})
+    bodies, work, _, store, variant, threads = shipped_workspace("bench-tail-")
     log_config = metrics_logging_config(work)
 
     points = {}
