@@ -40,6 +40,9 @@ var MAX_AUTHORIZATION = 8192;
 // ngx.log passes the number through; nothing is added to the line (no client, no request).
 var LOG_CRIT = 3;
 var LOCK_POLL_MS = 10;
+// What a request sent on by rotating() takes back from its answer besides the body: the
+// type, and the Retry-After of the handler's 503 (handlers/sentiment_handler.py)
+var ANSWER_HEADERS = ['Content-Type', 'Retry-After'];
 
 function readText(path) {
     try {
@@ -355,17 +358,24 @@ function rotating(r) {
     // Read here, the value the send below puts on the request: a subrequest shares its
     // parent's variables, and nginx keeps a variable's value once it is read.
     var sentKey = r.variables.node_key;
+    // the answer as it came: its status, body and the headers the handler sets on it
     function answer(reply) {
-        var type = reply.headersOut['Content-Type'];
-        if (type) {
-            r.headersOut['Content-Type'] = type;
-        }
+        ANSWER_HEADERS.forEach(function (name) {
+            var value = reply.headersOut[name];
+            if (value) {
+                r.headersOut[name] = value;
+            }
+        });
         r.return(reply.status, reply.responseBuffer || '');
     }
-    var waited = 0;
+    var waited = 0, deadline = 0;
     function resendWhenSwitched() {
         var key = nodeKey(r);
-        if ((key === '' || key === sentKey) && waited < maxAge && lockHeld(lock, maxAge)) {
+        deadline = deadline || Date.now() + maxAge;
+        // the cap in time, and in polls (timers can run late on a busy machine, and the
+        // unit tests' stub timers take no time)
+        var inTime = waited < maxAge && Date.now() < deadline;
+        if ((key === '' || key === sentKey) && inTime && lockHeld(lock, maxAge)) {
             waited += LOCK_POLL_MS;
             setTimeout(resendWhenSwitched, LOCK_POLL_MS);
             return;

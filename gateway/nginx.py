@@ -5,6 +5,7 @@ gateway/__main__.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -498,8 +499,18 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
 {proxy()}
             proxy_pass http://torchserve{i};
         }}
+        # the rewrite comes before the limits are counted: a rotating request is counted
+        # here, by the same limits and with the same refusals as above
         location /_rotating/ {{
             internal;
+{error_pages("$refusal_shape", "node", settings.model, settings.max_body)}
+            js_content gateway.rotating;
+        }}
+        location = /_rotating/explanations/{settings.model} {{
+            internal;
+            {admit}
+            limit_conn explanations_per_node 1;
+{error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}
             js_content gateway.rotating;
         }}
         location /_send/ {{
@@ -552,9 +563,17 @@ def client_listen(settings: GatewaySettings, workdir: Path) -> str:
     return f"{settings.listen}:{settings.port} backlog=4096"
 
 
+def node_wait_s(settings: GatewaySettings) -> int:
+    """The longest the API server waits for a node's block to answer: the node's own read
+    timeout, after (during a key rotation) the wait of a request refused for its key, and a
+    margin. The node's block times out first and counts as the node failing; the API
+    server never gives up on (and sends elsewhere) a request its node still runs."""
+    return settings.read_timeout_s + math.ceil(LOCK_MAX_AGE_S) + 5
+
+
 def stream_timeout(settings: GatewaySettings) -> str:
     """The client-port front only outlasts the API server's own longest wait."""
-    return f"{max(settings.idle_timeout_s, settings.read_timeout_s + 5) + 30}s"
+    return f"{max(settings.idle_timeout_s, node_wait_s(settings)) + 30}s"
 
 
 def _process_fields(settings: GatewaySettings) -> dict[str, str]:
@@ -661,8 +680,7 @@ def render(settings: GatewaySettings, nodes: list[Node], workdir: Path) -> str:
         "REQUEST_ID_PARAM": contract.REQUEST_ID_PARAM,
         "CLIENT_VARIABLE": nginx_variable(CLIENT_HEADER),
         "MAX_BODY": settings.max_body,
-        # the node's server block times out first and counts as the node failing
-        "PROXY_READ_TIMEOUT": f"{settings.read_timeout_s + 5}s",
+        "PROXY_READ_TIMEOUT": f"{node_wait_s(settings)}s",
         "CLIENT_TIMEOUT": f"{settings.client_timeout_s}s",
         "IDLE_TIMEOUT": f"{settings.idle_timeout_s}s",
         "CONN_PER_KEY": str(settings.conn_per_key),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -149,6 +150,35 @@ def test_while_the_lock_is_held_requests_are_answered_at_once_and_run_once(held)
     assert good.status_code == 200 and good.json()["label"] == "positive", good.text
     assert bad.status_code == 400 and bad.json()["type"] == "InvalidInput", bad.text
     assert after == before + 2  # each sent once
+
+
+def test_while_the_lock_is_held_explanations_keep_their_limit_of_one_per_node(held):
+    """A rotating request is routed before nginx counts its limits: the rotating
+    explanation location counts them again. Four explanations at once during a rotation:
+    one runs, the others get the gateway's own 429 (its JSON refusal, with Retry-After),
+    as without a rotation."""
+    gateway, node = held
+    lock, content = take_lock(node.workdir)
+    try:
+
+        def explain(_):
+            return requests.post(
+                gateway.url("/explanations/sentiment"),
+                json={"text": "I love this, it is the best thing I have bought in years"},
+                headers={"Authorization": f"Bearer {CLIENTS['alice']}"},
+                timeout=120,
+            )
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(explain, range(4)))
+        assert lock.exists()
+    finally:
+        release_lock(lock, content)
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses[0] == 200 and statuses[-1] == 429, [(a.status_code, a.text[:100]) for a in answers]
+    assert set(statuses) == {200, 429}
+    for refused in (a for a in answers if a.status_code == 429):
+        assert refused.json()["type"] == "TooManyRequests" and refused.headers["Retry-After"], refused.text
 
 
 def test_a_lock_left_by_a_killed_rotation_is_ignored_once_stale(default_store, tmp_path):

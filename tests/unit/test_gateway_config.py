@@ -96,8 +96,10 @@ def test_the_limits_are_the_settings(config):
     assert open_total(settings, 2) == 2 * settings.in_flight_per_node + settings.conn_per_key
     per_key = in_flight_per_key(settings)
     assert 1 <= per_key < settings.in_flight_per_node
-    assert text.count(f"limit_conn in_flight_per_node {settings.in_flight_per_node};") == 2 * 2  # 2 nodes
-    assert text.count(f"limit_conn in_flight_per_key {per_key};") == 2 * 2
+    # per node: its server, its explanations, and its explanations during a key rotation
+    assert text.count(f"limit_conn in_flight_per_node {settings.in_flight_per_node};") == 2 * 3  # 2 nodes
+    assert text.count(f"limit_conn in_flight_per_key {per_key};") == 2 * 3
+    assert text.count("limit_conn explanations_per_node 1;") == 2 * 2
     # the probes count against none of a caller's or a node's limits
     for probe in ("/healthz", "/readyz", "/v2/health/live"):
         location = text[text.index(f"location = {probe} {{") :]

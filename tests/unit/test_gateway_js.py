@@ -64,11 +64,14 @@ function runRotating(call) {
     r.subrequest = function (uri, options, done) {
         sent.push({uri: uri, method: options.method, args: options.args, polls: polls});
         var reply = call.replies[sent.length - 1];
-        done({status: reply.status, headersOut: {'Content-Type': 'application/json'},
-              responseBuffer: Buffer.from(reply.body)});
+        var headers = {'Content-Type': 'application/json', 'X-Other': 'dropped'};
+        if (reply.retry_after) {
+            headers['Retry-After'] = reply.retry_after;
+        }
+        done({status: reply.status, headersOut: headers, responseBuffer: Buffer.from(reply.body)});
     };
     r.return = function (status, body) {
-        answered = {status: status, type: r.headersOut['Content-Type'], body: String(body)};
+        answered = {status: status, headers: r.headersOut, body: String(body)};
     };
     TIMERS = [];
     rotating(r);
@@ -671,15 +674,19 @@ def rotating(
     assert [(s["uri"], s["args"], s["method"]) for s in result["sent"]] == [
         (where + "/predictions/sentiment", "request_id=r-1", "POST") for where in ("/_send", "/_resend")
     ][: len(result["sent"])]
-    assert result["answered"]["type"] == "application/json"
-    return [s["polls"] for s in result["sent"]], result["answered"]
+    answered = result["answered"]
+    expected = {"Content-Type": "application/json", **({"Retry-After": "1"} if "retry_after" in replies[-1] else {})}
+    assert answered["headers"] == expected  # the type and the handler's Retry-After, nothing else
+    return [s["polls"] for s in result["sent"]], answered
 
 
 def taken(ms_ago: int = 0) -> str:
     return json.dumps({"taken_ms": int(time.time() * 1000) - ms_ago})
 
 
-@pytest.mark.parametrize("reply", [ANSWERED, BAD_INPUT, {"status": 503, "body": "{}"}, {"status": 400, "body": "x"}])
+@pytest.mark.parametrize(
+    "reply", [ANSWERED, BAD_INPUT, {"status": 503, "body": "{}", "retry_after": "1"}, {"status": 400, "body": "x"}]
+)
 def test_while_the_lock_is_held_a_request_goes_on_at_once_and_its_answer_back(tmp_path, reply):
     """Nothing is held: the request is sent at once, and any answer but TorchServe's refusal
     of its key (the handler's 400 with its message, a full queue's 503, a body that is not
