@@ -42,12 +42,12 @@ rotate(sys.argv[1], Path(sys.argv[2]), "inference")
 """
 
 
-def ask(gateway):
+def ask(gateway, body=None, route="predictions"):
     return requests.post(
-        gateway.url("/predictions/sentiment"),
-        json={"text": "I love this"},
+        gateway.url(f"/{route}/sentiment"),
+        json={"text": "I love this"} if body is None else body,
         headers={"Authorization": f"Bearer {CLIENTS['alice']}"},
-        timeout=60,
+        timeout=120,
     )
 
 
@@ -137,12 +137,7 @@ def test_while_the_lock_is_held_requests_are_answered_at_once_and_run_once(held)
         try:
             before = metric(metric_samples(node), "ts_inference_requests_total")
             good = ask(gateway)
-            bad = requests.post(
-                gateway.url("/predictions/sentiment"),
-                json={"txt": "I love this"},
-                headers={"Authorization": f"Bearer {CLIENTS['alice']}"},
-                timeout=60,
-            )
+            bad = ask(gateway, {"txt": "I love this"})
             assert lock.exists()
             after = metric(metric_samples(node), "ts_inference_requests_total")
         finally:
@@ -159,18 +154,10 @@ def test_while_the_lock_is_held_explanations_keep_their_limit_of_one_per_node(he
     as without a rotation."""
     gateway, node = held
     lock, content = take_lock(node.workdir)
+    body = {"text": "I love this, it is the best thing I have bought in years"}
     try:
-
-        def explain(_):
-            return requests.post(
-                gateway.url("/explanations/sentiment"),
-                json={"text": "I love this, it is the best thing I have bought in years"},
-                headers={"Authorization": f"Bearer {CLIENTS['alice']}"},
-                timeout=120,
-            )
-
         with ThreadPoolExecutor(max_workers=4) as pool:
-            answers = list(pool.map(explain, range(4)))
+            answers = list(pool.map(lambda _: ask(gateway, body, "explanations"), range(4)))
         assert lock.exists()
     finally:
         release_lock(lock, content)
