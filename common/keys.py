@@ -8,10 +8,9 @@ beside key_file.json from GUARD_BEFORE_S before its token call until the new key
 file. While the lock exists the gateway sends this node's requests guarded
 (gateway/gateway.js `rotating`): one refused for its key (it carried the old one, or none,
 read mid-rewrite) is sent again as soon as the file holds another key (or else once the
-lock is gone). Nothing is held:
-a request goes on at once, and only one that crossed the switch waits for it. Requests
-already on their way unguarded when the lock appears have GUARD_BEFORE_S to reach
-TorchServe's check with the old key.
+lock is gone). Nothing is held: a request goes on at once, and only one that crossed the
+switch waits for it. Requests already on their way unguarded when the lock appears have
+GUARD_BEFORE_S to reach TorchServe's check with the old key.
 
 The lock says who took it and when: JSON {"pid", "host", "taken_ms"} (milliseconds since
 the epoch), put in place whole (a temp file linked to its name), so that a reader never

@@ -14,7 +14,7 @@
 // - rotating(r): while a node's key rotates (common/keys.py holds a lock file beside
 //               key_file.json around the switch), requests to that node come here: each
 //               goes on at once, and one that TorchServe refuses for its key is sent once
-//               more with the new key when the lock is gone: a rotation loses none.
+//               more when the file holds the new key: a rotation loses none.
 //
 // Nothing here quotes a key or a token back, nor logs one. What is logged (at crit, the
 // config's error_log level) is a clients file's line that is ignored, by its number only, and
@@ -371,7 +371,6 @@ function rotating(r) {
     var waited = 0, deadline = 0;
     function resendWhenSwitched() {
         var key = nodeKey(r);
-        deadline = deadline || Date.now() + maxAge;
         // the cap in time, and in polls (timers can run late on a busy machine, and the
         // unit tests' stub timers take no time)
         var inTime = waited < maxAge && Date.now() < deadline;
@@ -386,6 +385,7 @@ function rotating(r) {
     }
     r.subrequest('/_send' + path, options, function (reply) {
         if (refusedForKey(reply)) {
+            deadline = Date.now() + maxAge;
             resendWhenSwitched();
         } else {
             answer(reply);

@@ -463,6 +463,23 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
     per_key = in_flight_per_key(settings)
     static = workdir / STATIC_DIR
     admit = f"limit_conn in_flight_per_node {settings.in_flight_per_node}; limit_conn in_flight_per_key {per_key};"
+    # an explanation's location, and a rotating explanation's
+    explain = f"""            # a location's own limit_conn replaces the server's: repeated
+            {admit}
+            limit_conn explanations_per_node 1;
+{error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}"""
+
+    def send(name: str, key: str, node: int) -> str:
+        """A location gateway.js sends a rotating request through, with `key` on it."""
+        return f"""        location /{name}/ {{
+            internal;
+            # the answer comes back whole to gateway.js: room for the largest
+            subrequest_output_buffer_size {settings.max_body};
+            rewrite ^/{name}(/.*)$ $1 break;
+{proxy(key)}
+            proxy_pass http://torchserve{node};
+        }}"""
+
     blocks = []
     for i, (node, sock) in enumerate(zip(nodes, sockets, strict=True), 1):
         directory = _check_config_string(str(node.directory), "a node directory")
@@ -489,10 +506,7 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
             proxy_pass http://torchserve{i};
         }}
         location = /explanations/{settings.model} {{
-            # a location's own limit_conn replaces the server's: repeated
-            {admit}
-            limit_conn explanations_per_node 1;
-{error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}
+{explain}
             if (-f "{directory}/{ROTATION_LOCK}") {{
                 rewrite ^ /_rotating$uri last;
             }}
@@ -508,26 +522,11 @@ def _node_servers(settings: GatewaySettings, nodes: list[Node], workdir: Path) -
         }}
         location = /_rotating/explanations/{settings.model} {{
             internal;
-            {admit}
-            limit_conn explanations_per_node 1;
-{error_pages("$refusal_shape", "node_explain", settings.model, settings.max_body)}
+{explain}
             js_content gateway.rotating;
         }}
-        location /_send/ {{
-            internal;
-            # the answer comes back whole to gateway.js: room for the largest
-            subrequest_output_buffer_size {settings.max_body};
-            rewrite ^/_send(/.*)$ $1 break;
-{proxy()}
-            proxy_pass http://torchserve{i};
-        }}
-        location /_resend/ {{
-            internal;
-            subrequest_output_buffer_size {settings.max_body};
-            rewrite ^/_resend(/.*)$ $1 break;
-{proxy("$node_key_resent")}
-            proxy_pass http://torchserve{i};
-        }}
+{send("_send", "$node_key", i)}
+{send("_resend", "$node_key_resent", i)}
         location @node_down {{
             return 444;
         }}
